@@ -1,0 +1,340 @@
+"""Blocks and stages: harmonic dense blocks, basic and bottleneck residual blocks.
+
+Each stage type has a builder (config -> `nn.Sequential` of named parts) and a cost twin that
+walks the same parts in the same order and names. Stage parts run in this order:
+``down`` (hard stages only) -> ``block``/``blocks`` -> ``se`` (placement ``output``) ->
+``drop`` -> ``transition`` -> ``se`` (placement ``transition``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import BLOCKS, StageConfig
+from .layers import (
+    BlurPool2d,
+    ConvNormAct,
+    SqueezeExcite,
+    conv_norm_act_cost,
+    make_activation,
+    se_hidden,
+    squeeze_excite_cost,
+)
+from .links import BlockPlan, block_plan
+from .tracer import Shape, Tracer
+
+__all__ = [
+    "STAGE_BUILDERS",
+    "STAGE_COSTS",
+    "BasicBlock",
+    "Bottleneck",
+    "HarDBlock",
+    "build_stage",
+    "plan_for",
+    "stage_cost",
+    "stage_out_channels",
+]
+
+
+# --- harmonic dense block -------------------------------------------------------------------
+
+
+def plan_for(cfg: StageConfig, in_channels: int) -> BlockPlan:
+    return block_plan(cfg.link_rule, cfg.depth, cfg.growth_rate, cfg.weight_factor, in_channels, cfg.keep_base)
+
+
+def _hard_layer(cin: int, cout: int, depthwise: bool, act: str) -> nn.Module:
+    if depthwise:
+        # pointwise first, then depthwise (HarDNet Fig. 3b); the depthwise conv has no activation
+        return nn.Sequential(OrderedDict(pw=ConvNormAct(cin, cout, 1, act=act),
+                                         dw=ConvNormAct(cout, cout, 3, groups=cout, act=None)))
+    return ConvNormAct(cin, cout, 3, act=act)
+
+
+def _hard_layer_cost(t: Tracer, name: str, x: Shape, cout: int, depthwise: bool) -> Shape:
+    if depthwise:
+        y = conv_norm_act_cost(t, f"{name}.pw", x, cout, 1)
+        return conv_norm_act_cost(t, f"{name}.dw", y, cout, 3, groups=cout)
+    return conv_norm_act_cost(t, name, x, cout, 3)
+
+
+class HarDBlock(nn.Module):
+    """Harmonic densely connected block: layer k reads the concatenation of its linked layers.
+
+    The link pattern comes precomputed from the cached `BlockPlan`; forward only indexes it.
+    """
+
+    links: list[list[int]]
+    outputs: list[int]
+
+    def __init__(self, plan: BlockPlan, depthwise: bool = False, act: str = "relu6") -> None:
+        super().__init__()
+        self.links = [list(lk) for lk in plan.links]
+        self.outputs = list(plan.outputs)
+        self.out_channels = plan.out_channels
+        self.layers = nn.ModuleList(
+            _hard_layer(cin, cout, depthwise, act) for cin, cout in zip(plan.layer_in, plan.layer_out)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [x]
+        for i, layer in enumerate(self.layers):
+            link = self.links[i]
+            inp = torch.cat([feats[j] for j in link], 1) if len(link) > 1 else feats[link[0]]
+            feats.append(layer(inp))
+        return torch.cat([feats[j] for j in self.outputs], 1)
+
+
+def _hard_block_cost(t: Tracer, name: str, x: Shape, plan: BlockPlan, depthwise: bool) -> Shape:
+    feats = [x]
+    for i, (link, cout) in enumerate(zip(plan.links, plan.layer_out)):
+        inp = Tracer.concat([feats[j] for j in link])
+        feats.append(_hard_layer_cost(t, f"{name}.layers.{i}", inp, cout, depthwise))
+    return Tracer.concat([feats[j] for j in plan.outputs])
+
+
+def _hard_down(kind: str, ch: int, act: str) -> nn.Module:
+    return {
+        "maxpool": lambda: nn.MaxPool2d(2, 2),
+        "avgpool": lambda: nn.AvgPool2d(2, 2),
+        "dwconv": lambda: ConvNormAct(ch, ch, 3, 2, groups=ch, act=None),
+        "conv": lambda: ConvNormAct(ch, ch, 3, 2, act=act),
+        "blur": lambda: BlurPool2d(ch),
+    }[kind]()
+
+
+def _hard_down_cost(t: Tracer, name: str, kind: str, x: Shape) -> Shape:
+    ch = x[1]
+    if kind == "maxpool":
+        return t.maxpool(name, x, 2, 2)
+    if kind == "avgpool":
+        return t.avgpool(name, x, 2, 2)
+    if kind == "dwconv":
+        return conv_norm_act_cost(t, name, x, ch, 3, 2, groups=ch)
+    if kind == "conv":
+        return conv_norm_act_cost(t, name, x, ch, 3, 2)
+    return t.blur(name, x)
+
+
+def _build_hard_stage(cfg: StageConfig, cin: int) -> tuple[OrderedDict[str, nn.Module], int]:
+    parts: OrderedDict[str, nn.Module] = OrderedDict()
+    if cfg.reduces:
+        parts["down"] = _hard_down(cfg.downsample, cin, cfg.activation)
+    plan = plan_for(cfg, cin)
+    parts["block"] = HarDBlock(plan, cfg.depthwise, cfg.activation)
+    ch = plan.out_channels
+    if cfg.se == "output":
+        parts["se"] = SqueezeExcite(ch, se_hidden(ch, cfg.se_reduction, cfg.se_min_channels))
+    if cfg.transition_dropout:
+        parts["drop"] = nn.Dropout(cfg.transition_dropout)
+    if cfg.transition:
+        parts["transition"] = ConvNormAct(ch, cfg.transition, 1, act=cfg.activation)
+        ch = cfg.transition
+    if cfg.se == "transition":
+        parts["se"] = SqueezeExcite(ch, se_hidden(ch, cfg.se_reduction, cfg.se_min_channels))
+    return parts, ch
+
+
+def _hard_stage_cost(t: Tracer, name: str, cfg: StageConfig, x: Shape) -> Shape:
+    if cfg.reduces:
+        x = _hard_down_cost(t, f"{name}.down", cfg.downsample, x)
+    plan = plan_for(cfg, x[1])
+    x = _hard_block_cost(t, f"{name}.block", x, plan, cfg.depthwise)
+    if cfg.se == "output":
+        x = squeeze_excite_cost(t, f"{name}.se", x, se_hidden(x[1], cfg.se_reduction, cfg.se_min_channels))
+    if cfg.transition:
+        x = conv_norm_act_cost(t, f"{name}.transition", x, cfg.transition, 1)
+    if cfg.se == "transition":
+        x = squeeze_excite_cost(t, f"{name}.se", x, se_hidden(x[1], cfg.se_reduction, cfg.se_min_channels))
+    return x
+
+
+# --- residual blocks ------------------------------------------------------------------------
+
+
+def _shortcut(cin: int, cout: int, stride: int, kind: str) -> nn.Module:
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    parts: OrderedDict[str, nn.Module] = OrderedDict()
+    if kind == "avgpool" and stride == 2:
+        parts["pool"] = nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)
+        stride = 1
+    parts["proj"] = ConvNormAct(cin, cout, 1, stride, act=None)
+    return nn.Sequential(parts)
+
+
+def _shortcut_cost(t: Tracer, name: str, x: Shape, cout: int, stride: int, kind: str) -> Shape:
+    if stride == 1 and x[1] == cout:
+        return x
+    if kind == "avgpool" and stride == 2:
+        x = t.avgpool(f"{name}.pool", x, 2, 2, ceil_mode=True)
+        stride = 1
+    return conv_norm_act_cost(t, f"{name}.proj", x, cout, 1, stride)
+
+
+class _Residual(nn.Module):
+    """Shared forward of residual blocks: main branch + shortcut, then the post-add activation.
+
+    With an ``avgpool`` shortcut (TResNet) the shortcut runs before the main branch, with a
+    ``conv`` shortcut (ResNet) after it, as in the reference implementations.
+    """
+
+    shortcut_first: bool
+
+    def _setup_tail(self, cin: int, cout: int, stride: int, cfg: StageConfig) -> None:
+        self.shortcut = _shortcut(cin, cout, stride, cfg.shortcut)
+        self.shortcut_first = cfg.shortcut == "avgpool"
+        self.post_act = make_activation(cfg.post_activation)
+
+    def main(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shortcut_first:
+            residual = self.shortcut(x)
+            out = self.main(x)
+        else:
+            out = self.main(x)
+            residual = self.shortcut(x)
+        return self.post_act(out + residual)
+
+    def zero_init_last(self) -> None:
+        """Start as identity: zero the scale of the last BatchNorm of the main branch."""
+        raise NotImplementedError
+
+
+class BasicBlock(_Residual):
+    """Two 3x3 convs; stride (or anti-aliased blur) on the first; SE before the residual add."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, cfg: StageConfig, stride: int) -> None:
+        super().__init__()
+        planes = cfg.width
+        blur = stride == 2 and cfg.downsample == "blur"
+        self.conv1 = ConvNormAct(cin, planes, 3, 1 if blur else stride, act=cfg.activation, aa=blur)
+        self.conv2 = ConvNormAct(planes, planes, 3, act=None)
+        self._setup_tail(cin, planes, stride, cfg)
+        self.se = (SqueezeExcite(planes, se_hidden(planes, cfg.se_reduction, cfg.se_min_channels))
+                   if cfg.se == "output" else nn.Identity())
+
+    def main(self, x: torch.Tensor) -> torch.Tensor:
+        return self.se(self.conv2(self.conv1(x)))
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv2.bn.weight)
+
+
+class Bottleneck(_Residual):
+    """1x1 -> 3x3 (stride or blur) -> 1x1 (x4); SE after the 3x3 (``mid``) or after conv3 (``output``)."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, cfg: StageConfig, stride: int) -> None:
+        super().__init__()
+        planes, out = cfg.width, cfg.width * 4
+        blur = stride == 2 and cfg.downsample == "blur"
+        self.conv1 = ConvNormAct(cin, planes, 1, act=cfg.activation)
+        self.conv2 = ConvNormAct(planes, planes, 3, 1 if blur else stride, act=cfg.activation, aa=blur)
+        self.conv3 = ConvNormAct(planes, out, 1, act=None)
+        self._setup_tail(cin, out, stride, cfg)
+        hidden = se_hidden(out, cfg.se_reduction, cfg.se_min_channels)
+        self.se_mid = SqueezeExcite(planes, hidden) if cfg.se == "mid" else nn.Identity()
+        self.se = SqueezeExcite(out, hidden) if cfg.se == "output" else nn.Identity()
+
+    def main(self, x: torch.Tensor) -> torch.Tensor:
+        return self.se(self.conv3(self.se_mid(self.conv2(self.conv1(x)))))
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv3.bn.weight)
+
+
+def _basic_cost(t: Tracer, name: str, x: Shape, cfg: StageConfig, stride: int) -> Shape:
+    planes = cfg.width
+    blur = stride == 2 and cfg.downsample == "blur"
+    # the avgpool shortcut runs first (see _Residual); recording order follows execution order
+    if cfg.shortcut == "avgpool":
+        _shortcut_cost(t, f"{name}.shortcut", x, planes, stride, cfg.shortcut)
+    y = conv_norm_act_cost(t, f"{name}.conv1", x, planes, 3, 1 if blur else stride, aa=blur)
+    y = conv_norm_act_cost(t, f"{name}.conv2", y, planes, 3)
+    if cfg.se == "output":
+        squeeze_excite_cost(t, f"{name}.se", y, se_hidden(planes, cfg.se_reduction, cfg.se_min_channels))
+    if cfg.shortcut == "conv":
+        _shortcut_cost(t, f"{name}.shortcut", x, planes, stride, cfg.shortcut)
+    return y
+
+
+def _bottleneck_cost(t: Tracer, name: str, x: Shape, cfg: StageConfig, stride: int) -> Shape:
+    planes, out = cfg.width, cfg.width * 4
+    blur = stride == 2 and cfg.downsample == "blur"
+    hidden = se_hidden(out, cfg.se_reduction, cfg.se_min_channels)
+    if cfg.shortcut == "avgpool":
+        _shortcut_cost(t, f"{name}.shortcut", x, out, stride, cfg.shortcut)
+    y = conv_norm_act_cost(t, f"{name}.conv1", x, planes, 1)
+    y = conv_norm_act_cost(t, f"{name}.conv2", y, planes, 3, 1 if blur else stride, aa=blur)
+    if cfg.se == "mid":
+        squeeze_excite_cost(t, f"{name}.se_mid", y, hidden)
+    y = conv_norm_act_cost(t, f"{name}.conv3", y, out, 1)
+    if cfg.se == "output":
+        squeeze_excite_cost(t, f"{name}.se", y, hidden)
+    if cfg.shortcut == "conv":
+        _shortcut_cost(t, f"{name}.shortcut", x, out, stride, cfg.shortcut)
+    return y
+
+
+_RESIDUAL: dict[str, tuple[type[_Residual], Callable[..., Shape]]] = {
+    "basic": (BasicBlock, _basic_cost),
+    "bottleneck": (Bottleneck, _bottleneck_cost),
+}
+
+
+def _build_residual_stage(cfg: StageConfig, cin: int) -> tuple[OrderedDict[str, nn.Module], int]:
+    block_cls, _ = _RESIDUAL[cfg.block]
+    blocks = []
+    for i in range(cfg.depth):
+        blocks.append(block_cls(cin, cfg, 2 if (i == 0 and cfg.reduces) else 1))
+        cin = cfg.width * block_cls.expansion
+    return OrderedDict(blocks=nn.Sequential(*blocks)), cin
+
+
+def _residual_stage_cost(t: Tracer, name: str, cfg: StageConfig, x: Shape) -> Shape:
+    _, cost = _RESIDUAL[cfg.block]
+    for i in range(cfg.depth):
+        x = cost(t, f"{name}.blocks.{i}", x, cfg, 2 if (i == 0 and cfg.reduces) else 1)
+    return x
+
+
+# --- registries -------------------------------------------------------------------------------
+
+STAGE_BUILDERS: dict[str, Callable[[StageConfig, int], tuple[OrderedDict[str, nn.Module], int]]] = {
+    "hard": _build_hard_stage,
+    "basic": _build_residual_stage,
+    "bottleneck": _build_residual_stage,
+}
+STAGE_COSTS: dict[str, Callable[[Tracer, str, StageConfig, Shape], Shape]] = {
+    "hard": _hard_stage_cost,
+    "basic": _residual_stage_cost,
+    "bottleneck": _residual_stage_cost,
+}
+assert set(STAGE_BUILDERS) == set(BLOCKS) == set(STAGE_COSTS), "stage registries must agree with config.BLOCKS"
+
+
+def build_stage(cfg: StageConfig, in_channels: int) -> tuple[nn.Sequential, int]:
+    """The stage module and its output channel count."""
+    parts, out = STAGE_BUILDERS[cfg.block](cfg, in_channels)
+    return nn.Sequential(parts), out
+
+
+def stage_cost(t: Tracer, name: str, cfg: StageConfig, x: Shape) -> Shape:
+    return STAGE_COSTS[cfg.block](t, name, cfg, x)
+
+
+def stage_out_channels(cfg: StageConfig, in_channels: int) -> int:
+    """Output channels of a stage, from the config alone."""
+    if cfg.block == "hard":
+        return cfg.transition or plan_for(cfg, in_channels).out_channels
+    return cfg.width * _RESIDUAL[cfg.block][0].expansion

@@ -1,0 +1,154 @@
+"""Analytic cost model: params, MACs, CIO and MoC of a config, per layer, with no model built.
+
+CIO is the HarDNet paper's measure of memory traffic: for every convolution, input tensor size
+plus output tensor size (a concatenated input counts in full each time it is read). MoC is
+MACs / CIO, the computational density that decides whether a layer is memory-bound.
+
+``macs`` counts convolutions and linear layers only. ``thop_macs`` adds what ``thop.profile``
+(the counter behind the published HarDNet tables) also counts: 4 x input size per BatchNorm and
+the pooling ops. The difference between the two is exactly `CostReport.extra_macs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from .blocks import stage_cost
+from .config import ArchConfig
+from .stems import stem_cost
+from .tracer import LayerCost, Tracer
+
+__all__ = ["CostReport", "StageCost", "analyze", "thop_profile"]
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """Totals of one group of layers (``stem``, ``stages.<i>``, ``head``)."""
+
+    name: str
+    params: int
+    macs: int
+    cio: int
+    out_shape: tuple[int, ...]
+
+    @property
+    def moc(self) -> float:
+        return self.macs / self.cio if self.cio else 0.0
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """Per-layer records and totals for one config at one input shape."""
+
+    arch_id: str
+    resolution: int
+    batch: int
+    bytes_per_element: int
+    layers: tuple[LayerCost, ...]
+
+    @property
+    def params(self) -> int:
+        return sum(r.params for r in self.layers)
+
+    @property
+    def macs(self) -> int:
+        return sum(r.macs for r in self.layers)
+
+    @property
+    def extra_macs(self) -> int:
+        return sum(r.extra_macs for r in self.layers)
+
+    @property
+    def thop_macs(self) -> int:
+        return self.macs + self.extra_macs
+
+    @property
+    def cio(self) -> int:
+        return sum(r.cio for r in self.layers)
+
+    @property
+    def cio_bytes(self) -> int:
+        return self.cio * self.bytes_per_element
+
+    @property
+    def moc(self) -> float:
+        return self.macs / self.cio if self.cio else 0.0
+
+    @property
+    def conv_count(self) -> int:
+        return sum(r.op == "conv" for r in self.layers)
+
+    def by_stage(self) -> list[StageCost]:
+        """Totals per stem / stage / head, in network order."""
+        groups: dict[str, list[LayerCost]] = {}
+        for r in self.layers:
+            groups.setdefault(r.stage, []).append(r)
+        return [
+            StageCost(name, sum(r.params for r in rs), sum(r.macs for r in rs), sum(r.cio for r in rs), rs[-1].out_shape)
+            for name, rs in groups.items()
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        """Totals as a plain dict (what the search stores and the CLI prints with --json)."""
+        return {
+            "arch_id": self.arch_id,
+            "resolution": self.resolution,
+            "batch": self.batch,
+            "params": self.params,
+            "macs": self.macs,
+            "thop_macs": self.thop_macs,
+            "cio": self.cio,
+            "cio_bytes": self.cio_bytes,
+            "moc": self.moc,
+        }
+
+
+@lru_cache(maxsize=2048)
+def analyze(config: ArchConfig, resolution: int = 224, batch: int = 1, bytes_per_element: int = 4) -> CostReport:
+    """Cost of ``config`` for a ``batch x in_channels x resolution x resolution`` input.
+
+    Raises `ValueError` if the resolution is not a multiple of the network's stride or the
+    batch is not positive.
+    """
+    if not isinstance(config, ArchConfig):
+        raise ValueError(f"config: {type(config).__name__} is not allowed; expected an ArchConfig")
+    config.check_resolution(resolution)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch: {batch!r} is not allowed; expected an integer >= 1")
+    t = Tracer(batch, bytes_per_element)
+    x = (batch, config.in_channels, resolution, resolution)
+    x = stem_cost(t, config.stem, x)
+    for i, stage in enumerate(config.stages):
+        x = stage_cost(t, f"stages.{i}", stage, x)
+    pooled = t.global_pool("head.pool", x)
+    t.linear("head.fc", pooled, config.head.num_classes)
+    return CostReport(config.arch_id, resolution, batch, bytes_per_element, tuple(t.layers))
+
+
+def thop_profile(model: Any, resolution: int = 224, batch: int = 1) -> tuple[int, int]:
+    """``(macs, params)`` from ``thop.profile`` on a built model.
+
+    The fixed blur filter is a custom module thop does not know; it is registered as the
+    depthwise 3x3 conv it is, so thop and `CostReport.thop_macs` agree exactly.
+    """
+    import thop
+    import torch
+
+    from .layers import BlurPool2d
+
+    def count_blur(m: BlurPool2d, x: tuple[torch.Tensor], y: torch.Tensor) -> None:
+        m.total_ops += torch.DoubleTensor([int(y.numel() * 9)])
+
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(batch, model.config.in_channels, resolution, resolution)
+    try:
+        macs, params = thop.profile(model, inputs=(x,), custom_ops={BlurPool2d: count_blur}, verbose=False)
+    finally:
+        model.train(was_training)
+        for m in model.modules():  # thop leaves counters behind as buffers; remove them
+            for name in ("total_ops", "total_params"):
+                m._buffers.pop(name, None)
+    return int(macs), int(params)

@@ -1,0 +1,2 @@
+class LoadReport: pass
+def load_reference_weights(*a): pass
