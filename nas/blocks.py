@@ -6,10 +6,9 @@ walks the same parts in the same order and names. Stage parts run in this order:
 ``drop`` -> ``transition`` -> ``se`` (placement ``transition``).
 """
 
-from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, List
 
 import torch
 from torch import nn
@@ -68,8 +67,9 @@ class HarDBlock(nn.Module):
     The link pattern comes precomputed from the cached `BlockPlan`; forward only indexes it.
     """
 
-    links: list[list[int]]
-    outputs: list[int]
+    # typing.List and no postponed annotations in this module: TorchScript resolves these at run time
+    links: List[List[int]]
+    outputs: List[int]
 
     def __init__(self, plan: BlockPlan, depthwise: bool = False, act: str = "relu6") -> None:
         super().__init__()

@@ -34,6 +34,8 @@ class ClassifierHead(nn.Module):
 class Net(nn.Module):
     """A network of the design space: ``stem`` -> ``stages`` -> ``head``."""
 
+    __jit_unused_properties__ = ["arch_id"]
+
     def __init__(self, config: ArchConfig) -> None:
         super().__init__()
         self.config = config

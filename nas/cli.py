@@ -1,0 +1,47 @@
+"""Shared plumbing for the command-line shells: one-line errors and exit code 2 for usage errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, NoReturn, Sequence
+
+from .config import ArchConfig
+from .registry import get_config, list_models
+
+__all__ = ["ArgumentParser", "UsageError", "resolve_config", "run"]
+
+
+class UsageError(ValueError):
+    """A bad value the user gave; reported as one line, exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is a single line naming the bad value (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def resolve_config(spec: str) -> ArchConfig:
+    """A canonical model name, or a path to a JSON/YAML config file."""
+    if spec in list_models():
+        return get_config(spec)
+    path = Path(spec)
+    if path.suffix.lower() in (".json", ".yaml", ".yml") or path.exists():
+        return ArchConfig.load(path)
+    return get_config(spec)  # raises with the list of known names
+
+
+def run(main: Callable[[Sequence[str] | None], int], prog: str, argv: Sequence[str] | None = None) -> NoReturn:
+    """Call ``main`` and turn a `ValueError` into ``prog: error: ...`` with exit code 2."""
+    try:
+        code = main(argv)
+    except ValueError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

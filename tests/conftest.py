@@ -1,0 +1,32 @@
+"""Shared fixtures. Slow tests run when CI=true (as in CI) or with --runslow."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow") or os.environ.get("CI", "").lower() == "true":
+        return
+    skip = pytest.mark.skip(reason="slow: runs with CI=true or --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def reference_layouts() -> dict:
+    """Layouts recorded from the official implementations (see tests/data/README.md)."""
+    with gzip.open(DATA / "reference_layouts.json.gz", "rt") as f:
+        return json.load(f)

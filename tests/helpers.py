@@ -1,0 +1,36 @@
+"""Forward-hook counters: the measured side that the analytic cost model is checked against."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nas.layers import BlurPool2d
+
+
+def hook_counts(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, int]]:
+    """Per conv-like / linear module: input+output elements and MACs seen in a real forward pass."""
+    seen: dict[str, dict[str, int]] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, BlurPool2d, nn.Linear)):
+
+            def hook(mod, inp, out, name=name):
+                i, o = inp[0], out
+                if isinstance(mod, nn.Conv2d):
+                    macs = o.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+                elif isinstance(mod, BlurPool2d):
+                    macs = o.numel() * 9
+                else:
+                    macs = o.numel() * mod.in_features
+                cio = 0 if isinstance(mod, nn.Linear) else i.numel() + o.numel()
+                seen[name] = {"cio": cio, "macs": macs}
+
+            handles.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen

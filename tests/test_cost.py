@@ -1,0 +1,103 @@
+"""The analytic cost model against the built model: params, MACs, CIO per layer, and thop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nas
+from nas.cost import thop_profile
+from nas.sampling import random_config
+
+from helpers import hook_counts
+
+CANONICAL = nas.list_models()
+
+
+def _configs():
+    for name in CANONICAL:
+        yield pytest.param(nas.get_config(name), id=name)
+    for seed in range(50):
+        yield pytest.param(random_config(seed), id=f"random{seed}")
+
+
+@pytest.mark.parametrize("cfg", list(_configs()))
+def test_analytic_cost_equals_the_built_model(cfg):
+    resolution = 2 * cfg.reduction
+    model = nas.build_model(cfg)
+    report = nas.analyze(cfg, resolution, batch=2)
+    assert report.params == sum(p.numel() for p in model.parameters())
+
+    seen = hook_counts(model, torch.zeros(2, cfg.in_channels, resolution, resolution))
+    analytic = {r.name: r for r in report.layers if r.op in ("conv", "blur", "linear")}
+    # the same modules, by qualified name, with the same CIO and MACs each
+    assert set(seen) == set(analytic)
+    for name, counts in seen.items():
+        assert (analytic[name].cio, analytic[name].macs) == (counts["cio"], counts["macs"]), name
+    assert report.cio == sum(c["cio"] for c in seen.values())
+    assert report.macs == sum(c["macs"] for c in seen.values())
+
+    # thop counts conv + linear + what it adds for BatchNorm and pooling: exactly extra_macs
+    macs, params = thop_profile(model, resolution, batch=2)
+    assert params == report.params
+    assert macs == report.thop_macs == report.macs + report.extra_macs
+    assert not any(hasattr(m, "total_ops") for m in model.modules())
+
+
+GOLDEN_224 = {
+    # name: (params, conv+linear MACs, thop MACs, CIO)
+    "hardnet39ds": (3_488_228, 429_471_474, 445_360_258, 9_818_424),
+    "hardnet68ds": (4_180_602, 775_281_526, 801_363_878, 17_324_440),
+    "hardnet68": (17_565_348, 4_246_114_304, 4_262_856_472, 11_468_940),
+    "hardnet85": (36_670_212, 9_074_081_584, 9_099_417_040, 17_469_284),
+    "tresnet_m": (31_389_032, 5_736_545_792, 5_765_273_600, 14_386_176),
+    "tresnet_l": (55_989_256, 10_877_566_880, 10_924_551_296, 23_497_360),
+    "tresnet_xl": (78_436_244, 15_167_063_432, 15_227_745_728, 30_338_780),
+    "resnet50": (25_557_032, 4_089_184_256, 4_133_742_592, 21_776_384),
+}
+
+
+@pytest.mark.parametrize("name", CANONICAL)
+def test_golden_costs_at_224(name, reference_layouts):
+    r = nas.analyze(nas.get_config(name), 224)
+    assert (r.params, r.macs, r.thop_macs, r.cio) == GOLDEN_224[name]
+    # conv2d-only CIO equals the official code's forward-hook count (TResNet's blur is an F.conv2d there)
+    assert sum(x.cio for x in r.layers if x.op == "conv") == reference_layouts[name]["cio_224_conv2d_only"]
+
+
+def test_paper_and_readme_figures():
+    h68, r50 = nas.analyze(nas.get_config("hardnet68")), nas.analyze(nas.get_config("resnet50"))
+    assert round(h68.cio / 1e6, 1) == 11.5  # paper Table 4: 11.5M
+    assert round(h68.params / 1e6, 1) == 17.6 and round(h68.macs / 1e9, 1) == 4.2  # paper: 17.6M, 4.3G (thop 4.26)
+    ds39 = nas.analyze(nas.get_config("hardnet39ds"))
+    assert f"{ds39.thop_macs / 1e9:.2f}" == "0.45" and f"{ds39.macs / 1e9:.2f}" == "0.43"  # README 0.44 (truncated)
+    assert round(r50.cio / 1e6, 1) == 21.8  # official code 21,776,384; paper prints 20.7M
+
+
+def test_per_stage_totals_add_up_and_cio_scales_with_area():
+    r = nas.analyze(nas.get_config("hardnet68"), 224)
+    stages = r.by_stage()
+    assert [s.name for s in stages] == ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "stages.4", "head"]
+    assert sum(s.params for s in stages) == r.params and sum(s.cio for s in stages) == r.cio
+    big = nas.analyze(nas.get_config("hardnet68"), 448)
+    assert big.cio == 4 * r.cio and big.params == r.params
+    assert nas.analyze(nas.get_config("hardnet68"), 224, batch=3).cio == 3 * r.cio
+    assert r.cio_bytes == 4 * r.cio and nas.analyze(nas.get_config("hardnet68"), 224, 1, 2).cio_bytes == 2 * r.cio
+
+
+def test_layer_records_have_moc_and_shapes():
+    r = nas.analyze(nas.get_config("hardnet68"), 224)
+    conv = next(x for x in r.layers if x.op == "conv")
+    assert conv.name == "stem.conv1.conv" and conv.in_shape == (1, 3, 224, 224) and conv.out_shape == (1, 32, 112, 112)
+    assert conv.moc == pytest.approx(conv.macs / conv.cio)
+    assert r.moc == pytest.approx(r.macs / r.cio)
+
+
+def test_bad_inputs():
+    cfg = nas.get_config("hardnet68")
+    with pytest.raises(ValueError, match="resolution: 100 is not allowed; expected a multiple of the network's stride 32"):
+        nas.analyze(cfg, 100)
+    with pytest.raises(ValueError, match="batch: 0 is not allowed"):
+        nas.analyze(cfg, 224, 0)
+    with pytest.raises(ValueError, match="expected an ArchConfig"):
+        nas.analyze("hardnet68")
