@@ -54,11 +54,11 @@ def _hard_layer(cin: int, cout: int, depthwise: bool, act: str) -> nn.Module:
     return ConvNormAct(cin, cout, 3, act=act)
 
 
-def _hard_layer_cost(t: Tracer, name: str, x: Shape, cout: int, depthwise: bool) -> Shape:
+def _hard_layer_cost(t: Tracer, name: str, x: Shape, cout: int, depthwise: bool, act: str) -> Shape:
     if depthwise:
-        y = conv_norm_act_cost(t, f"{name}.pw", x, cout, 1)
-        return conv_norm_act_cost(t, f"{name}.dw", y, cout, 3, groups=cout)
-    return conv_norm_act_cost(t, name, x, cout, 3)
+        y = conv_norm_act_cost(t, f"{name}.pw", x, cout, 1, act=act)
+        return conv_norm_act_cost(t, f"{name}.dw", y, cout, 3, groups=cout, act=None)
+    return conv_norm_act_cost(t, name, x, cout, 3, act=act)
 
 
 class HarDBlock(nn.Module):
@@ -89,12 +89,12 @@ class HarDBlock(nn.Module):
         return torch.cat([feats[j] for j in self.outputs], 1)
 
 
-def _hard_block_cost(t: Tracer, name: str, x: Shape, plan: BlockPlan, depthwise: bool) -> Shape:
+def _hard_block_cost(t: Tracer, name: str, x: Shape, plan: BlockPlan, depthwise: bool, act: str) -> Shape:
     feats = [x]
     for i, (link, cout) in enumerate(zip(plan.links, plan.layer_out)):
-        inp = Tracer.concat([feats[j] for j in link])
-        feats.append(_hard_layer_cost(t, f"{name}.layers.{i}", inp, cout, depthwise))
-    return Tracer.concat([feats[j] for j in plan.outputs])
+        inp = t.concat(f"{name}.layers.{i}.cat", [feats[j] for j in link])
+        feats.append(_hard_layer_cost(t, f"{name}.layers.{i}", inp, cout, depthwise, act))
+    return t.concat(f"{name}.cat", [feats[j] for j in plan.outputs])
 
 
 def _hard_down(kind: str, ch: int, act: str) -> nn.Module:
@@ -107,16 +107,16 @@ def _hard_down(kind: str, ch: int, act: str) -> nn.Module:
     }[kind]()
 
 
-def _hard_down_cost(t: Tracer, name: str, kind: str, x: Shape) -> Shape:
+def _hard_down_cost(t: Tracer, name: str, kind: str, x: Shape, act: str) -> Shape:
     ch = x[1]
     if kind == "maxpool":
         return t.maxpool(name, x, 2, 2)
     if kind == "avgpool":
         return t.avgpool(name, x, 2, 2)
     if kind == "dwconv":
-        return conv_norm_act_cost(t, name, x, ch, 3, 2, groups=ch)
+        return conv_norm_act_cost(t, name, x, ch, 3, 2, groups=ch, act=None)
     if kind == "conv":
-        return conv_norm_act_cost(t, name, x, ch, 3, 2)
+        return conv_norm_act_cost(t, name, x, ch, 3, 2, act=act)
     return t.blur(name, x)
 
 
@@ -141,13 +141,13 @@ def _build_hard_stage(cfg: StageConfig, cin: int) -> tuple[OrderedDict[str, nn.M
 
 def _hard_stage_cost(t: Tracer, name: str, cfg: StageConfig, x: Shape) -> Shape:
     if cfg.reduces:
-        x = _hard_down_cost(t, f"{name}.down", cfg.downsample, x)
+        x = _hard_down_cost(t, f"{name}.down", cfg.downsample, x, cfg.activation)
     plan = plan_for(cfg, x[1])
-    x = _hard_block_cost(t, f"{name}.block", x, plan, cfg.depthwise)
+    x = _hard_block_cost(t, f"{name}.block", x, plan, cfg.depthwise, cfg.activation)
     if cfg.se == "output":
         x = squeeze_excite_cost(t, f"{name}.se", x, se_hidden(x[1], cfg.se_reduction, cfg.se_min_channels))
     if cfg.transition:
-        x = conv_norm_act_cost(t, f"{name}.transition", x, cfg.transition, 1)
+        x = conv_norm_act_cost(t, f"{name}.transition", x, cfg.transition, 1, act=cfg.activation)
     if cfg.se == "transition":
         x = squeeze_excite_cost(t, f"{name}.se", x, se_hidden(x[1], cfg.se_reduction, cfg.se_min_channels))
     return x
@@ -173,7 +173,7 @@ def _shortcut_cost(t: Tracer, name: str, x: Shape, cout: int, stride: int, kind:
     if kind == "avgpool" and stride == 2:
         x = t.avgpool(f"{name}.pool", x, 2, 2, ceil_mode=True)
         stride = 1
-    return conv_norm_act_cost(t, f"{name}.proj", x, cout, 1, stride)
+    return conv_norm_act_cost(t, f"{name}.proj", x, cout, 1, stride, act=None)
 
 
 class _Residual(nn.Module):
@@ -259,13 +259,13 @@ def _basic_cost(t: Tracer, name: str, x: Shape, cfg: StageConfig, stride: int) -
     # the avgpool shortcut runs first (see _Residual); recording order follows execution order
     if cfg.shortcut == "avgpool":
         _shortcut_cost(t, f"{name}.shortcut", x, planes, stride, cfg.shortcut)
-    y = conv_norm_act_cost(t, f"{name}.conv1", x, planes, 3, 1 if blur else stride, aa=blur)
-    y = conv_norm_act_cost(t, f"{name}.conv2", y, planes, 3)
+    y = conv_norm_act_cost(t, f"{name}.conv1", x, planes, 3, 1 if blur else stride, act=cfg.activation, aa=blur)
+    y = conv_norm_act_cost(t, f"{name}.conv2", y, planes, 3, act=None)
     if cfg.se == "output":
         squeeze_excite_cost(t, f"{name}.se", y, se_hidden(planes, cfg.se_reduction, cfg.se_min_channels))
     if cfg.shortcut == "conv":
         _shortcut_cost(t, f"{name}.shortcut", x, planes, stride, cfg.shortcut)
-    return y
+    return _residual_add_cost(t, name, y, cfg)
 
 
 def _bottleneck_cost(t: Tracer, name: str, x: Shape, cfg: StageConfig, stride: int) -> Shape:
@@ -274,16 +274,21 @@ def _bottleneck_cost(t: Tracer, name: str, x: Shape, cfg: StageConfig, stride: i
     hidden = se_hidden(out, cfg.se_reduction, cfg.se_min_channels)
     if cfg.shortcut == "avgpool":
         _shortcut_cost(t, f"{name}.shortcut", x, out, stride, cfg.shortcut)
-    y = conv_norm_act_cost(t, f"{name}.conv1", x, planes, 1)
-    y = conv_norm_act_cost(t, f"{name}.conv2", y, planes, 3, 1 if blur else stride, aa=blur)
+    y = conv_norm_act_cost(t, f"{name}.conv1", x, planes, 1, act=cfg.activation)
+    y = conv_norm_act_cost(t, f"{name}.conv2", y, planes, 3, 1 if blur else stride, act=cfg.activation, aa=blur)
     if cfg.se == "mid":
         squeeze_excite_cost(t, f"{name}.se_mid", y, hidden)
-    y = conv_norm_act_cost(t, f"{name}.conv3", y, out, 1)
+    y = conv_norm_act_cost(t, f"{name}.conv3", y, out, 1, act=None)
     if cfg.se == "output":
         squeeze_excite_cost(t, f"{name}.se", y, hidden)
     if cfg.shortcut == "conv":
         _shortcut_cost(t, f"{name}.shortcut", x, out, stride, cfg.shortcut)
-    return y
+    return _residual_add_cost(t, name, y, cfg)
+
+
+def _residual_add_cost(t: Tracer, name: str, y: Shape, cfg: StageConfig) -> Shape:
+    t.eltwise(f"{name}.add", "add", y, 3)
+    return t.activation(f"{name}.post_act", y, cfg.post_activation)
 
 
 _RESIDUAL: dict[str, tuple[type[_Residual], Callable[..., Shape]]] = {

@@ -69,9 +69,10 @@ class ConvNormAct(nn.Module):
 
 
 def conv_norm_act_cost(t: Tracer, name: str, x: Shape, cout: int, kernel: int = 3, stride: int = 1,
-                       groups: int = 1, aa: bool = False) -> Shape:
+                       groups: int = 1, act: str | None = "relu", aa: bool = False) -> Shape:
     y = t.conv(f"{name}.conv", x, cout, kernel, stride, groups)
     y = t.bn(f"{name}.bn", y)
+    y = t.activation(f"{name}.act", y, act)
     if aa:
         y = t.blur(f"{name}.aa", y)
     return y
@@ -136,6 +137,8 @@ class SqueezeExcite(nn.Module):
 
 def squeeze_excite_cost(t: Tracer, name: str, x: Shape, hidden: int) -> Shape:
     n, c, _, _ = x
+    t.eltwise(f"{name}.mean", "reduce", x, 1)
     s = t.conv(f"{name}.fc1", (n, c, 1, 1), hidden, 1, bias=True)
     t.conv(f"{name}.fc2", s, c, 1, bias=True)
+    t.eltwise(f"{name}.mul", "mul", x, 2)
     return x

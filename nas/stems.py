@@ -28,10 +28,10 @@ def _hardnet(cfg: StemConfig, cin: int) -> OrderedDict[str, nn.Module]:
 
 def _hardnet_cost(t: Tracer, cfg: StemConfig, x: Shape) -> Shape:
     c0, c1 = cfg.channels
-    x = conv_norm_act_cost(t, "stem.conv1", x, c0, 3, 2)
-    x = conv_norm_act_cost(t, "stem.conv2", x, c1, 1 if cfg.depthwise else 3)
+    x = conv_norm_act_cost(t, "stem.conv1", x, c0, 3, 2, act=cfg.activation)
+    x = conv_norm_act_cost(t, "stem.conv2", x, c1, 1 if cfg.depthwise else 3, act=cfg.activation)
     if cfg.depthwise:
-        return conv_norm_act_cost(t, "stem.down", x, c1, 3, 2, groups=c1)
+        return conv_norm_act_cost(t, "stem.down", x, c1, 3, 2, groups=c1, act=None)
     return t.maxpool("stem.pool", x, 3, 2, 1)
 
 
@@ -40,7 +40,7 @@ def _resnet(cfg: StemConfig, cin: int) -> OrderedDict[str, nn.Module]:
 
 
 def _resnet_cost(t: Tracer, cfg: StemConfig, x: Shape) -> Shape:
-    x = conv_norm_act_cost(t, "stem.conv1", x, cfg.channels[0], 7, 2)
+    x = conv_norm_act_cost(t, "stem.conv1", x, cfg.channels[0], 7, 2, act=cfg.activation)
     return t.maxpool("stem.pool", x, 3, 2, 1)
 
 
@@ -56,9 +56,9 @@ def _deep(cfg: StemConfig, cin: int) -> OrderedDict[str, nn.Module]:
 
 def _deep_cost(t: Tracer, cfg: StemConfig, x: Shape) -> Shape:
     c0, c1, c2 = cfg.channels
-    x = conv_norm_act_cost(t, "stem.conv1", x, c0, 3, 2)
-    x = conv_norm_act_cost(t, "stem.conv2", x, c1, 3)
-    x = conv_norm_act_cost(t, "stem.conv3", x, c2, 3)
+    x = conv_norm_act_cost(t, "stem.conv1", x, c0, 3, 2, act=cfg.activation)
+    x = conv_norm_act_cost(t, "stem.conv2", x, c1, 3, act=cfg.activation)
+    x = conv_norm_act_cost(t, "stem.conv3", x, c2, 3, act=cfg.activation)
     return t.maxpool("stem.pool", x, 3, 2, 1)
 
 
@@ -68,7 +68,7 @@ def _space_to_depth(cfg: StemConfig, cin: int) -> OrderedDict[str, nn.Module]:
 
 def _space_to_depth_cost(t: Tracer, cfg: StemConfig, x: Shape) -> Shape:
     x = t.space_to_depth("stem.s2d", x, 4)
-    return conv_norm_act_cost(t, "stem.conv1", x, cfg.channels[0], 3)
+    return conv_norm_act_cost(t, "stem.conv1", x, cfg.channels[0], 3, act=cfg.activation)
 
 
 STEM_BUILDERS: dict[str, Callable[[StemConfig, int], OrderedDict[str, nn.Module]]] = {

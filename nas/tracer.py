@@ -13,6 +13,9 @@ Counting conventions (the HarDNet paper's and thop's, kept apart):
   concatenated input counts in full each time it is read. Pools, norms and linear layers add 0.
 * ``extra_macs`` what thop additionally counts for other ops: 4 x input size for an affine
   BatchNorm, output size for AvgPool2d, (kernel area + 1) x output size for AdaptiveAvgPool2d.
+* ``mem``   elements read + written by the memory-bound ops CIO leaves out (norms, activations,
+  concatenations, residual adds, pools, SE gating). CIO assumes they are fused away; an eager
+  framework runs each as its own kernel, so the latency predictor needs them.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class LayerCost:
     macs: int
     cio: int
     extra_macs: int = 0
+    mem: int = 0
+    groups: int = 1
     bytes_per_element: int = 4
 
     @property
@@ -68,8 +73,9 @@ class Tracer:
         self.layers: list[LayerCost] = []
 
     def _add(self, name: str, op: str, x: tuple[int, ...], y: tuple[int, ...], params: int = 0, macs: int = 0,
-             cio: int = 0, extra: int = 0) -> None:
-        self.layers.append(LayerCost(name, op, tuple(x), tuple(y), params, macs, cio, extra, self.bytes_per_element))
+             cio: int = 0, extra: int = 0, mem: int = 0, groups: int = 1) -> None:
+        self.layers.append(
+            LayerCost(name, op, tuple(x), tuple(y), params, macs, cio, extra, mem, groups, self.bytes_per_element))
 
     def conv(self, name: str, x: Shape, cout: int, k: int, stride: int = 1, groups: int = 1, bias: bool = False,
              padding: int | None = None) -> Shape:
@@ -78,17 +84,17 @@ class Tracer:
         y = (n, cout, _conv_out(h, k, stride, p), _conv_out(w, k, stride, p))
         params = cout * (c // groups) * k * k + (cout if bias else 0)
         macs = prod(y) * (c // groups) * k * k
-        self._add(name, "conv", x, y, params, macs, prod(x) + prod(y))
+        self._add(name, "conv", x, y, params, macs, prod(x) + prod(y), groups=groups)
         return y
 
     def bn(self, name: str, x: Shape) -> Shape:
-        self._add(name, "bn", x, x, params=2 * x[1], extra=4 * prod(x))
+        self._add(name, "bn", x, x, params=2 * x[1], extra=4 * prod(x), mem=2 * prod(x))
         return x
 
     def maxpool(self, name: str, x: Shape, k: int, stride: int, padding: int = 0) -> Shape:
         n, c, h, w = x
         y = (n, c, _conv_out(h, k, stride, padding), _conv_out(w, k, stride, padding))
-        self._add(name, "maxpool", x, y)
+        self._add(name, "maxpool", x, y, mem=prod(x) + prod(y))
         return y
 
     def avgpool(self, name: str, x: Shape, k: int, stride: int, ceil_mode: bool = False) -> Shape:
@@ -101,25 +107,25 @@ class Tracer:
             return o - 1 if (o - 1) * stride >= size else o
 
         y = (n, c, out(h), out(w))
-        self._add(name, "avgpool", x, y, extra=prod(y))
+        self._add(name, "avgpool", x, y, extra=prod(y), mem=prod(x) + prod(y))
         return y
 
     def blur(self, name: str, x: Shape) -> Shape:
         """Fixed [1,2,1]x[1,2,1]/16 depthwise filter, reflect padding 1, stride 2 (a buffer: no params)."""
         n, c, h, w = x
         y = (n, c, _conv_out(h, 3, 2, 1), _conv_out(w, 3, 2, 1))
-        self._add(name, "blur", x, y, macs=prod(y) * 9, cio=prod(x) + prod(y))
+        self._add(name, "blur", x, y, macs=prod(y) * 9, cio=prod(x) + prod(y), groups=c)
         return y
 
     def space_to_depth(self, name: str, x: Shape, block: int) -> Shape:
         n, c, h, w = x
         y = (n, c * block * block, h // block, w // block)
-        self._add(name, "space_to_depth", x, y)
+        self._add(name, "space_to_depth", x, y, mem=2 * prod(x))
         return y
 
     def global_pool(self, name: str, x: Shape) -> tuple[int, int]:
         n, c, h, w = x
-        self._add(name, "global_pool", x, (n, c, 1, 1), extra=(h * w + 1) * n * c)
+        self._add(name, "global_pool", x, (n, c, 1, 1), extra=(h * w + 1) * n * c, mem=prod(x) + n * c)
         return (n, c)
 
     def linear(self, name: str, x: tuple[int, int], out: int, bias: bool = True) -> tuple[int, int]:
@@ -128,8 +134,20 @@ class Tracer:
         self._add(name, "linear", x, y, params=f * out + (out if bias else 0), macs=n * f * out)
         return y
 
-    @staticmethod
-    def concat(shapes: list[Shape]) -> Shape:
-        """Shape of a channel concatenation (records nothing: a concat is not a conv)."""
+    def concat(self, name: str, shapes: list[Shape]) -> Shape:
+        """Channel concatenation; a single input is passed through without a copy."""
         n, _, h, w = shapes[0]
-        return (n, sum(s[1] for s in shapes), h, w)
+        y = (n, sum(s[1] for s in shapes), h, w)
+        if len(shapes) > 1:
+            self._add(name, "concat", y, y, mem=2 * prod(y))
+        return y
+
+    def eltwise(self, name: str, op: str, x: Shape, passes: int) -> Shape:
+        """A memory-bound op touching ``passes`` tensors of ``x``'s size (an add: 2 reads + 1 write)."""
+        self._add(name, op, x, x, mem=passes * prod(x))
+        return x
+
+    def activation(self, name: str, x: Shape, spec: str | None) -> Shape:
+        if spec is not None and not spec.startswith("identity"):
+            self._add(name, "act", x, x, mem=2 * prod(x))
+        return x

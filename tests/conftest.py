@@ -30,3 +30,11 @@ def reference_layouts() -> dict:
     """Layouts recorded from the official implementations (see tests/data/README.md)."""
     with gzip.open(DATA / "reference_layouts.json.gz", "rt") as f:
         return json.load(f)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_runs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test writes its runs/ (caches, profiles, studies) into a fresh temporary folder."""
+    path = tmp_path_factory.mktemp("runs")
+    monkeypatch.setenv("HARDNAS_RUNS", str(path))
+    return path

@@ -101,3 +101,21 @@ def test_bad_inputs():
         nas.analyze(cfg, 224, 0)
     with pytest.raises(ValueError, match="expected an ArchConfig"):
         nas.analyze("hardnet68")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_memory_bound_records_mirror_the_modules(seed):
+    from torch import nn
+
+    from nas.layers import ConvNormAct
+
+    cfg = random_config(seed)
+    model = nas.build_model(cfg)
+    report = nas.analyze(cfg, 2 * cfg.reduction)
+    modules = dict(model.named_modules())
+    acts = {r.name for r in report.layers if r.op == "act" and r.name.endswith(".act")}
+    expected = {f"{n}.act" for n, m in modules.items() if isinstance(m, ConvNormAct) and not isinstance(m.act, nn.Identity)}
+    assert acts == expected
+    bns = {r.name for r in report.layers if r.op == "bn"}
+    assert bns == {n for n, m in modules.items() if isinstance(m, nn.BatchNorm2d)}
+    assert all(r.mem > 0 for r in report.layers if r.op in ("bn", "act", "concat", "add", "mul", "maxpool"))

@@ -1,0 +1,218 @@
+"""Honest latency measurement on the device at hand.
+
+CPU: a fixed thread count, ``torch.inference_mode``, warm-up, the garbage collector off while
+timing, ``perf_counter_ns`` around each forward. CUDA: ``cudnn.benchmark``, warm-up, CUDA
+events recorded around each forward and read after a synchronisation, autocast for fp16/bf16,
+channels_last. Both repeat until the relative interquartile range of the runs is at most
+``target_rel_iqr`` or ``max_seconds`` is spent; a result that hit the cap says so.
+
+A candidate that fails (out of memory, a shape error...) becomes a result with ``error`` set;
+measurement never raises for a bad model. Bad *arguments* (unknown device, fp16 on CPU, a
+resolution the network cannot take) raise `ValueError`, since those are the caller's to fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import statistics
+import time
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..config import ArchConfig
+from ..fuse import fuse_model
+from ..model import build_model
+from .cache import LatencyCache, cache_key
+from .devices import device_name, fingerprint, resolve_device, resolve_precision
+from .result import LatencyResult
+
+__all__ = ["measure"]
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _quantiles(times_ms: list[float]) -> tuple[float, float, float, float]:
+    """median, p10, p90, IQR"""
+    q = statistics.quantiles(times_ms, n=20, method="inclusive") if len(times_ms) > 1 else [times_ms[0]] * 19
+    med = statistics.median(times_ms)
+    return med, q[1], q[17], q[14] - q[4]
+
+
+@contextlib.contextmanager
+def _cpu_threads(threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class _Timer:
+    """Adaptive repetition shared by both device paths."""
+
+    def __init__(self, target_rel_iqr: float, max_seconds: float, min_runs: int, max_runs: int) -> None:
+        self.target, self.max_seconds, self.min_runs, self.max_runs = target_rel_iqr, max_seconds, min_runs, max_runs
+        self.times_ms: list[float] = []
+        self.start = time.perf_counter()
+        self.capped = False
+
+    def settled(self) -> bool:
+        n = len(self.times_ms)
+        if n >= self.min_runs:
+            med, _, _, iqr = _quantiles(self.times_ms)
+            if med > 0 and iqr / med <= self.target:
+                return True
+        if n >= self.max_runs:
+            return True
+        if time.perf_counter() - self.start > self.max_seconds and n >= min(3, self.min_runs):
+            self.capped = True
+            return True
+        return False
+
+
+def _time_cpu(model: nn.Module, x: torch.Tensor, precision: str, warmup: int, timer: _Timer) -> None:
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        for _ in range(warmup):
+            model(x)
+        with _gc_paused():
+            timer.start = time.perf_counter()
+            while True:
+                t0 = time.perf_counter_ns()
+                model(x)
+                timer.times_ms.append((time.perf_counter_ns() - t0) / 1e6)
+                if timer.settled():
+                    break
+
+
+def _time_cuda(model: nn.Module, x: torch.Tensor, precision: str, warmup: int, timer: _Timer) -> None:
+    dtype = _DTYPES.get(precision)
+    autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    stream = torch.cuda.current_stream(x.device)
+    with torch.inference_mode(), autocast:
+        for _ in range(warmup):
+            model(x)
+        torch.cuda.synchronize(x.device)
+        with _gc_paused():
+            timer.start = time.perf_counter()
+            while True:
+                # a burst of runs, each bracketed by events; one synchronisation per burst keeps
+                # the launch queue full (like deployment) while every run is timed on the GPU
+                events = []
+                for _ in range(5):
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record(stream)
+                    model(x)
+                    end.record(stream)
+                    events.append((start, end))
+                torch.cuda.synchronize(x.device)
+                timer.times_ms.extend(s.elapsed_time(e) for s, e in events)
+                if timer.settled():
+                    break
+
+
+def measure(
+    model_or_config: nn.Module | ArchConfig,
+    *,
+    device: str | torch.device = "auto",
+    resolution: int = 224,
+    batch: int = 1,
+    precision: str = "fp32",
+    channels_last: bool | None = None,
+    deploy: bool = False,
+    threads: int | None = None,
+    target_rel_iqr: float = 0.02,
+    max_seconds: float = 2.0,
+    min_runs: int = 5,
+    max_runs: int = 2000,
+    warmup: int = 3,
+    cache: LatencyCache | None = None,
+) -> LatencyResult:
+    """Median forward latency of a model (or of the network a config describes) on ``device``.
+
+    ``channels_last`` defaults to True on CUDA and False on CPU. ``deploy`` folds BatchNorm into
+    the convs first. With a ``cache``, a measurement of the same architecture on the same
+    device fingerprint, shape, precision, layout, deploy flag and torch version is reused.
+    """
+    dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch: {batch!r} is not allowed; expected an integer >= 1")
+    config = model_or_config if isinstance(model_or_config, ArchConfig) else getattr(model_or_config, "config", None)
+    if isinstance(config, ArchConfig):
+        config.check_resolution(resolution)
+    elif isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(f"resolution: {resolution!r} is not allowed; expected a positive integer")
+    if channels_last is None:
+        channels_last = dev.type == "cuda"
+    threads = threads or torch.get_num_threads()
+    arch_id = config.arch_id if isinstance(config, ArchConfig) else None
+    context: dict[str, Any] = {
+        "device_name": device_name(dev), "fingerprint": fingerprint(dev, threads), "torch": torch.__version__,
+        "threads": threads, "precision": precision, "resolution": resolution, "batch": batch,
+        "channels_last": channels_last, "deploy": deploy, "cached": False,
+    }
+    key = None
+    if cache is not None and arch_id is not None:
+        key = cache_key(arch_id, context)
+        hit = cache.get(key)
+        if hit is not None:
+            return LatencyResult.from_dict({**hit.to_dict(), "context": {**hit.context, "cached": True}})
+
+    in_ch = config.in_channels if isinstance(config, ArchConfig) else 3
+    result = _run(model_or_config, dev, in_ch, resolution, batch, precision, channels_last, deploy, threads,
+                  _Timer(target_rel_iqr, max_seconds, min_runs, max_runs), warmup, arch_id, context)
+    if key is not None and result.ok:
+        cache.put(key, arch_id, context["fingerprint"], result)
+    return result
+
+
+def _run(model_or_config: nn.Module | ArchConfig, dev: torch.device, in_ch: int, resolution: int, batch: int,
+         precision: str, channels_last: bool, deploy: bool, threads: int, timer: _Timer, warmup: int,
+         arch_id: str | None, context: dict[str, Any]) -> LatencyResult:
+    name = str(dev) if dev.type == "cpu" else f"{dev} ({context['device_name']})"
+    try:
+        model = build_model(model_or_config) if isinstance(model_or_config, ArchConfig) else model_or_config
+        model = fuse_model(model) if deploy else model
+        was_training = model.training
+        model.eval()
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        x = torch.randn(batch, in_ch, resolution, resolution).to(dev, memory_format=fmt)
+        model = model.to(dev, memory_format=fmt)
+        try:
+            if dev.type == "cuda":
+                prev = torch.backends.cudnn.benchmark
+                torch.backends.cudnn.benchmark = True
+                try:
+                    _time_cuda(model, x, precision, warmup, timer)
+                finally:
+                    torch.backends.cudnn.benchmark = prev
+            else:
+                with _cpu_threads(threads):
+                    _time_cpu(model, x, precision, warmup, timer)
+        finally:
+            model.train(was_training)
+    except Exception as err:  # a failing candidate is a result, never a crash of the caller
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return LatencyResult(None, "measured", name, error=f"{type(err).__name__}: {msg}"[:300],
+                             arch_id=arch_id, context=context)
+    med, p10, p90, iqr = _quantiles(timer.times_ms)
+    return LatencyResult(med, "measured", name, p10, p90, iqr, len(timer.times_ms), timer.capped, None, arch_id, context)

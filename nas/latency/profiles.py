@@ -1,0 +1,178 @@
+"""Device profiles for the roofline predictor: published specs, and this CPU by micro-benchmark.
+
+A profile holds peak compute per precision, memory bandwidth, a per-kernel overhead and the
+efficiencies the predictor applies (the share of peak a dense conv, a depthwise conv and a
+memory-bound op reach). Published profiles carry spec-sheet peaks with default efficiencies;
+`nas.latency.calibrate` fits the efficiencies to measured latencies. Every profile says where
+its numbers come from in ``source``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..paths import runs_dir
+from .devices import fingerprint
+
+__all__ = ["PROFILES", "DeviceProfile", "cpu_profile", "list_profiles", "resolve_profile", "save_profile"]
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Roofline parameters of one device."""
+
+    name: str
+    description: str
+    peak_gflops: dict[str, float]  # precision -> GFLOP/s (one MAC = 2 FLOPs)
+    bandwidth_gbs: float
+    overhead_us: float  # per kernel launched (framework + launch cost)
+    conv_eff: float = 0.5
+    dwconv_eff: float = 0.1
+    memory_eff: float = 0.7
+    source: str = "published spec sheet; default efficiencies, not calibrated"
+    fingerprint: str = ""
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def peak(self, precision: str) -> float:
+        return self.peak_gflops.get(precision, self.peak_gflops["fp32"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DeviceProfile":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _gpu(name: str, description: str, fp32: float, fp16: float, bf16: float | None, bw: float, overhead: float,
+         conv_eff: float = 0.5) -> DeviceProfile:
+    peaks = {"fp32": fp32, "fp16": fp16}
+    if bf16:
+        peaks["bf16"] = bf16
+    return DeviceProfile(name, description, peaks, bw, overhead, conv_eff=conv_eff, dwconv_eff=0.05, memory_eff=0.7)
+
+
+# Spec-sheet peaks in GFLOP/s and GB/s. fp16 on Pascal consumer cards runs at fp32 rate in
+# cuDNN (storage-only halving), so it gets the fp32 peak. Ampere/Hopper "fp32" convs use TF32
+# tensor cores by default in PyTorch (cudnn.allow_tf32), hence the TF32 peak there.
+PROFILES: dict[str, DeviceProfile] = {
+    p.name: p
+    for p in (
+        _gpu("gtx1080", "NVIDIA GeForce GTX 1080 (Pascal GP104)", 8_873, 8_873, None, 320, 10),
+        _gpu("gtx1080ti", "NVIDIA GeForce GTX 1080 Ti (Pascal GP102)", 11_340, 11_340, None, 484, 10),
+        _gpu("titanv", "NVIDIA TITAN V (Volta GV100)", 14_900, 110_000, None, 653, 10),
+        _gpu("v100", "NVIDIA Tesla V100 SXM2 (Volta)", 15_700, 125_000, None, 900, 10),
+        _gpu("a100", "NVIDIA A100 SXM4 40GB (Ampere); fp32 convs as TF32", 156_000, 312_000, 312_000, 1_555, 8),
+        _gpu("h100", "NVIDIA H100 SXM5 (Hopper); fp32 convs as TF32", 494_700, 989_400, 989_400, 3_350, 6),
+        _gpu("jetson_nano", "NVIDIA Jetson Nano (Maxwell, 128 cores, shared LPDDR4)", 236, 472, None, 25.6, 40),
+    )
+}
+_ALIASES = {"1080": "gtx1080", "1080ti": "gtx1080ti", "gtx_1080": "gtx1080", "gtx_1080ti": "gtx1080ti",
+            "gtx_1080_ti": "gtx1080ti", "titan_v": "titanv", "nano": "jetson_nano", "jetson": "jetson_nano"}
+
+
+def list_profiles() -> list[str]:
+    """Names `resolve_profile` accepts (aliases aside): ``cpu`` (this machine) and the published ones."""
+    return ["cpu", *PROFILES]
+
+
+def _profiles_file() -> Path:
+    return runs_dir() / "device_profiles.json"
+
+
+def _load_saved() -> dict[str, Any]:
+    path = _profiles_file()
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def save_profile(profile: DeviceProfile) -> Path:
+    """Persist a measured/calibrated profile under its fingerprint (or its name) in runs/."""
+    data = _load_saved()
+    data[profile.fingerprint or profile.name] = profile.to_dict()
+    path = _profiles_file()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def _median_seconds(fn: Any, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _micro_benchmark(threads: int) -> DeviceProfile:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False)
+            x = torch.randn(1, 128, 56, 56)
+            conv(x)
+            t_conv = _median_seconds(lambda: conv(x), 7)
+            gflops = 2 * 128 * 128 * 9 * 56 * 56 / t_conv / 1e9
+            a, b = torch.randn(8 * 2**20), torch.randn(8 * 2**20)
+            out = torch.empty_like(a)
+            torch.add(a, b, out=out)
+            t_add = _median_seconds(lambda: torch.add(a, b, out=out), 9)
+            bandwidth = 3 * a.numel() * 4 / t_add / 1e9
+            relu = torch.nn.ReLU()
+            tiny = torch.randn(1)
+            t_op = _median_seconds(lambda: [relu(tiny) for _ in range(200)], 5) / 200
+    finally:
+        torch.set_num_threads(before)
+    fp = fingerprint(torch.device("cpu"), threads)
+    return DeviceProfile(
+        name="cpu", description=f"this CPU, {threads} threads", peak_gflops={"fp32": gflops, "bf16": gflops},
+        bandwidth_gbs=bandwidth, overhead_us=t_op * 1e6, conv_eff=1.0, dwconv_eff=0.1, memory_eff=1.0,
+        source="micro-benchmark (3x3 conv GFLOP/s, tensor-add bandwidth, tiny-op overhead); not calibrated",
+        fingerprint=fp,
+    )
+
+
+def cpu_profile(threads: int | None = None, refresh: bool = False) -> DeviceProfile:
+    """This CPU's profile: calibrated if `calibrate(..., save=True)` ran here, else micro-benchmarked (~1 s, cached)."""
+    threads = threads or torch.get_num_threads()
+    fp = fingerprint(torch.device("cpu"), threads)
+    saved = _load_saved().get(fp)
+    if saved and not refresh:
+        try:
+            return DeviceProfile.from_dict(saved)
+        except TypeError:
+            pass
+    profile = _micro_benchmark(threads)
+    save_profile(profile)
+    return profile
+
+
+def resolve_profile(name: str | DeviceProfile) -> DeviceProfile:
+    """A profile by name (``cpu``, ``gtx1080ti``, ``1080ti``, ``v100``, ...) or a profile itself."""
+    if isinstance(name, DeviceProfile):
+        return name
+    key = str(name).strip().lower().replace("-", "_").replace(" ", "_")
+    if key == "cpu":
+        return cpu_profile()
+    key = _ALIASES.get(key, key)
+    if key not in PROFILES:
+        raise ValueError(f"device profile: {name!r} is not known; known: {', '.join(list_profiles())} "
+                         f"(aliases: {', '.join(sorted(_ALIASES))})")
+    return PROFILES[key]

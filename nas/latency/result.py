@@ -1,0 +1,66 @@
+"""`LatencyResult`: one latency figure with its spread, its source and its full context."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["LatencyResult"]
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """A latency in milliseconds that always says where it came from.
+
+    ``source`` is ``"measured"`` (timed on ``device``) or ``"predicted"`` (roofline model of a
+    device profile). A failed measurement has ``error`` set and ``median_ms`` None.
+    """
+
+    median_ms: float | None
+    source: str
+    device: str
+    p10_ms: float | None = None
+    p90_ms: float | None = None
+    iqr_ms: float | None = None
+    runs: int = 0
+    capped: bool = False
+    error: str | None = None
+    arch_id: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.median_ms is not None
+
+    @property
+    def rel_iqr(self) -> float | None:
+        """Interquartile range over the median: the spread of the timed runs."""
+        if self.iqr_ms is None or not self.median_ms:
+            return None
+        return self.iqr_ms / self.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LatencyResult":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def describe(self) -> str:
+        """One line a human can read."""
+        ctx = self.context
+        shape = f"{ctx.get('batch', '?')}x{ctx.get('resolution', '?')}x{ctx.get('resolution', '?')}"
+        where = f"{self.device}, {ctx.get('precision', 'fp32')}, batch x res {shape}"
+        if ctx.get("deploy"):
+            where += ", BN folded"
+        if not self.ok:
+            return f"{self.arch_id or 'model'}: {self.source} latency failed on {where}: {self.error}"
+        if self.source == "predicted":
+            return f"{self.arch_id or 'model'}: {self.median_ms:.3f} ms predicted for {where} (roofline model, not measured)"
+        spread = f"p10-p90 {self.p10_ms:.3f}-{self.p90_ms:.3f} ms, IQR {100 * (self.rel_iqr or 0):.1f}%"
+        cap = ", time cap hit before the spread settled" if self.capped else ""
+        cached = ", from cache" if ctx.get("cached") else ""
+        return (f"{self.arch_id or 'model'}: {self.median_ms:.3f} ms measured median on {where} "
+                f"({self.runs} runs, {spread}{cap}{cached})")
