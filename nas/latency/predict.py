@@ -4,6 +4,8 @@ Every op of `nas.analyze`'s per-layer report becomes one kernel:
 
 * a conv / linear layer takes ``max(FLOPs / (peak x eff), bytes / (bandwidth x mem_eff))``
   with ``eff`` the dense or depthwise efficiency and bytes = (CIO + weights) x element size;
+  FLOPs are counted on channel counts padded to the profile's ``channel_block`` (SIMD lanes on
+  a CPU, tensor-core tiles on a GPU): HarDNet's 14- or 40-channel layers compute like 16 or 48;
 * a memory-bound op (norm, activation, concat, add, pool, SE gate) takes
   ``bytes / (bandwidth x mem_eff)``; BatchNorm disappears in deploy mode (folded);
 * each kernel adds the profile's launch overhead.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -49,13 +52,21 @@ class _Features:
         return float((np.maximum(t_compute, t_memory).sum() + overhead_us * 1e-6 * len(self.kind)) * 1e3)
 
 
-def _features(config: ArchConfig, resolution: int, batch: int, precision: str, deploy: bool) -> _Features:
+def _padding(channels: int, block: int) -> float:
+    return -(-channels // block) * block / channels
+
+
+@lru_cache(maxsize=4096)
+def _features(config: ArchConfig, resolution: int, batch: int, precision: str, deploy: bool,
+              channel_block: int = 1) -> _Features:
     bpe = bytes_per_element(precision)
     report = analyze(config, resolution, batch)
     flops, nbytes, kind = [], [], []
     for r in report.layers:
         if r.op in ("conv", "blur"):
-            flops.append(2 * r.macs)
+            cin, cout = r.in_shape[1], r.out_shape[1]
+            pad = _padding(cout, channel_block) * (1.0 if r.groups > 1 else _padding(cin, channel_block))
+            flops.append(2 * r.macs * pad)
             nbytes.append((r.cio + r.params) * bpe)
             kind.append(1 if r.groups > 1 else 0)
         elif r.op == "linear":
@@ -84,7 +95,7 @@ def predict_ms(config: ArchConfig, profile: DeviceProfile, resolution: int = 224
                precision: str = "fp32", deploy: bool = False) -> float:
     """The predicted latency in ms (the number alone; `predict` wraps it with its context)."""
     _check(precision, batch)
-    f = _features(config, resolution, batch, precision, deploy)
+    f = _features(config, resolution, batch, precision, deploy, profile.channel_block)
     return f.time_ms(profile.peak(precision), profile.bandwidth_gbs, profile.overhead_us, profile.conv_eff,
                      profile.dwconv_eff, profile.memory_eff)
 
@@ -142,7 +153,7 @@ def calibrate(configs: Sequence[ArchConfig], measured_ms: Sequence[float], devic
     if any(not (m > 0 and math.isfinite(m)) for m in measured_ms):
         raise ValueError("calibrate: measured latencies must be positive finite milliseconds")
     base = resolve_profile(device)
-    feats = [_features(c, resolution, batch, precision, deploy) for c in configs]
+    feats = [_features(c, resolution, batch, precision, deploy, base.channel_block) for c in configs]
     target = np.log(np.asarray(measured_ms, float))
     peak, bw = base.peak(precision), base.bandwidth_gbs
 

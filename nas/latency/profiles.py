@@ -37,6 +37,7 @@ class DeviceProfile:
     conv_eff: float = 0.5
     dwconv_eff: float = 0.1
     memory_eff: float = 0.7
+    channel_block: int = 8  # channel counts are padded to this multiple (SIMD width / tensor-core tile)
     source: str = "published spec sheet; default efficiencies, not calibrated"
     fingerprint: str = ""
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -144,9 +145,19 @@ def _micro_benchmark(threads: int) -> DeviceProfile:
     return DeviceProfile(
         name="cpu", description=f"this CPU, {threads} threads", peak_gflops={"fp32": gflops, "bf16": gflops},
         bandwidth_gbs=bandwidth, overhead_us=t_op * 1e6, conv_eff=1.0, dwconv_eff=0.1, memory_eff=1.0,
+        channel_block=_simd_channels(),
         source="micro-benchmark (3x3 conv GFLOP/s, tensor-add bandwidth, tiny-op overhead); not calibrated",
         fingerprint=fp,
     )
+
+
+def _simd_channels() -> int:
+    """fp32 lanes of the widest vector unit (oneDNN blocks channels by this)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 8
+    return 16 if "avx512f" in flags else 8
 
 
 def cpu_profile(threads: int | None = None, refresh: bool = False) -> DeviceProfile:
