@@ -90,7 +90,7 @@ def _naswot(model: nn.Module, x: torch.Tensor) -> float:
 
 
 def _grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.train()
+    model = copy.deepcopy(model).train()  # a copy: train-mode BN would update the caller's statistics
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
     sq = sum(float(p.grad.double().pow(2).sum()) for p in model.parameters() if p.grad is not None)
