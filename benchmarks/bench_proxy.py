@@ -56,7 +56,8 @@ def main() -> None:
     ds = load_dataset(args.data)
     print(f"data {ds} loaded in {time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}")
     proxy = ProxyBudget()
-    long = ProxyBudget(epochs=proxy.epochs * args.long_factor / 2, max_train_samples=2 * proxy.max_train_samples)
+    long = ProxyBudget(epochs=proxy.epochs * args.long_factor / 2, max_train_samples=2 * proxy.max_train_samples,
+                       max_eval_samples=None)
     print(f"default proxy: {proxy.epochs} epochs x {proxy.max_train_samples} images, width x{proxy.width_mult}; "
           f"long: {long.epochs} epochs x {long.max_train_samples} images ({args.long_factor:.0f}x the images)")
 
