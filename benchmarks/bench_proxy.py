@@ -77,7 +77,7 @@ def main() -> None:
     rng = random.Random(0)
     cfgs = [random_config(rng, max_width=64, max_depth=8, num_classes=10).replace(name=f"random{i}")
             for i in range(args.archs)]
-    cfgs += [scale_width(nas.get_config(n), 0.5).replace(name=f"{n}@0.5")
+    cfgs += [scale_width(nas.get_config(n), 0.25).replace(name=f"{n}@0.25")
              for n in ("hardnet39ds", "hardnet68", "tresnet_m", "resnet50")]
     rows = []
     for c in cfgs:

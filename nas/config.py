@@ -247,6 +247,22 @@ class StageConfig:
                     _fail(name, getattr(self, name), f"{empty!r} for a '{self.block}' block")
             if self.transition_dropout:
                 _fail("transition_dropout", self.transition_dropout, f"0.0 for a '{self.block}' block")
+        self._normalise_unused()
+
+    def _normalise_unused(self) -> None:
+        """Reset fields the block type or the SE placement ignores to their defaults.
+
+        They do not change the network, so they must not change `ArchConfig.arch_id` either:
+        two spellings of one network are one architecture (and one cache entry, one trial).
+        """
+        unused = ["se_reduction", "se_min_channels"] if self.se == "none" else []
+        unused += ["shortcut", "post_activation"] if self.block == "hard" else ["weight_factor", "link_rule"]
+        for name in unused:
+            value = getattr(self, name)
+            default = _STAGE_DEFAULTS[name]
+            # only well-formed values are replaced; a malformed one still fails validation below
+            if value != default and (isinstance(value, type(default)) or isinstance(default, float)):
+                object.__setattr__(self, name, default)
 
     @property
     def is_residual(self) -> bool:
@@ -256,6 +272,9 @@ class StageConfig:
     def reduces(self) -> bool:
         """Whether this stage halves the spatial resolution."""
         return self.downsample != "none"
+
+
+_STAGE_DEFAULTS = {f.name: f.default for f in fields(StageConfig)}
 
 
 @dataclass(frozen=True)

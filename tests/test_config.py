@@ -121,9 +121,11 @@ def _mutations(cfg: ArchConfig) -> list[ArchConfig]:
            cfg.replace(stem=dataclasses.replace(cfg.stem, channels=tuple(c + 8 for c in cfg.stem.channels))),
            cfg.replace(in_channels=1)]
     s = cfg.stages[0]
-    changes = {"depth": s.depth + 1, "activation": "silu" if s.activation != "silu" else "gelu",
-               "post_activation": "gelu" if s.post_activation != "gelu" else "silu", "se_reduction": s.se_reduction + 1,
-               "se_min_channels": s.se_min_channels + 1}
+    changes = {"depth": s.depth + 1, "activation": "silu" if s.activation != "silu" else "gelu"}
+    if s.se != "none":
+        changes.update(se_reduction=s.se_reduction + 1, se_min_channels=s.se_min_channels + 1)
+    if s.block != "hard":
+        changes.update(post_activation="gelu" if s.post_activation != "gelu" else "silu")
     if s.block == "hard":
         changes.update(growth_rate=s.growth_rate + 2, weight_factor=s.weight_factor + 0.05,
                        link_rule="dense" if s.link_rule != "dense" else "chain", keep_base=not s.keep_base,
@@ -161,3 +163,13 @@ def test_random_configs_are_diverse():
     assert {s.link_rule for s in stages if s.block == "hard"} == {"harmonic", "log", "dense", "chain"}
     assert {s.downsample for s in stages} == {"none", "maxpool", "avgpool", "dwconv", "conv", "blur"}
     assert {s.se for s in stages} == {"none", "output", "transition", "mid"}
+
+
+def test_fields_a_network_ignores_do_not_change_its_id():
+    hard = StageConfig(block="hard", depth=4, growth_rate=8)
+    assert dataclasses.replace(hard, post_activation="gelu", shortcut="avgpool") == hard
+    assert dataclasses.replace(hard, se_reduction=16, se_min_channels=3) == hard  # no SE
+    res = StageConfig(block="bottleneck", depth=2, width=16)
+    assert dataclasses.replace(res, weight_factor=1.3, link_rule="dense") == res
+    with_se = dataclasses.replace(res, se="mid")
+    assert dataclasses.replace(with_se, se_reduction=16) != with_se

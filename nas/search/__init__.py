@@ -1,0 +1,21 @@
+"""The search: Optuna (default) or Ray Tune over a declarative space, writing one storage layout."""
+
+from .results import format_table, pareto_front, trial_records, write_front
+from .settings import OBJECTIVES, SearchSettings, parse_budget, parse_latency, parse_objectives
+
+__all__ = ["OBJECTIVES", "SearchSettings", "format_table", "pareto_front", "parse_budget", "parse_latency",
+           "parse_objectives", "run_search", "trial_records", "write_front"]
+
+
+def run_search(settings: SearchSettings, storage: str | None = None, study_name: str | None = None,
+               progress: bool = False, ray_address: str | None = None):
+    """Run a search programmatically; returns the Optuna study holding every trial."""
+    from .optuna_backend import default_storage, run_optuna
+
+    storage = storage or default_storage()
+    study_name = study_name or settings.default_study_name()
+    if settings.backend == "ray":
+        from .ray_backend import run_ray
+
+        return run_ray(settings, storage, study_name, ray_address)
+    return run_optuna(settings, storage, study_name, progress)

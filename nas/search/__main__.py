@@ -1,0 +1,169 @@
+"""``python -m nas.search --budget 30ms``: search the space for fast, accurate architectures.
+
+With no other option it searches the hardnet space on this machine: latency measured on the
+device at hand (the CPU where there is no GPU), accuracy from a short proxy training on the
+embedded digits data, 20 evaluated trials, the canonical configs of the space enqueued first as
+baselines.
+Rerunning the same command resumes the study.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..cli import ArgumentParser, run
+from ..paths import runs_dir
+from .settings import SearchSettings, parse_budget, parse_latency, parse_objectives
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise ValueError(f"{text!r} is not a positive integer")
+    return v
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m nas.search", description=__doc__.splitlines()[0])
+    p.add_argument("--budget", required=True, help="latency budget with a unit: 30ms, 0.03s, 30000us")
+    p.add_argument("--space", default="hardnet", help="hardnet, tresnet, hybrid, or a YAML space file (default hardnet)")
+    p.add_argument("--trials", type=int, default=20,
+                   help="evaluated trials the study should hold (default 20); candidates the gate or the budget "
+                        "reject before training do not count, up to 25x this many")
+    p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="where latency is measured and proxies train: auto, cpu, cuda[:N]")
+    p.add_argument("--resolution", type=int, default=224, help="input resolution for latency and cost (default 224)")
+    p.add_argument("--batch", type=int, default=1, help="batch size for latency (default 1)")
+    p.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16 for latency")
+    p.add_argument("--latency", default="measured", help="measured, or predicted:<device> (e.g. predicted:1080ti)")
+    p.add_argument("--proxy", default="train", help="train (short proxy training) or zero-cost")
+    p.add_argument("--zero-cost-metric", default="naswot", help="synflow, naswot or grad_norm (with --proxy zero-cost)")
+    p.add_argument("--proxy-epochs", type=float, default=4.0, help="epochs of the training proxy (default 4)")
+    p.add_argument("--data", default="digits", help="digits (embedded), cifar10, cifar100 or a path (default digits)")
+    p.add_argument("--objectives", default="accuracy,latency,cio", help="comma list among accuracy, latency, cio, macs, params")
+    p.add_argument("--sampler", default="tpe", help="tpe, nsga2 or random (default tpe)")
+    p.add_argument("--gate-factor", type=float, default=2.0,
+                   help="reject before training when the predicted latency exceeds this many budgets (default 2)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/nas.db) or journal:PATH")
+    p.add_argument("--study-name", default=None, help="default: derived from space, budget, latency, proxy and data")
+    p.add_argument("--backend", default="optuna", help="optuna or ray")
+    p.add_argument("--workers", type=int, default=1, help="parallel trials (ray backend)")
+    p.add_argument("--ray-address", default=None, help="join an existing Ray cluster (default: a local one)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _attach_values(argv: list[str]) -> list[str]:
+    """``--budget -5ms`` reaches the budget parser (and its message) instead of argparse's."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in ("--budget", "--timeout") and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    from .optuna_backend import request_stop
+
+    request_stop()
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(_attach_values(list(sys.argv[1:] if argv is None else argv)))
+    if argv is None:
+        # a process started in the background may inherit SIGINT as ignored: Ctrl-C and `kill`
+        # (SIGTERM) must still stop the search cleanly and print the front so far
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
+    settings = SearchSettings(
+        budget_ms=parse_budget(args.budget), space=args.space, trials=args.trials, timeout_s=args.timeout,
+        seed=args.seed, device=args.device, resolution=args.resolution, batch=args.batch, precision=args.precision,
+        latency=args.latency, proxy=args.proxy, zero_cost_metric=args.zero_cost_metric, data=args.data,
+        proxy_epochs=args.proxy_epochs, objectives=parse_objectives(args.objectives), sampler=args.sampler,
+        gate_factor=args.gate_factor, backend=args.backend, workers=args.workers,
+    )
+    parse_latency(settings.latency)
+    _validate_early(settings)
+    from . import run_search
+    from .optuna_backend import default_storage, record_run
+
+    storage = args.storage or default_storage()
+    study_name = args.study_name or settings.default_study_name()
+    folder = runs_dir() / study_name
+    record_run(folder, settings, storage, study_name)
+    interrupted = False
+    try:
+        study = run_search(settings, storage, study_name, progress=not args.no_progress, ray_address=args.ray_address)
+    except KeyboardInterrupt:
+        interrupted = True
+        from .optuna_backend import make_storage
+        import optuna
+
+        study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
+    _report(study, settings, folder)
+    if interrupted:
+        print("nas.search: interrupted; completed trials are saved, rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _validate_early(s: SearchSettings) -> None:
+    """Fail on bad values before any work: the space, the data, the device."""
+    from ..data import load_dataset
+    from ..latency.devices import resolve_device, resolve_precision
+    from ..space import load_space
+
+    space = load_space(s.space)
+    dev = resolve_device(s.device)
+    if s.latency_kind == "measured":
+        resolve_precision(s.precision, dev)
+    load_dataset(None if s.data == "digits" else s.data, seed=s.seed)
+    for name, cfg in space.seeds().items():
+        if s.resolution % cfg.reduction:
+            raise ValueError(f"resolution: {s.resolution} is not allowed; expected a multiple of 32 "
+                             f"(the stride of {name} and the space's layouts)")
+
+
+def _report(study, s: SearchSettings, folder: Path) -> None:
+    from ..config import ArchConfig
+    from .results import format_table, pareto_front, trial_records, write_front
+
+    recs = trial_records(study)
+    front = pareto_front(recs)
+    baselines = [r for r in recs if r.get("seed")]
+    states = {st: sum(r["state"] == st for r in recs) for st in ("COMPLETE", "PRUNED", "FAIL")}
+    gated = sum(1 for r in recs if str(r.get("reason") or "").startswith(("gate", "over budget")))
+    print(f"\nstudy {study.study_name}: {len(recs)} trials ({states['COMPLETE']} complete, {states['PRUNED']} pruned "
+          f"of which {gated} rejected before training, {states['FAIL']} failed); budget {s.budget_ms:g} ms "
+          f"({'measured on ' + s.device if s.latency_kind == 'measured' else 'predicted for ' + str(s.latency_device)})")
+    print(format_table(front, f"\nPareto front (feasible: latency <= {s.budget_ms:g} ms; accuracy = "
+                              f"{'proxy training on ' + s.data if s.proxy == 'train' else s.zero_cost_metric}):"))
+    print(format_table([{**b, "name": f"{b.get('seed')}{'' if b.get('feasible') else ' *'}"} for b in baselines],
+                       "\nBaselines (canonical configs; * = not feasible or not completed):"))
+    js, cs = write_front(folder, front, baselines)
+    print(f"\nwrote {js} and {cs}")
+    feasible = [r for r in front if r.get("accuracy") is not None]
+    if feasible:
+        best = max(feasible, key=lambda r: r["accuracy"])
+        path = folder / "best.json"
+        cfg = ArchConfig.from_json(best["config"]).replace(name=f"{study.study_name}-trial{best['number']}")
+        cfg.save(path)
+        print(f"best feasible architecture: trial {best['number']} ({best['arch_id']}), accuracy {best['accuracy']:.3f}, "
+              f"{best['latency_ms']:.2f} ms -> {path}")
+
+
+if __name__ == "__main__":
+    run(main, "nas.search")

@@ -1,0 +1,95 @@
+"""One candidate, end to end: cost, cheap gate, latency, proxy accuracy. Shared by both backends.
+
+`evaluate` never raises for a bad candidate: it returns metrics with ``status`` one of
+``ok``, ``rejected`` (the gate or the budget said no before training, with the reason) or
+``failed`` (latency or training broke, with the reason).
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+from typing import Any, Callable
+
+from ..config import ArchConfig
+from ..cost import analyze
+from ..data import Dataset, load_dataset
+from ..latency import LatencyCache, measure, predict
+from ..latency.predict import predict_ms
+from ..latency.profiles import resolve_profile
+from ..paths import runs_dir
+from ..proxy import ProxyBudget, train_eval, zero_cost
+from .settings import SearchSettings
+
+__all__ = ["evaluate", "objective_values"]
+
+
+@lru_cache(maxsize=4)
+def _dataset(spec: str, seed: int) -> Dataset:
+    return load_dataset(None if spec == "digits" else spec, seed=seed)
+
+
+@lru_cache(maxsize=1)
+def _cache() -> LatencyCache:
+    return LatencyCache(runs_dir() / "latency.db")
+
+
+def evaluate(config: ArchConfig, s: SearchSettings,
+             on_epoch: Callable[[int, float], bool | None] | None = None) -> dict[str, Any]:
+    """All metrics of one candidate as a flat dict of JSON-friendly values."""
+    start = time.perf_counter()
+    cost = analyze(config, s.resolution, s.batch)
+    m: dict[str, Any] = {"arch_id": config.arch_id, "config": config.to_json(indent=None), "params": cost.params,
+                         "macs": cost.macs, "thop_macs": cost.thop_macs, "cio": cost.cio, "moc": cost.moc,
+                         "status": "ok", "reason": None}
+
+    def done(status: str, reason: str | None) -> dict[str, Any]:
+        m.update(status=status, reason=reason, wall_s=time.perf_counter() - start)
+        return m
+
+    gate_device = s.latency_device if s.latency_kind == "predicted" else "cpu"
+    if s.latency_kind == "measured" and not str(s.device).startswith("cpu") and s.device != "auto":
+        gate_device = None  # no profile of the measuring GPU: the gate stays open
+    if gate_device is not None:
+        gate_ms = predict_ms(config, resolve_profile(gate_device), s.resolution, s.batch, s.precision)
+        m["gate_predicted_ms"] = gate_ms
+        if gate_ms > s.gate_factor * s.budget_ms:
+            return done("rejected", f"gate: predicted {gate_ms:.1f} ms on {gate_device} is over "
+                                    f"{s.gate_factor:g}x the {s.budget_ms:g} ms budget")
+    if s.latency_kind == "measured":
+        lat = measure(config, device=s.device, resolution=s.resolution, batch=s.batch, precision=s.precision,
+                      cache=_cache())
+    else:
+        lat = predict(config, s.latency_device, s.resolution, s.batch, s.precision)
+    m.update(latency_source=lat.source, latency_device=lat.device, latency_rel_iqr=lat.rel_iqr)
+    if not lat.ok:
+        return done("failed", f"latency: {lat.error}")
+    m["latency_ms"] = lat.median_ms
+    if lat.median_ms > s.budget_ms:
+        return done("rejected", f"over budget: {lat.source} {lat.median_ms:.1f} ms > {s.budget_ms:g} ms")
+
+    data = _dataset(s.data, s.seed)
+    try:
+        zc = zero_cost(config, data, seed=s.seed)
+        m.update({f"zc_{k}": v for k, v in zc.items() if k != "params"})
+    except Exception as err:  # a zero-cost failure only matters when it is the objective
+        m["zc_error"] = f"{type(err).__name__}: {err}"[:200]
+        if s.proxy == "zero-cost":
+            return done("failed", f"zero-cost proxy: {m['zc_error']}")
+    if s.proxy == "zero-cost":
+        m["accuracy"] = m[f"zc_{s.zero_cost_metric}"]
+        m["proxy"] = f"zero-cost:{s.zero_cost_metric}"
+        return done("ok", None)
+    r = train_eval(config, data, ProxyBudget(epochs=s.proxy_epochs, seed=s.seed), device=s.device, callback=on_epoch)
+    m.update(proxy="train", accuracy=r.accuracy, accuracy_curve=r.accuracy_curve, loss_curve=r.loss_curve,
+             proxy_wall_s=r.wall_s, proxy_images_per_s=r.images_per_s, proxy_resolution=r.proxy.get("resolution"))
+    if r.status == "failed":
+        return done("failed", f"proxy training: {r.reason}")
+    if r.status == "pruned":
+        return done("pruned", r.reason)
+    return done("ok", None)
+
+
+def objective_values(m: dict[str, Any], objectives: tuple[str, ...]) -> list[float]:
+    key = {"accuracy": "accuracy", "latency": "latency_ms", "cio": "cio", "macs": "macs", "params": "params"}
+    return [float(m[key[o]]) for o in objectives]

@@ -1,0 +1,133 @@
+"""Search settings: parsed and validated once, recorded with the study for reproducibility."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..latency.devices import PRECISIONS
+from ..latency.profiles import list_profiles, resolve_profile
+
+__all__ = ["OBJECTIVES", "SearchSettings", "parse_budget", "parse_latency", "parse_objectives"]
+
+#: objective name -> Optuna direction
+OBJECTIVES: dict[str, str] = {
+    "accuracy": "maximize",
+    "latency": "minimize",
+    "cio": "minimize",
+    "macs": "minimize",
+    "params": "minimize",
+}
+_UNITS = {"ms": 1.0, "s": 1000.0, "us": 0.001}
+
+
+def parse_budget(text: str) -> float:
+    """``30ms``, ``0.03s`` or ``30000us`` -> milliseconds; a bare number or a non-positive value fails."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(ms|s|us)\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"budget: {text!r} is not allowed; expected a positive latency with a unit, "
+                         "e.g. 30ms, 0.03s or 30000us")
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if value <= 0:
+        raise ValueError(f"budget: {text!r} is not allowed; expected a latency above zero, e.g. 30ms")
+    return value
+
+
+def parse_latency(text: str) -> tuple[str, str | None]:
+    """``measured`` or ``predicted:<device profile>``."""
+    if text == "measured":
+        return "measured", None
+    if text.startswith("predicted:") and text.split(":", 1)[1]:
+        device = text.split(":", 1)[1]
+        resolve_profile(device) if device != "cpu" else None  # validates the name
+        return "predicted", device
+    raise ValueError(f"latency: {text!r} is not allowed; expected measured or predicted:<device> "
+                     f"with device one of {', '.join(list_profiles())}")
+
+
+def parse_objectives(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in OBJECTIVES]
+    if not names or bad or len(set(names)) != len(names):
+        raise ValueError(f"objectives: {text!r} is not allowed; expected a comma-separated list of distinct "
+                         f"names among {', '.join(OBJECTIVES)}")
+    if "accuracy" not in names:
+        raise ValueError(f"objectives: {text!r} is not allowed; accuracy must be one of the objectives")
+    return names
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything that defines a search; the study records it and a resume must match it."""
+
+    budget_ms: float = 30.0
+    space: str = "hardnet"
+    trials: int = 20
+    timeout_s: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    resolution: int = 224
+    batch: int = 1
+    precision: str = "fp32"
+    latency: str = "measured"
+    proxy: str = "train"
+    zero_cost_metric: str = "naswot"
+    data: str = "digits"
+    proxy_epochs: float = 4.0
+    objectives: tuple[str, ...] = ("accuracy", "latency", "cio")
+    sampler: str = "tpe"
+    gate_factor: float = 2.0
+    backend: str = "optuna"
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: {self.precision!r} is not allowed; expected one of {', '.join(PRECISIONS)}")
+        for name in ("trials", "batch", "resolution", "workers"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: {v!r} is not allowed; expected a positive integer")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ValueError(f"timeout: {self.timeout_s!r} is not allowed; expected a positive number of seconds")
+        if self.proxy not in ("train", "zero-cost"):
+            raise ValueError(f"proxy: {self.proxy!r} is not allowed; expected train or zero-cost")
+        if self.zero_cost_metric not in ("synflow", "naswot", "grad_norm"):
+            raise ValueError(f"zero_cost_metric: {self.zero_cost_metric!r} is not allowed; expected synflow, naswot or grad_norm")
+        if self.sampler not in ("tpe", "nsga2", "random"):
+            raise ValueError(f"sampler: {self.sampler!r} is not allowed; expected tpe, nsga2 or random")
+        if self.backend not in ("optuna", "ray"):
+            raise ValueError(f"backend: {self.backend!r} is not allowed; expected optuna or ray")
+        if not self.gate_factor >= 1:
+            raise ValueError(f"gate_factor: {self.gate_factor!r} is not allowed; expected a number >= 1")
+        if not self.proxy_epochs > 0:
+            raise ValueError(f"proxy_epochs: {self.proxy_epochs!r} is not allowed; expected a positive number")
+        parse_latency(self.latency)
+
+    @property
+    def latency_kind(self) -> str:
+        return parse_latency(self.latency)[0]
+
+    @property
+    def latency_device(self) -> str | None:
+        return parse_latency(self.latency)[1]
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o] for o in self.objectives]
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change what a trial's numbers mean (a resumed study must match them)."""
+        d = dataclasses.asdict(self)
+        for volatile in ("trials", "timeout_s", "workers", "backend"):
+            d.pop(volatile)
+        d["objectives"] = list(self.objectives)
+        return d
+
+    def default_study_name(self) -> str:
+        budget = f"{self.budget_ms:g}ms"
+        where = "measured" if self.latency_kind == "measured" else self.latency_device
+        space, data = Path(self.space).stem, Path(self.data).name.split(".")[0]
+        return f"{space}-{budget}-{where}-{self.proxy}-{data}"

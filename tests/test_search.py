@@ -1,0 +1,233 @@
+"""The search end to end on CPU: outputs, seeds, dedup, gate, failures, resume, kill -9, concurrency, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from nas.search import evaluate as E
+from nas.search.__main__ import main
+from nas.search.settings import parse_budget
+
+TINY = str(Path(__file__).parent / "data" / "tiny_space.yaml")
+
+
+def fast(budget: str = "1ms") -> list[str]:
+    return ["--space", TINY, "--resolution", "64", "--latency", "predicted:v100", "--budget", budget,
+            "--proxy-epochs", "1", "--no-progress"]
+
+
+FAST = fast()
+
+
+def _study(runs: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{runs / 'nas.db'}")
+
+
+@pytest.mark.parametrize(("text", "ms"), [("30ms", 30.0), ("0.03s", 30.0), ("30000us", 30.0), ("2.5ms", 2.5)])
+def test_budget_units(text, ms):
+    assert parse_budget(text) == pytest.approx(ms)
+
+
+def _cli(args: list[str], runs: Path, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HARDNAS_RUNS": str(runs), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "nas.search", *args], capture_output=True, text=True, env=env, **kw)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget", "30"], "budget: '30' is not allowed; expected a positive latency with a unit"),
+        (["--budget", "-5ms"], "budget: '-5ms' is not allowed"),
+        (["--budget", "0ms"], "budget: '0ms' is not allowed; expected a latency above zero"),
+        (["--budget", "abc"], "budget: 'abc' is not allowed"),
+        (["--budget", "30ms", "--trials", "0"], "trials: 0 is not allowed"),
+        (["--budget", "30ms", "--latency", "guessed"], "latency: 'guessed' is not allowed"),
+        (["--budget", "30ms", "--latency", "predicted:tpu"], "device profile: 'tpu' is not known"),
+        (["--budget", "30ms", "--objectives", "accuracy,speed"], "objectives: 'accuracy,speed' is not allowed"),
+        (["--budget", "30ms", "--proxy", "guess"], "proxy: 'guess' is not allowed"),
+        (["--budget", "30ms", "--backend", "spark"], "backend: 'spark' is not allowed"),
+        (["--budget", "30ms", "--space", "nope.yaml"], "space: 'nope.yaml' is neither a built-in space"),
+        (["--budget", "30ms", "--data", "/no/such/dir"], "data: '/no/such/dir' is neither a known dataset"),
+        (["--budget", "30ms", "--device", "cpu", "--precision", "fp16"], "precision: 'fp16' is not allowed on cpu"),
+        (["--budget", "30ms", "--storage", "nonsense"], "storage: 'nonsense' is not allowed"),
+        (["--budget", "30ms", "--resolution", "100"], "resolution: 100 is not allowed; expected a multiple of 32"),
+    ],
+)
+def test_bad_cli_values_are_one_line_exit_2(args, message, tmp_path):
+    proc = _cli(args, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_end_to_end_writes_front_best_and_command(tmp_path, monkeypatch, capsys, _isolated_runs):
+    assert main([*FAST, "--trials", "4", "--study-name", "e2e"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front" in out and "best feasible architecture" in out
+    folder = _isolated_runs / "e2e"
+    front = json.loads((folder / "pareto.json").read_text())["front"]
+    assert front and all(r["latency_ms"] <= 1.0 and r["latency_source"] == "predicted" for r in front)
+    assert (folder / "pareto.csv").read_text().startswith("number,name,arch_id,accuracy,latency_ms")
+    best = json.loads((folder / "best.json").read_text())
+    assert best["stages"] and best["name"].startswith("e2e-trial")
+    run = json.loads((folder / "runs.jsonl").read_text().splitlines()[0])
+    assert run["settings"]["budget_ms"] == 1.0 and run["torch"] and run["optuna"]
+    study = _study(_isolated_runs, "e2e")
+    done = [t for t in study.trials if t.user_attrs.get("status") != "rejected"]
+    assert len(done) == 4
+    t = next(t for t in study.trials if t.state.name == "COMPLETE")
+    for key in ("arch_id", "config", "params", "macs", "cio", "moc", "latency_ms", "latency_source", "accuracy",
+                "zc_synflow", "zc_naswot", "zc_grad_norm", "wall_s", "accuracy_curve"):
+        assert key in t.user_attrs, key
+    assert t.values[1] == t.user_attrs["latency_ms"] and t.values[2] == t.user_attrs["cio"]
+
+
+def test_seeds_are_enqueued_first_and_shown_as_baselines(_isolated_runs, capsys):
+    args = ["--space", "hardnet", "--latency", "predicted:v100", "--budget", "5ms", "--proxy", "zero-cost",
+            "--trials", "5", "--no-progress", "--study-name", "seeds"]
+    assert main(args) == 0
+    study = _study(_isolated_runs, "seeds")
+    assert [t.user_attrs.get("seed") for t in study.trials[:4]] == ["hardnet39ds", "hardnet68", "hardnet68ds", "hardnet85"]
+    assert study.trials[0].user_attrs["arch_id"] == "7ab55b22c183"
+    baselines = json.loads((_isolated_runs / "seeds" / "pareto.json").read_text())["baselines"]
+    assert [b["name"] for b in baselines] == ["hardnet39ds", "hardnet68", "hardnet68ds", "hardnet85"]
+    assert "Baselines" in capsys.readouterr().out
+
+
+def test_an_architecture_is_never_evaluated_twice(tmp_path, monkeypatch, _isolated_runs):
+    one_point = tmp_path / "one.yaml"
+    one_point.write_text("layouts: ['.R']\nstem: {type: resnet, channels: [[8]]}\n"
+                         "stages: [{block: basic, basic: {depth: 1, width: 8, downsample: conv}}]\n")
+    calls = []
+    real = E.evaluate
+
+    def counting(config, s, on_epoch=None):
+        calls.append(config.arch_id)
+        return real(config, s, on_epoch)
+
+    monkeypatch.setattr("nas.search.optuna_backend.evaluate", counting)
+    assert main(["--space", str(one_point), "--resolution", "64", "--latency", "predicted:v100", "--budget", "1ms",
+                 "--proxy", "zero-cost", "--trials", "3", "--no-progress", "--study-name", "dup"]) == 0
+    study = _study(_isolated_runs, "dup")
+    assert len(calls) == 1 and len(study.trials) == 3
+    assert [t.user_attrs.get("duplicate_of") for t in study.trials] == [None, 0, 0]
+    assert len({tuple(t.values) for t in study.trials}) == 1
+
+
+def test_gate_rejects_before_training(monkeypatch, _isolated_runs, capsys):
+    def never(*_a, **_k):
+        raise AssertionError("trained a candidate the gate should have rejected")
+
+    monkeypatch.setattr(E, "train_eval", never)
+    assert main([*fast("0.0001ms"), "--trials", "2", "--study-name", "gate"]) == 0
+    study = _study(_isolated_runs, "gate")
+    assert len(study.trials) == 50  # 25x the requested trials, all rejected cheaply
+    assert all(t.state.name == "PRUNED" and t.user_attrs["reason"].startswith("gate: predicted") for t in study.trials)
+    assert "50 pruned of which 50 rejected before training" in capsys.readouterr().out
+
+
+def test_crashing_candidates_become_failed_trials(monkeypatch, _isolated_runs):
+    from nas.proxy import ProxyResult
+
+    def crash(config, *a, **k):
+        if config.stages[0].block == "basic":
+            return ProxyResult(None, "failed", "RuntimeError: CUDA out of memory")
+        return ProxyResult(None, "failed", "non-finite loss (nan) at step 3")
+
+    monkeypatch.setattr(E, "train_eval", crash)
+    assert main([*FAST, "--trials", "3", "--study-name", "crash"]) == 0
+    study = _study(_isolated_runs, "crash")
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(failed) == 3
+    assert all(t.user_attrs["reason"].startswith("proxy training: ") for t in failed)
+
+
+def test_resume_continues_and_refuses_other_settings(_isolated_runs):
+    assert main([*FAST, "--trials", "2", "--study-name", "resume"]) == 0
+    first = [(t.number, t.values) for t in _study(_isolated_runs, "resume").trials if t.state.name == "COMPLETE"]
+    assert main([*FAST, "--trials", "4", "--study-name", "resume"]) == 0
+    study = _study(_isolated_runs, "resume")
+    assert len([t for t in study.trials if t.user_attrs.get("status") != "rejected"]) == 4
+    assert [(t.number, t.values) for t in study.trials if t.number in dict(first)] == first
+    with pytest.raises(ValueError, match="study-name: 'resume' was created with other settings \\(budget_ms\\)"):
+        main([*fast("2ms"), "--trials", "5", "--study-name", "resume"])
+
+
+def _completed(db: Path, study: str) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM trials t JOIN studies s ON t.study_id = s.study_id "
+                                "WHERE s.study_name = ? AND t.state = 'COMPLETE'", (study,)).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _wait_for(db: Path, study: str, n: int, proc: subprocess.Popen, limit: float = 240) -> None:
+    start = time.time()
+    while _completed(db, study) < n:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "search exited early"
+        assert time.time() - start < limit, "timed out waiting for trials"
+        time.sleep(0.2)
+
+
+def _popen(args: list[str], runs: Path) -> subprocess.Popen:
+    env = {**os.environ, "HARDNAS_RUNS": str(runs), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "nas.search", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_kill_9_loses_no_completed_trial(tmp_path):
+    args = [*FAST, "--trials", "30", "--study-name", "killed"]
+    proc = _popen(args, tmp_path)
+    _wait_for(tmp_path / "nas.db", "killed", 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = _completed(tmp_path / "nas.db", "killed")
+    assert saved >= 2
+    done = _cli([*FAST, "--trials", str(saved + 2), "--study-name", "killed"], tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert _completed(tmp_path / "nas.db", "killed") >= saved + 1
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_sqlite_study(tmp_path):
+    args = [*FAST, "--trials", "6", "--study-name", "shared"]
+    # create the study first so both workers resume the same one
+    assert _cli([*FAST, "--trials", "1", "--study-name", "shared"], tmp_path, timeout=300).returncode == 0
+    procs = [_popen(args, tmp_path) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path / 'nas.db'}")
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    evaluated = [t for t in study.trials if t.user_attrs.get("status") != "rejected"]
+    assert len(evaluated) >= 6 and all(t.state.name != "RUNNING" for t in study.trials)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_prints_the_front(tmp_path):
+    proc = _popen([*FAST, "--trials", "40", "--study-name", "sigint"], tmp_path)
+    _wait_for(tmp_path / "nas.db", "sigint", 2, proc)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"search did not stop on SIGINT; stderr: {err[-2000:]}")
+    assert proc.returncode == 130, err
+    assert "Pareto front" in out and "interrupted; completed trials are saved" in err
+    assert (tmp_path / "sigint" / "pareto.json").exists()
