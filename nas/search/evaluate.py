@@ -34,14 +34,18 @@ def _cache() -> LatencyCache:
     return LatencyCache(runs_dir() / "latency.db")
 
 
-def evaluate(config: ArchConfig, s: SearchSettings,
-             on_epoch: Callable[[int, float], bool | None] | None = None) -> dict[str, Any]:
-    """All metrics of one candidate as a flat dict of JSON-friendly values."""
+def evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, float], bool | None] | None = None,
+             metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """All metrics of one candidate as a flat dict of JSON-friendly values.
+
+    Pass ``metrics`` to watch them fill in (latency is in it before the proxy training starts).
+    """
     start = time.perf_counter()
     cost = analyze(config, s.resolution, s.batch)
-    m: dict[str, Any] = {"arch_id": config.arch_id, "config": config.to_json(indent=None), "params": cost.params,
+    m = metrics if metrics is not None else {}
+    m.update({"arch_id": config.arch_id, "config": config.to_json(indent=None), "params": cost.params,
                          "macs": cost.macs, "thop_macs": cost.thop_macs, "cio": cost.cio, "moc": cost.moc,
-                         "status": "ok", "reason": None}
+                         "status": "ok", "reason": None})
 
     def done(status: str, reason: str | None) -> dict[str, Any]:
         m.update(status=status, reason=reason, wall_s=time.perf_counter() - start)
