@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--archs", type=int, default=12, help="random architectures (canonical ones are added)")
     p.add_argument("--long-factor", type=float, default=10.0, help="long schedule = this many x the proxy's images")
+    p.add_argument("--cost-only", action="store_true", help="only section 2 (minutes instead of hours on 2 cores)")
     args = p.parse_args()
     t0 = time.perf_counter()
     ds = load_dataset(args.data)
@@ -73,6 +74,8 @@ def main() -> None:
     print(f"  throughput: train_eval {ours:.0f} img/s (with augmentation) vs plain loop {plain:.0f} img/s "
           f"-> ratio {ours / plain:.2f} (target >= 1.0)")
 
+    if args.cost_only:
+        return
     print("\n== 1. fidelity")
     rng = random.Random(0)
     cfgs = [random_config(rng, max_width=64, max_depth=8, num_classes=10).replace(name=f"random{i}")

@@ -59,5 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point."""
     run(main, "nas.latency")
+
+
+if __name__ == "__main__":
+    cli()

@@ -165,5 +165,10 @@ def _report(study, s: SearchSettings, folder: Path) -> None:
               f"{best['latency_ms']:.2f} ms -> {path}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point."""
     run(main, "nas.search")
+
+
+if __name__ == "__main__":
+    cli()
