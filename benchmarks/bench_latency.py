@@ -4,8 +4,9 @@
 
 1. Repeatability: HarDNet68 at 224 measured five times in one process; spread of the medians.
 2. Cost of one measurement (wall seconds, HarDNet68 at 224).
-3. Predictor fidelity: random configs + the canonical ones, measured; the CPU profile is
-   calibrated on one half and judged on the other (Kendall tau, share within +-10%).
+3. Predictor fidelity: random configs + the canonical ones, measured (twice, for the noise
+   floor); the CPU profile is calibrated on one half and judged on the other (Kendall tau,
+   share within +-10%).
 4. The HarDNet thesis here: rank correlation of measured latency with CIO, MACs and params.
 5. The seed claim: HarDNet68 / ResNet-50 latency ratio at 224, 512, 1024, eager and deploy.
 """
@@ -62,6 +63,11 @@ def main() -> None:
         measured.append(measure(c, device="cpu", max_seconds=args.max_seconds).median_ms)
     print(f"  measured {len(cfgs)} configs in {time.perf_counter() - t0:.0f} s; "
           f"latency range {min(measured):.2f}-{max(measured):.1f} ms")
+    again = [measure(c, device="cpu", max_seconds=args.max_seconds).median_ms for c in cfgs]
+    diffs = [abs(b / a - 1) for a, b in zip(measured, again)]
+    print(f"  noise floor: a second measurement of the same network is within +-10% of the first for "
+          f"{100 * sum(d <= 0.10 for d in diffs) / len(diffs):.0f}% of them (median difference "
+          f"{100 * statistics.median(diffs):.1f}%); no predictor can beat that here")
     order = list(range(len(cfgs)))
     random.Random(1).shuffle(order)
     half = len(order) // 2
