@@ -60,7 +60,7 @@ def _cli(args: list[str], runs: Path, **kw) -> subprocess.CompletedProcess:
         (["--budget", "30ms", "--data", "/no/such/dir"], "data: '/no/such/dir' is neither a known dataset"),
         (["--budget", "30ms", "--device", "cpu", "--precision", "fp16"], "precision: 'fp16' is not allowed on cpu"),
         (["--budget", "30ms", "--storage", "nonsense"], "storage: 'nonsense' is not allowed"),
-        (["--budget", "30ms", "--resolution", "100"], "resolution: 100 is not allowed; expected a multiple of 32"),
+        (["--budget", "30ms", "--resolution", "100"], "resolution: 100 is not allowed; expected a multiple of 32 (layout"),
     ],
 )
 def test_bad_cli_values_are_one_line_exit_2(args, message, tmp_path):
@@ -281,3 +281,15 @@ def test_ray_backend_joins_a_running_cluster(tmp_path):
         assert len(study.trials) == 2
     finally:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_an_unexpected_exception_is_a_failed_candidate(monkeypatch):
+    import nas
+    from nas.search.settings import SearchSettings
+
+    def boom(*_a, **_k):
+        raise ZeroDivisionError("division by zero in a new op")
+
+    monkeypatch.setattr(E, "analyze", boom)
+    m = E.evaluate(nas.get_config("hardnet39ds"), SearchSettings(latency="predicted:v100"))
+    assert m["status"] == "failed" and m["reason"] == "ZeroDivisionError: division by zero in a new op"

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from ..cli import ArgumentParser, run
 from ..paths import runs_dir
-from .settings import SearchSettings, parse_budget, parse_latency, parse_objectives
+from .settings import SearchSettings, parse_budget, parse_objectives
 
 
 def _positive_int(text: str) -> int:
@@ -95,7 +95,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         proxy_epochs=args.proxy_epochs, objectives=parse_objectives(args.objectives), sampler=args.sampler,
         gate_factor=args.gate_factor, backend=args.backend, workers=args.workers,
     )
-    parse_latency(settings.latency)
     _validate_early(settings)
     from . import run_search
     from .optuna_backend import default_storage, record_run
@@ -131,10 +130,11 @@ def _validate_early(s: SearchSettings) -> None:
     if s.latency_kind == "measured":
         resolve_precision(s.precision, dev)
     load_dataset(None if s.data == "digits" else s.data, seed=s.seed)
-    for name, cfg in space.seeds().items():
-        if s.resolution % cfg.reduction:
-            raise ValueError(f"resolution: {s.resolution} is not allowed; expected a multiple of 32 "
-                             f"(the stride of {name} and the space's layouts)")
+    strides = {lay: 4 * 2 ** lay.count("R") for lay in space.layouts}
+    for lay, stride in strides.items():
+        if s.resolution % stride:
+            raise ValueError(f"resolution: {s.resolution} is not allowed; expected a multiple of "
+                             f"{max(strides.values())} (layout {lay!r} of space {space.name!r} has stride {stride})")
 
 
 def _report(study, s: SearchSettings, folder: Path) -> None:

@@ -39,10 +39,23 @@ def evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, flo
     """All metrics of one candidate as a flat dict of JSON-friendly values.
 
     Pass ``metrics`` to watch them fill in (latency is in it before the proxy training starts).
+    Whatever a candidate does, this returns: an unexpected exception is a ``failed`` status.
     """
+    m = metrics if metrics is not None else {}
+    start = time.perf_counter()
+    try:
+        return _evaluate(config, s, on_epoch, m)
+    except Exception as err:  # one bad candidate never ends the search
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        m.update(arch_id=config.arch_id, config=config.to_json(indent=None), status="failed",
+                 reason=f"{type(err).__name__}: {msg}"[:300], wall_s=time.perf_counter() - start)
+        return m
+
+
+def _evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, float], bool | None] | None,
+              m: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     cost = analyze(config, s.resolution, s.batch)
-    m = metrics if metrics is not None else {}
     m.update({"arch_id": config.arch_id, "config": config.to_json(indent=None), "params": cost.params,
                          "macs": cost.macs, "thop_macs": cost.thop_macs, "cio": cost.cio, "moc": cost.moc,
                          "status": "ok", "reason": None})
