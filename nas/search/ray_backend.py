@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from typing import Any
 
 import optuna
@@ -118,6 +119,20 @@ def _jsonable(v: Any) -> bool:
         isinstance(v, list) and all(isinstance(x, (int, float)) for x in v))
 
 
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in one line when nothing listens at ``host:port``; ``ray.init`` would retry for minutes."""
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"ray-address: {address!r} is not allowed; expected HOST:PORT of a Ray head (or 'auto')")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ValueError(f"ray-address: {address!r} could not be reached ({err.strerror or err}); start a head "
+                         f"with `ray start --head` and pass its address, or leave --ray-address out") from None
+
 def run_ray(s: SearchSettings, storage: str, study_name: str, address: str | None = None) -> optuna.Study:
     """Run (or resume) the search on Ray Tune; returns the Optuna study both backends share."""
     import ray
@@ -147,7 +162,14 @@ def run_ray(s: SearchSettings, storage: str, study_name: str, address: str | Non
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, log_to_driver=False)
+            _check_reachable(address)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ValueError(f"ray-address: {address!r} could not be joined ({first}); start a head with "
+                                 f"`ray start --head` and pass its address, or leave --ray-address out "
+                                 f"for a local Ray") from None
         else:
             ray.init(num_cpus=s.workers, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     threads = max(1, int(ray.available_resources().get("CPU", s.workers)) // max(1, s.workers))
