@@ -1,0 +1,352 @@
+"""``streamlit run app.py [-- --storage URL]``: browse search results, understand each architecture, export it.
+
+A thin layout over `nas.explore` (loading, latency per device, fronts, figures, exports are
+tested there). The storage is the search's default (``sqlite:///runs/nas.db``), ``--storage``
+after ``--``, ``$NAS_STORAGE``, or whatever is typed into the sidebar. Study data is cached for a
+few seconds only, so a search writing to the same storage shows up on the next refresh.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pandas as pd
+import streamlit as st
+
+from nas.explore import analysis as A
+from nas.explore import data as D
+from nas.explore import demo
+from nas.explore import downloads as X
+from nas.explore import figures as F
+from nas.latency.profiles import list_profiles
+
+TTL_S = 5  # seconds a loaded study is reused; the refresh button clears it at once
+MAX_POINTS = 4000  # trials drawn in the Pareto plot; beyond, front + baselines + a stratified sample
+REFERENCES = ("hardnet68", "tresnet_m", "resnet50")  # canonical models drawn as latency lines when not in a study
+
+st.set_page_config(page_title="hardnas explorer", layout="wide")
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _studies(url: str) -> list[D.StudyInfo]:
+    return D.list_studies(url)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner="Loading trials…")
+def _frame(url: str, names: tuple[str, ...]) -> pd.DataFrame:
+    return D.records_frame(D.load_records(url, names))
+
+
+@st.cache_data(show_spinner=False)
+def _export(config_json: str, fmt: str, meta_json: str) -> bytes:
+    return X.export_file(A.arch_config(config_json), fmt, json.loads(meta_json))
+
+
+@st.cache_data(show_spinner="Ranking design choices…")
+def _importances(features: pd.DataFrame, target: pd.Series) -> tuple[dict[str, float], str | None]:
+    return A.param_importances(features, target)
+
+
+@st.cache_data(show_spinner=False)
+def _reference_latency(name: str, device: str, resolution: int) -> float:
+    from nas.registry import get_config
+
+    return A.predicted_latency(get_config(name).to_json(indent=None), device, resolution)
+
+
+def _refresh() -> None:
+    st.cache_data.clear()
+    D.clear_storage_cache()
+
+
+def _fmt(v: float, scale: float = 1.0, unit: str = "", digits: int = 3) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v / scale:.{digits}g}{unit}"
+
+
+def empty_state(url: str) -> None:
+    st.info(f"No studies in `{url}` yet. Create one with the search (on this machine it takes minutes):")
+    st.code(demo.create_command(url, D.default_storage_url()), language="bash")
+    st.write("Or try the app at once with a tiny demo search: 10 small networks at 64x64, latency predicted "
+             "for a V100, zero-cost accuracy (about 15 s on two CPU cores).")
+    if st.button("Run a tiny demo search", key="demo", type="primary"):
+        bar = st.progress(0.0, text="demo search: starting…")
+        try:
+            demo.run_demo(url, on_progress=lambda d, t: bar.progress(d / t, text=f"demo search: {d}/{t} trials"))
+        except RuntimeError as err:
+            st.error(str(err))
+            return
+        _refresh()
+        st.rerun()
+
+
+def _options(df: pd.DataFrame, lat: pd.Series, feasible: pd.Series, front: pd.Series, limit: int = 300) -> list[str]:
+    """Selectable trials: the front (by latency), the baselines, then the best others by accuracy."""
+    plotted = (df["state"] == "COMPLETE") & df["accuracy"].notna()
+    first = list(df.loc[front].assign(_l=lat[front]).sort_values("_l")["key"])
+    base = list(df.loc[plotted & df["baseline"], "key"])
+    rest = df.loc[plotted].assign(_f=feasible[plotted]).sort_values(["_f", "accuracy"], ascending=False)["key"]
+    return list(dict.fromkeys(first + base + list(rest[: limit])))
+
+
+def _label(df: pd.DataFrame, lat: pd.Series) -> callable:
+    by_key = df.set_index("key")
+    lat_by_key = pd.Series(lat.to_numpy(), index=df["key"])
+
+    def label(key: str) -> str:
+        if key not in by_key.index:
+            return key
+        r = by_key.loc[key]
+        name = f" {r['name']}" if r["name"] else ""
+        return f"{r['arch_id']}{name} · {r['study']} #{r['number']} · acc {_fmt(r['accuracy'])} · {_fmt(lat_by_key[key])} ms"
+
+    return label
+
+
+def export_buttons(row: pd.Series, key: str) -> None:
+    why = X.export_available()
+    if why:
+        st.caption(f"Downloads: {why}.")
+        return
+    config = A.arch_config(row["config"])
+    meta = X.metadata_of(row.to_dict())
+    cols = st.columns(len(X.FORMATS))
+    for col, (fmt, (suffix, mime)) in zip(cols, X.FORMATS.items()):
+        with col:
+            name = X.file_name(config, fmt, stem=row["name"] or f"{row['study']}-trial{row['number']}")
+            if fmt == "onnx":  # seconds of work: only when the button is clicked
+                st.download_button(f"⬇ {suffix}", data=lambda c=config, m=meta: X.export_file(c, "onnx", m),
+                                   file_name=name, mime=mime, key=f"dl-{fmt}-{key}")
+                continue
+            try:
+                payload = _export(row["config"], fmt, json.dumps(meta, sort_keys=True))
+            except Exception as err:  # one format failing must not take the page down
+                st.warning(f"{fmt}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+                continue
+            st.download_button(f"⬇ {suffix}", data=payload, file_name=name, mime=mime, key=f"dl-{fmt}-{key}")
+
+
+def arch_summary(row: pd.Series, lat: float, src: str) -> None:
+    title = f"`{row['arch_id']}`" + (f" — {row['name']} (baseline)" if row["name"] else "")
+    st.markdown(f"#### {title}\n{row['study']} · trial {row['number']} · {row['state'].lower()} · family {row['family']}")
+    c = st.columns(6)
+    c[0].metric("accuracy" if str(row["proxy"]) in ("", "train") else f"score ({row['proxy']})", _fmt(row["accuracy"], digits=4))
+    c[1].metric("latency (ms)", _fmt(lat, digits=4), help=src or "no latency for this choice")
+    c[2].metric("CIO", _fmt(row["cio"], 1e6, " M"))
+    c[3].metric("MACs", _fmt(row["macs"], 1e9, " G"))
+    c[4].metric("params", _fmt(row["params"], 1e6, " M"))
+    c[5].metric("MoC", _fmt(row["moc"]))
+    recorded = row["latency_source"] or "none"
+    st.caption(f"Latency shown: {src or 'none'}. Recorded by the search: {_fmt(row['latency_ms'], digits=4)} ms, "
+               f"{recorded}{' on ' + row['latency_device'] if row['latency_device'] else ''}.")
+
+
+def arch_detail(row: pd.Series, lat: float, src: str) -> None:
+    arch_summary(row, lat, src)
+    export_buttons(row, row["key"])
+    if not row["config"]:
+        st.warning("This trial has no stored config.")
+        return
+    config = A.arch_config(row["config"])
+    left, right = st.columns([3, 2])
+    with left:
+        st.markdown(f"**Per stage** (at {row['resolution']}x{row['resolution']})")
+        st.dataframe(pd.DataFrame(A.stage_rows(config, int(row["resolution"]))), hide_index=True, width="stretch")
+        plans = A.harmonic_plans(config)
+        if plans:
+            labels = [f"stage {i}: {config.stages[i].link_rule}, {p.depth} layers" for i, p in plans]
+            pick = st.selectbox("harmonic block", range(len(plans)), format_func=lambda j: labels[j],
+                                key=f"block-{row['key']}")
+            i, plan = plans[pick]
+            st.plotly_chart(F.block_links_figure(plan, f"stage {i}: which layer reads which ({config.stages[i].link_rule})"),
+                            key=f"links-{row['key']}")
+    with right:
+        if row["curve"]:
+            st.plotly_chart(F.curve_figure({row["arch_id"]: row["curve"]}), key=f"curve-{row['key']}")
+        else:
+            st.caption(f"No per-epoch curve (proxy: {row['proxy'] or 'unknown'}).")
+        with st.expander("config", expanded=False):
+            st.code(json.dumps(json.loads(row["config"]), indent=2), language="json")
+
+
+def pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label, device, mode) -> None:
+    plotted = (df["state"] == "COMPLETE") & df["accuracy"].notna() & lat.notna()
+    options = _options(df, lat, feasible, front)
+    if not options:
+        st.warning("No completed trial with an accuracy yet.")
+        return
+    if st.session_state.get("selected") not in options:
+        st.session_state["selected"] = options[0]
+    selected = st.session_state["selected"]
+    keep = front | df["baseline"] | (df["key"] == selected)
+    shown = pd.Series(False, index=df.index)
+    shown[plotted] = A.sample_for_display(df[plotted], keep[plotted], MAX_POINTS)
+    present = set(df["name"])
+    ref_device = device if mode == "predicted" else "cpu"
+    resolution = int(df["resolution"].mode().iloc[0]) if len(df) else 224
+    references = {f"{n} ({'predicted' if mode == 'measured' else ref_device})": _reference_latency(n, ref_device, resolution)
+                  for n in REFERENCES if n not in present}
+    fig = F.pareto_figure(df, lat, src, feasible, front, shown=shown, budget_ms=budget, selected=[selected],
+                          references=references, accuracy_label=acc_label, latency_label=latency_label)
+    event = st.plotly_chart(fig, key="pareto", on_select="rerun", selection_mode="points", width="stretch")
+    n_plot, n_shown = int(plotted.sum()), int((shown & plotted).sum())
+    st.caption(f"{int(front.sum())} on the front, {int(feasible.sum())} feasible of {n_plot} completed trials with a "
+               f"latency" + (f"; drawing the front, the baselines and a stratified sample: {n_shown} of {n_plot}"
+                             if n_shown < n_plot else "") + ". Click a point, or pick below.")
+    clicked = F.clicked_key(event)
+    if clicked and clicked != st.session_state.get("_last_click"):
+        st.session_state["_last_click"] = clicked
+        if clicked in set(df["key"]) and clicked != selected:
+            st.session_state["selected"] = clicked
+            st.rerun()
+    if selected not in options:
+        options = [selected, *options]
+    st.selectbox("architecture", options, format_func=_label(df, lat), key="selected")
+    row = df.loc[df["key"] == st.session_state["selected"]].iloc[0]
+    arch_detail(row, float(lat[row.name]), str(src[row.name]))
+
+
+def tradeoff_view(df, lat, latency_label, acc_label, error_label, metric) -> None:
+    done = (df["state"] == "COMPLETE") & df["accuracy"].notna()
+    sub = df[done]
+    if len(sub) < 2:
+        st.info("Trade-off views need at least two completed trials.")
+        return
+    st.subheader("Design choices")
+    colour_by = st.radio("colour by", [acc_label, latency_label], horizontal=True, key="pc_colour")
+    colour = sub["accuracy"] if colour_by == acc_label else lat[done]
+    pc_rows = sub if len(sub) <= 3000 else sub.sample(n=3000, random_state=0)
+    st.plotly_chart(F.parallel_coordinates_figure(pc_rows, colour.loc[pc_rows.index], colour_by), key="parcoords")
+    st.subheader("Which choices matter")
+    cols = st.columns(2)
+    for col, (label, target) in zip(cols, ((acc_label, sub["accuracy"]), (latency_label, lat[done]))):
+        with col:
+            imp, why = _importances(sub[list(D.DESIGN_CHOICES)], target.rename("target"))
+            if why:
+                st.info(f"{label}: {why}.")
+            else:
+                st.plotly_chart(F.importance_figure(imp, label), key=f"imp-{label}")
+    st.subheader("Does CIO predict latency? (the HarDNet thesis on your data)")
+    cols = st.columns(2)
+    for col, (c, label) in zip(cols, (("macs", "MACs"), ("cio", "CIO"))):
+        with col:
+            stats = A.rank_correlations(sub[c], lat[done])
+            st.plotly_chart(F.cost_latency_figure(sub[c], lat[done], sub["family"], label, stats, latency_label),
+                            key=f"corr-{c}")
+    st.subheader("Error distribution per design choice")
+    st.caption("Empirical CDF over all completed trials (RegNet's EDF): a curve further "
+               + ("up-left" if metric is not None and error_label.startswith("error") else "right")
+               + " means the choice is good across the space, not just at the front.")
+    choice = st.selectbox("design choice", list(D.DESIGN_CHOICES), index=list(D.DESIGN_CHOICES).index("link_rule"),
+                          key="edf_choice")
+    curves = A.edf_by_choice(sub, choice, metric[done])
+    st.plotly_chart(F.edf_figure(curves, choice, error_label), key="edf")
+
+
+def compare_view(df, lat, src) -> None:
+    done = df.loc[(df["state"] == "COMPLETE") & df["accuracy"].notna()]
+    if len(done) < 2:
+        st.info("Compare needs at least two completed trials.")
+        return
+    keys = list(done.sort_values("accuracy", ascending=False)["key"][:500])
+    first = st.session_state.get("selected")
+    if first in set(df["key"]) and first not in keys:
+        keys = [first, *keys]
+    label = _label(df, lat)
+    a, b = st.columns(2)
+    ka = a.selectbox("A", keys, index=keys.index(first) if first in keys else 0, format_func=label, key="cmp_a")
+    kb = b.selectbox("B", keys, index=1 if keys[0] == ka else 0, format_func=label, key="cmp_b")
+    curves = {}
+    for col, k in ((a, ka), (b, kb)):
+        row = df.loc[df["key"] == k].iloc[0]
+        with col:
+            arch_summary(row, float(lat[row.name]), str(src[row.name]))
+            if row["config"]:
+                cfg = A.arch_config(row["config"])
+                st.dataframe(pd.DataFrame(A.stage_rows(cfg, int(row["resolution"]))), hide_index=True, width="stretch")
+        if row["curve"]:
+            curves[f"{row['arch_id']} ({k})"] = row["curve"]
+    if curves:
+        st.plotly_chart(F.curve_figure(curves), key="cmp-curves")
+
+
+def main() -> None:
+    st.title("hardnas explorer")
+    sb = st.sidebar
+    url = sb.text_input("storage URL", value=D.resolve_storage_url(sys.argv[1:]), key="storage",
+                        help="sqlite:///path.db, postgresql://..., journal:PATH; also `-- --storage URL` or $NAS_STORAGE").strip()
+    if sb.button("Refresh", help="reload studies now (they are cached for a few seconds)"):
+        _refresh()
+    try:
+        studies = _studies(url)
+    except D.StorageError as err:
+        st.error(str(err))
+        return
+    if not studies:
+        empty_state(url)
+        return
+    names = [s.name for s in studies]
+    picked = sb.multiselect("studies (overlaid)", names, default=[max(studies, key=lambda s: s.n_trials).name],
+                            key="studies")
+    if not picked:
+        st.info("Pick at least one study in the sidebar.")
+        return
+    try:
+        df = _frame(url, tuple(picked))
+    except D.StorageError as err:
+        st.error(str(err))
+        return
+    info = {s.name: s for s in studies}
+    proxies = sorted(set(df["proxy"]) - {""})
+    if len(proxies) > 1:
+        st.warning(f"The overlaid studies use different accuracy proxies ({', '.join(proxies)}); their accuracies are "
+                   "not comparable.")
+    train = all(p == "train" for p in proxies)
+    acc_label = "proxy accuracy" if train else f"score ({', '.join(proxies) or 'accuracy'})"
+
+    has_measured = bool((df["latency_source"] == "measured").any())
+    mode = sb.radio("latency", ["measured", "predicted"], index=0 if has_measured else 1, horizontal=True, key="lat_mode")
+    recorded = df.loc[df["latency_source"] == "predicted", "latency_device"]
+    profiles = list_profiles()
+    default_dev = recorded.mode().iloc[0] if len(recorded) and recorded.mode().iloc[0] in profiles else "cpu"
+    device = sb.selectbox("target device (predicted)", profiles, index=profiles.index(default_dev), key="device",
+                          disabled=mode == "measured")
+    lat, src = A.latency_column(df, mode, device)
+    latency_label = "latency (ms, measured)" if mode == "measured" else f"latency (ms, predicted for {device})"
+
+    c = st.columns(5)
+    c[0].metric("trials", len(df))
+    c[1].metric("completed", int((df["state"] == "COMPLETE").sum()))
+    c[2].metric("pruned / rejected", int((df["state"] == "PRUNED").sum()))
+    c[3].metric("failed", int((df["state"] == "FAIL").sum()))
+    plotted = (df["state"] == "COMPLETE") & df["accuracy"].notna() & lat.notna()
+    if not plotted.any():
+        st.warning(f"No completed trial has a {mode} latency"
+                   + (" (these studies predicted latency: switch to predicted)" if mode == "measured" else "") + ".")
+        return
+    budgets = [info[n].budget_ms for n in picked if info[n].budget_ms]
+    study_budget = min(budgets) if budgets else None
+    same_kind = (mode == "measured" and has_measured) or (mode == "predicted" and device in set(recorded))
+    # a rounded-up range stays put while a live search adds trials (the slider keeps its value)
+    top = A.nice_ceiling(1.05 * max(float(lat[plotted].max()), study_budget if same_kind and study_budget else 0.0))
+    default = min(study_budget, top) if (same_kind and study_budget) else top
+    budget = sb.slider("latency budget (ms)", 0.0, top, value=default, step=top / 500, format="%.4g",
+                       key=f"budget:{mode}:{device}:{top}", help="trials above it are greyed out and leave the front")
+    feasible = A.feasible_mask(df, lat, budget)
+    front = A.front_mask(df, lat, feasible)
+    c[4].metric("feasible under budget", int(feasible.sum()))
+
+    metric = (1.0 - df["accuracy"]) if train else df["accuracy"]
+    error_label = "error (1 − proxy accuracy)" if train else acc_label
+    view = st.radio("view", ["Pareto front", "Trade-offs", "Compare"], horizontal=True, key="view",
+                    label_visibility="collapsed")
+    if view == "Pareto front":
+        pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label, device, mode)
+    elif view == "Trade-offs":
+        tradeoff_view(df, lat, latency_label, acc_label, error_label, metric)
+    else:
+        compare_view(df, lat, src)
+
+
+main()

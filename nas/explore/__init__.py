@@ -1,0 +1,11 @@
+"""Exploring search results: the functions behind ``streamlit run app.py``.
+
+`data` opens storages and turns studies into one DataFrame row per trial (with design features
+derived from the config), `analysis` computes latency per device, feasibility, fronts, samples,
+EDFs, rank correlations and importances, `figures` builds the plotly figures, `downloads` wraps
+the export package, `demo` creates a first study. The app only lays these out and caches them.
+"""
+
+from .data import DESIGN_CHOICES, StorageError, StudyInfo, list_studies, load_records, records_frame
+
+__all__ = ["DESIGN_CHOICES", "StorageError", "StudyInfo", "list_studies", "load_records", "records_frame"]

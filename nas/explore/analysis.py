@@ -1,0 +1,323 @@
+"""What the app computes from trial rows: latency per device, feasibility, fronts, samples, EDFs,
+rank correlations, design-choice importances and per-stage costs.
+
+All functions take the `records_frame` DataFrame (or plain sequences) and return plain values,
+so they are tested without streamlit. Fronts use an O(n log n) sweep (the app shows 2-D
+accuracy/latency fronts, and must stay responsive at 10,000 trials); it agrees with
+`nas.search.results.pareto_front` on the same two objectives.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from functools import lru_cache
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..config import ArchConfig
+from ..stats import kendall_tau, spearman_rho
+from .data import DESIGN_CHOICES, NUMERIC_CHOICES
+
+__all__ = [
+    "arch_config",
+    "edf",
+    "edf_by_choice",
+    "feasible_mask",
+    "front_mask",
+    "harmonic_plans",
+    "latency_column",
+    "nice_ceiling",
+    "param_importances",
+    "predicted_latency",
+    "rank_correlations",
+    "sample_for_display",
+    "stage_rows",
+]
+
+
+@lru_cache(maxsize=100_000)
+def arch_config(config_json: str) -> ArchConfig:
+    """The `ArchConfig` of a stored config (cached: thousands of rows share a few parses per rerun)."""
+    return ArchConfig.from_json(config_json)
+
+
+@lru_cache(maxsize=200_000)
+def predicted_latency(config_json: str, device: str, resolution: int = 224, batch: int = 1,
+                      precision: str = "fp32") -> float:
+    """`nas.latency.predict` for one stored config on a device profile, in ms (NaN if it cannot be predicted).
+
+    Cached per (config, device, shape): switching the app's target device costs one roofline
+    evaluation per architecture once, then nothing.
+    """
+    from ..latency.predict import predict
+
+    try:
+        return float(predict(arch_config(config_json), device, resolution, batch, precision).median_ms)
+    except ValueError:
+        return math.nan
+
+
+def latency_column(df: pd.DataFrame, mode: str, device: str | None = None) -> tuple[pd.Series, pd.Series]:
+    """The latency each row shows and where it comes from, for ``mode`` ``measured`` or ``predicted``.
+
+    ``measured``: the recorded latency of rows whose source is ``measured`` (NaN otherwise: a
+    prediction is never passed off as a measurement). ``predicted``: the recorded value when the
+    search predicted for the same ``device``, else `predicted_latency` on the row's config at its
+    study's resolution, batch and precision (completed trials only: the others are not plotted).
+    Returns (latency in ms, source label such as ``measured on cpu`` or ``predicted for v100``).
+    """
+    if mode not in ("measured", "predicted"):
+        raise ValueError(f"latency mode: {mode!r} is not allowed; expected measured or predicted")
+    if df.empty:
+        return pd.Series([], dtype=float, index=df.index), pd.Series([], dtype=object, index=df.index)
+    if mode == "measured":
+        ok = df["latency_source"] == "measured"
+        lat = df["latency_ms"].where(ok)
+        src = ("measured on " + df["latency_device"].astype(str)).where(ok, "")
+        return lat.astype(float), src
+    if not device:
+        raise ValueError("latency device: missing; expected a device profile name for predicted latency")
+    recorded = (df["latency_source"] == "predicted") & (df["latency_device"] == device)
+    lat = df["latency_ms"].where(recorded).astype(float)
+    todo = ~recorded & (df["state"] == "COMPLETE") & (df["config"] != "")
+    if todo.any():
+        sub = df.loc[todo, ["config", "resolution", "batch", "precision"]]
+        lat.loc[todo] = [predicted_latency(c, device, int(r), int(b), str(p))
+                         for c, r, b, p in sub.itertuples(index=False, name=None)]
+    src = pd.Series(np.where(lat.notna(), f"predicted for {device}", ""), index=df.index, dtype=object)
+    return lat, src
+
+
+def feasible_mask(df: pd.DataFrame, latency: pd.Series, budget_ms: float | None) -> pd.Series:
+    """Completed trials with an accuracy and a latency within ``budget_ms`` (no budget: any latency)."""
+    ok = (df["state"] == "COMPLETE") & df["accuracy"].notna() & latency.notna()
+    if budget_ms is not None:
+        ok &= latency <= budget_ms
+    return ok
+
+
+def front_mask(df: pd.DataFrame, latency: pd.Series, feasible: pd.Series, by: str | None = "study") -> pd.Series:
+    """Rows on the accuracy-up / latency-down Pareto front of the feasible rows (per ``by`` group).
+
+    The first trial of each architecture stands for it (dedup, as in `nas.search.results`); a
+    point is kept when no feasible point has latency <= and accuracy >= with one strictly better.
+    """
+    out = pd.Series(False, index=df.index)
+    pool = df.loc[feasible, ["arch_id", "accuracy"] + ([by] if by else [])].copy()
+    pool["_lat"] = latency[feasible].astype(float)
+    if pool.empty:
+        return out
+    groups = pool.groupby(by, sort=False) if by else [(None, pool)]
+    for _, g in groups:
+        g = g[~g["arch_id"].duplicated(keep="first")]
+        order = np.lexsort((-g["accuracy"].to_numpy(), g["_lat"].to_numpy()))
+        best_acc, best_lat = -math.inf, math.nan
+        idx = g.index.to_numpy()
+        acc, lat = g["accuracy"].to_numpy(), g["_lat"].to_numpy()
+        for i in order:
+            if acc[i] > best_acc:
+                best_acc, best_lat = acc[i], lat[i]
+                out.at[idx[i]] = True
+            elif acc[i] == best_acc and lat[i] == best_lat:
+                out.at[idx[i]] = True  # an equal point is not dominated
+    return out
+
+
+def sample_for_display(df: pd.DataFrame, keep: pd.Series, max_points: int = 4000, strata: Sequence[str] = ("family",),
+                       seed: int = 0) -> pd.Series:
+    """A mask of the rows to draw: all of ``keep`` (front, baselines, selection) plus a stratified sample.
+
+    Below ``max_points`` rows everything is drawn. Above, the remaining quota is spread over the
+    ``strata`` groups in proportion to their size (at least one row each), with a fixed seed so
+    the picture does not jump between reruns. The page stays responsive at any study size.
+    """
+    if len(df) <= max_points:
+        return pd.Series(True, index=df.index)
+    mask = keep.copy().astype(bool)
+    rest = df.loc[~mask]
+    quota = max(0, max_points - int(mask.sum()))
+    if quota == 0 or rest.empty:
+        return mask
+    rng = np.random.RandomState(seed)
+    groups = rest.groupby(list(strata), sort=True, dropna=False) if strata else [(None, rest)]
+    sizes = {k: len(g) for k, g in groups}
+    total = sum(sizes.values())
+    for k, g in groups:
+        n = min(len(g), max(1, int(round(quota * len(g) / total))))
+        picked = rng.choice(len(g), size=n, replace=False)
+        mask.loc[g.index[np.sort(picked)]] = True
+    return mask
+
+
+def edf(values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical distribution function: sorted finite values and the fraction of values <= each."""
+    v = np.sort(np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float))
+    return v, (np.arange(1, len(v) + 1) / len(v)) if len(v) else np.zeros(0)
+
+
+def _bin_labels(values: pd.Series, bins: int) -> pd.Series:
+    """Numeric choices with many values become quantile bins labelled by their range."""
+    finite = values.dropna()
+    if finite.nunique() <= bins + 2:
+        return values.map(lambda x: "none" if pd.isna(x) else f"{x:g}")
+    edges = np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)))
+    cut = pd.cut(values, edges, include_lowest=True, duplicates="drop")
+    return cut.map(lambda iv: f"{iv.left:g}–{iv.right:g}", na_action="ignore").astype(object).where(values.notna(), "none")
+
+
+def edf_by_choice(df: pd.DataFrame, choice: str, metric: pd.Series, bins: int = 4,
+                  min_count: int = 1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """One EDF of ``metric`` per value of a design choice (RegNet's error EDFs), over all given rows.
+
+    A curve further up-left means the choice gives low errors more often across the whole space,
+    not just at the front. Numeric choices with more than ``bins + 2`` values are binned by
+    quantiles; values with fewer than ``min_count`` rows are left out.
+    """
+    if choice not in df.columns:
+        raise ValueError(f"choice: {choice!r} is not allowed; expected one of {', '.join(DESIGN_CHOICES)}")
+    ok = metric.notna()
+    labels = _bin_labels(df.loc[ok, choice], bins) if choice in NUMERIC_CHOICES else df.loc[ok, choice].astype(str)
+    out = {}
+    for value in sorted(labels.unique(), key=_natural):
+        xs, ys = edf(metric[ok][labels == value].to_numpy())
+        if len(xs) >= min_count:
+            out[str(value)] = (xs, ys)
+    return out
+
+
+def _natural(label: Any) -> tuple:
+    text = str(label)
+    try:
+        return (0, float(text.split("–")[0]), text)
+    except ValueError:
+        return (1, 0.0, text)
+
+
+def rank_correlations(x: Sequence[float], y: Sequence[float], kendall_max: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Kendall's tau and Spearman's rho (from `nas.stats`) between two columns, NaN pairs dropped.
+
+    Spearman uses every pair; Kendall's tau is O(n^2) in `nas.stats`, so above ``kendall_max``
+    points it is computed on a seeded random sample of that many (``n_tau`` says how many).
+    Fewer than 3 points give NaN for both.
+    """
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[ok], ya[ok]
+    n = len(xa)
+    if n < 3:
+        return {"tau": math.nan, "rho": math.nan, "n": n, "n_tau": n}
+    idx = np.arange(n)
+    if n > kendall_max:
+        idx = np.sort(np.random.RandomState(seed).choice(n, size=kendall_max, replace=False))
+    tau = kendall_tau(xa[idx].tolist(), ya[idx].tolist())
+    rho = spearman_rho(xa.tolist(), ya.tolist())
+    return {"tau": tau, "rho": rho, "n": n, "n_tau": len(idx)}
+
+
+def param_importances(df: pd.DataFrame, target: pd.Series, choices: Sequence[str] = DESIGN_CHOICES,
+                      max_trials: int = 300, min_trials: int = 8, seed: int = 0, n_trees: int = 16) -> tuple[dict[str, float], str | None]:
+    """Importance of each design choice for ``target`` with `optuna.importance.get_param_importances`.
+
+    The choices are loaded as parameters of a throw-away in-memory study (categorical for the
+    string choices, float for the numeric ones, NaN as -1 = "no harmonic block"), so studies of
+    different spaces share one set of names. fANOVA costs seconds per few hundred trials on
+    two cores, so above ``max_trials`` a seeded sample of that many is used. Returns (importances summing to 1, None) or
+    ({}, a one-line reason) when there are too few trials or no choice varies; never raises.
+    """
+    import optuna
+
+    ok = target.notna() & np.isfinite(target.astype(float))
+    sub = df.loc[ok]
+    if len(sub) < min_trials:
+        return {}, f"need at least {min_trials} completed trials with a value to rank design choices; have {len(sub)}"
+    if len(sub) > max_trials:
+        sub = sub.sample(n=max_trials, random_state=seed)
+    values = target.loc[sub.index].astype(float)
+    dists: dict[str, Any] = {}
+    cols: dict[str, list[Any]] = {}
+    for c in choices:
+        col = sub[c]
+        if c in NUMERIC_CHOICES:
+            v = col.astype(float).fillna(-1.0)
+            if v.nunique() < 2:
+                continue
+            dists[c] = optuna.distributions.FloatDistribution(float(v.min()), float(v.max()))
+            cols[c] = v.tolist()
+        else:
+            v = col.astype(str)
+            if v.nunique() < 2:
+                continue
+            dists[c] = optuna.distributions.CategoricalDistribution(sorted(v.unique()))
+            cols[c] = v.tolist()
+    if not dists:
+        return {}, "no design choice varies among these trials"
+    if values.nunique() < 2:
+        return {}, "every trial has the same value; nothing to attribute"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    trials = [optuna.trial.create_trial(params={c: cols[c][i] for c in dists}, distributions=dists, value=float(val))
+              for i, val in enumerate(values.tolist())]
+    study.add_trials(trials)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=n_trees, seed=seed)
+            imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except Exception as err:  # optuna refuses degenerate inputs in several ways
+        return {}, f"importances could not be computed: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+    return {k: float(v) for k, v in imp.items()}, None
+
+
+def stage_rows(config: ArchConfig, resolution: int = 224) -> list[dict[str, Any]]:
+    """Per-stage table of `nas.analyze`: block, depth, output shape, params, MACs, CIO and MoC."""
+    from ..cost import analyze
+
+    report = analyze(config, resolution)
+    rows = []
+    for sc in report.by_stage():
+        i = int(sc.name.split(".")[1]) if sc.name.startswith("stages.") else None
+        st = config.stages[i] if i is not None else None
+        if st is None:
+            what = config.stem.type if sc.name == "stem" else "classifier"
+        elif st.block == "hard":
+            what = f"hard k={st.growth_rate} m={st.weight_factor:g} {st.link_rule}"
+        else:
+            what = f"{st.block} w={st.width}"
+        rows.append({
+            "stage": sc.name,
+            "block": what,
+            "depth": st.depth if st is not None else None,
+            "se": st.se if st is not None else None,
+            "output": "x".join(str(d) for d in sc.out_shape[1:]),
+            "params": sc.params,
+            "MACs": sc.macs,
+            "CIO": sc.cio,
+            "MoC": round(sc.moc, 2),
+        })
+    return rows
+
+
+def harmonic_plans(config: ArchConfig) -> list[tuple[int, Any]]:
+    """(stage index, `nas.links.BlockPlan`) of every harmonic stage, with the stage's real input width."""
+    from ..blocks import plan_for, stage_out_channels
+
+    out, ch = [], config.stem.out_channels
+    for i, st in enumerate(config.stages):
+        if st.block == "hard":
+            out.append((i, plan_for(st, ch)))
+        ch = stage_out_channels(st, ch)
+    return out
+
+
+def nice_ceiling(x: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^k that is >= x (a slider range that does not move with every trial)."""
+    if not x > 0 or not math.isfinite(x):
+        return 1.0
+    base = 10.0 ** math.floor(math.log10(x))
+    for f in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if f * base >= x * (1 - 1e-12):
+            return f * base
+    return 10.0 * base

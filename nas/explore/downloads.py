@@ -1,0 +1,59 @@
+"""Export of a selected architecture for download, through the export package's one entry point.
+
+`nas.export.export_bytes(config, fmt, *, deploy, metadata, state_dict)` is imported lazily: the
+app must start (and show everything else) in a tree or an install without the export package,
+and ONNX export takes seconds, so bytes are made only when a download is asked for.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from ..config import ArchConfig
+
+__all__ = ["FORMATS", "export_available", "export_file", "file_name", "metadata_of"]
+
+#: format -> (file suffix, MIME type), in the order the buttons are shown
+FORMATS: dict[str, tuple[str, str]] = {
+    "py": (".py", "text/x-python"),
+    "json": (".json", "application/json"),
+    "onnx": (".onnx", "application/octet-stream"),
+}
+
+
+def export_available() -> str | None:
+    """None when `nas.export.export_bytes` can be imported, else a one-line reason."""
+    try:
+        from ..export import export_bytes  # noqa: F401
+    except Exception as err:  # ImportError, or the package failing to import
+        return f"export is not available here ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'no message'})"
+    return None
+
+
+def metadata_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """What the search knows about a trial, as JSON-friendly metadata for the exported file."""
+    out: dict[str, Any] = {}
+    for k in ("study", "number", "arch_id", "name", "accuracy", "latency_ms", "latency_source", "latency_device",
+              "proxy", "cio", "macs", "params"):
+        v = row.get(k)
+        if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
+            continue
+        out["trial" if k == "number" else k] = v.item() if hasattr(v, "item") else v
+    return out
+
+
+def file_name(config: ArchConfig, fmt: str, stem: str | None = None) -> str:
+    """``<name or arch_id>.<suffix>``: a stable name for the downloaded file."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format: {fmt!r} is not allowed; expected one of {', '.join(FORMATS)}")
+    base = stem or config.name or f"arch_{config.arch_id}"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in base)
+    return safe + FORMATS[fmt][0]
+
+
+def export_file(config: ArchConfig, fmt: str, metadata: Mapping[str, Any] | None = None, deploy: bool = False) -> bytes:
+    """The bytes of ``config`` exported as ``fmt`` (``py``, ``json``, ``onnx``...) by `nas.export`."""
+    from ..export import export_bytes
+
+    return export_bytes(config, fmt, deploy=deploy, metadata=dict(metadata) if metadata else None)

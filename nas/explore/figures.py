@@ -1,0 +1,267 @@
+"""Plotly figure builders for the app; each returns a `plotly.graph_objects.Figure` with named traces.
+
+Scatter plots of trials use WebGL (``Scattergl``) so a 10,000-trial study stays responsive; the
+caller passes the rows to draw (`nas.explore.analysis.sample_for_display`). Every trace has a
+``name`` the tests (and the legend) rely on.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from ..links import BlockPlan
+from .data import DESIGN_CHOICES, NUMERIC_CHOICES
+
+__all__ = [
+    "block_links_figure",
+    "clicked_key",
+    "cost_latency_figure",
+    "curve_figure",
+    "edf_figure",
+    "importance_figure",
+    "parallel_coordinates_figure",
+    "pareto_figure",
+    "symbol_map",
+]
+
+_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "pentagon", "hexagon", "triangle-down", "star-square")
+_FRONT_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def symbol_map(families: Sequence[str]) -> dict[str, str]:
+    """A stable marker symbol per block family (sorted names, so overlays and reruns agree)."""
+    return {f: _SYMBOLS[i % len(_SYMBOLS)] for i, f in enumerate(sorted(set(families)))}
+
+
+def _hover_data(rows: pd.DataFrame, lat: pd.Series, src: pd.Series) -> np.ndarray:
+    return np.column_stack([
+        rows["key"].to_numpy(), rows["arch_id"].to_numpy(), rows["study"].to_numpy(),
+        rows["number"].to_numpy(), rows["name"].to_numpy(), rows["accuracy"].to_numpy(), lat.to_numpy(),
+        (rows["cio"] / 1e6).to_numpy(), (rows["macs"] / 1e9).to_numpy(), (rows["params"] / 1e6).to_numpy(),
+        src.to_numpy(), rows["family"].to_numpy(),
+    ]) if len(rows) else np.zeros((0, 12))
+
+
+_HOVER = ("<b>%{customdata[1]}</b> %{customdata[4]}<br>%{customdata[2]} trial %{customdata[3]} · %{customdata[11]}"
+          "<br>accuracy %{customdata[5]:.4g}<br>latency %{customdata[6]:.4g} ms (%{customdata[10]})"
+          "<br>CIO %{customdata[7]:.3g} M · MACs %{customdata[8]:.3g} G · params %{customdata[9]:.3g} M<extra></extra>")
+
+
+def pareto_figure(df: pd.DataFrame, latency: pd.Series, source: pd.Series, feasible: pd.Series, front: pd.Series,
+                  shown: pd.Series | None = None, budget_ms: float | None = None, selected: Sequence[str] = (),
+                  references: Mapping[str, float] | None = None, accuracy_label: str = "accuracy",
+                  latency_label: str = "latency (ms)") -> go.Figure:
+    """Accuracy vs latency of completed trials, the front drawn, colour = CIO, symbol = block family.
+
+    Traces: ``infeasible`` (grey, over the budget), one per family of feasible points (colour by
+    CIO, shared colour bar), ``Pareto front`` per study (step line), ``baselines`` (stars with
+    their names), ``canonical (latency only)`` (vertical lines for canonical models without a
+    trial, from ``references`` name -> latency), ``selected`` (rings). ``shown`` limits the
+    non-front points drawn (sampling); customdata[0] of every point is its row key, which is what
+    a click returns.
+    """
+    plotted = (df["state"] == "COMPLETE") & df["accuracy"].notna() & latency.notna()
+    shown = plotted if shown is None else (plotted & (shown | front | df["baseline"]))
+    symbols = symbol_map(df.loc[plotted, "family"].tolist())
+    fig = go.Figure()
+    bad = shown & ~feasible
+    rows = df[bad]
+    fig.add_trace(go.Scattergl(
+        x=latency[bad], y=rows["accuracy"], mode="markers", name="infeasible",
+        marker=dict(color="rgba(150,150,150,0.35)", size=6, symbol=[symbols.get(f, "circle") for f in rows["family"]]),
+        customdata=_hover_data(rows, latency[bad], source[bad]), hovertemplate=_HOVER,
+    ))
+    cio = df.loc[shown & feasible, "cio"] / 1e6
+    cmin, cmax = (float(cio.min()), float(cio.max())) if len(cio) else (0.0, 1.0)
+    for fam, sym in symbols.items():
+        m = shown & feasible & (df["family"] == fam)
+        rows = df[m]
+        fig.add_trace(go.Scattergl(
+            x=latency[m], y=rows["accuracy"], mode="markers", name=fam,
+            marker=dict(symbol=sym, size=8, color=rows["cio"] / 1e6, coloraxis="coloraxis",
+                        line=dict(width=0.5, color="white")),
+            customdata=_hover_data(rows, latency[m], source[m]), hovertemplate=_HOVER,
+        ))
+    studies = list(dict.fromkeys(df.loc[front, "study"]))
+    for i, study in enumerate(studies):
+        m = front & (df["study"] == study)
+        order = latency[m].sort_values().index
+        rows = df.loc[order]
+        fig.add_trace(go.Scatter(
+            x=latency[order], y=rows["accuracy"], mode="lines+markers", line_shape="hv",
+            name="Pareto front" if len(studies) == 1 else f"Pareto front: {study}",
+            line=dict(color=_FRONT_COLOURS[i % len(_FRONT_COLOURS)], width=2),
+            marker=dict(size=11, color="rgba(0,0,0,0)", line=dict(width=2, color=_FRONT_COLOURS[i % len(_FRONT_COLOURS)])),
+            customdata=_hover_data(rows, latency[order], source[order]), hovertemplate=_HOVER,
+        ))
+    base = plotted & df["baseline"]
+    rows = df[base]
+    if len(rows):
+        fig.add_trace(go.Scatter(
+            x=latency[base], y=rows["accuracy"], mode="markers+text", name="baselines", text=rows["name"],
+            textposition="top center",
+            marker=dict(symbol="star", size=15, color="gold", line=dict(width=1, color="black")),
+            customdata=_hover_data(rows, latency[base], source[base]), hovertemplate=_HOVER,
+        ))
+    if references:
+        ys = df.loc[plotted, "accuracy"]
+        lo, hi = (float(ys.min()), float(ys.max())) if len(ys) else (0.0, 1.0)
+        xs, yv, text = [], [], []
+        for name, ms in references.items():
+            if ms is None or not math.isfinite(ms):
+                continue
+            xs += [ms, ms, None]
+            yv += [lo, hi, None]
+            text += ["", name, ""]
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=yv, mode="lines+text", name="canonical (latency only)", text=text,
+                                     textposition="top left", line=dict(color="rgba(80,80,80,0.6)", dash="dot"),
+                                     hoverinfo="skip"))
+    sel = df["key"].isin(list(selected)) & plotted
+    if sel.any():
+        rows = df[sel]
+        fig.add_trace(go.Scatter(
+            x=latency[sel], y=rows["accuracy"], mode="markers", name="selected",
+            marker=dict(size=20, color="rgba(0,0,0,0)", line=dict(width=3, color="black")),
+            customdata=_hover_data(rows, latency[sel], source[sel]), hovertemplate=_HOVER,
+        ))
+    if budget_ms is not None and math.isfinite(budget_ms):
+        fig.add_vline(x=budget_ms, line=dict(color="firebrick", dash="dash"),
+                      annotation_text=f"budget {budget_ms:.3g} ms", annotation_position="top right")
+    fig.update_layout(
+        xaxis_title=latency_label, yaxis_title=accuracy_label, legend_title_text="block family",
+        coloraxis=dict(colorscale="Viridis", cmin=cmin, cmax=cmax, colorbar=dict(title="CIO (M)")),
+        margin=dict(l=10, r=10, t=30, b=10), height=520, clickmode="event+select", uirevision="pareto",
+    )
+    return fig
+
+
+def parallel_coordinates_figure(df: pd.DataFrame, colour: pd.Series, colour_label: str,
+                                choices: Sequence[str] = DESIGN_CHOICES) -> go.Figure:
+    """Parallel coordinates of the design choices (categorical axes get their values as ticks), one line per trial."""
+    dims = []
+    for c in choices:
+        col = df[c]
+        if c in NUMERIC_CHOICES:
+            v = col.astype(float).fillna(-1.0)
+            dims.append(dict(label=c if c not in ("k", "m") else f"{c} (-1: none)", values=v.tolist()))
+        else:
+            cats = sorted(col.astype(str).unique())
+            code = {v: i for i, v in enumerate(cats)}
+            dims.append(dict(label=c, values=[code[v] for v in col.astype(str)], tickvals=list(range(len(cats))),
+                             ticktext=cats))
+    dims.append(dict(label=colour_label, values=colour.astype(float).tolist()))
+    fig = go.Figure(go.Parcoords(
+        line=dict(color=colour.astype(float).tolist(), colorscale="Viridis", showscale=True,
+                  colorbar=dict(title=colour_label)),
+        dimensions=dims, name="design choices",
+    ))
+    fig.update_layout(margin=dict(l=60, r=60, t=40, b=20), height=460)
+    return fig
+
+
+def importance_figure(importances: Mapping[str, float], target_label: str) -> go.Figure:
+    """Horizontal bars of design-choice importances (largest on top)."""
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h", name="importance",
+                           text=[f"{v:.2f}" for _, v in items], textposition="auto"))
+    fig.update_layout(xaxis_title=f"importance for {target_label} (fANOVA, sums to 1)", height=60 + 32 * max(1, len(items)),
+                      margin=dict(l=10, r=10, t=30, b=10))
+    return fig
+
+
+def cost_latency_figure(x: pd.Series, latency: pd.Series, families: pd.Series, x_label: str,
+                        stats: Mapping[str, Any], latency_label: str = "latency (ms)") -> go.Figure:
+    """A cost measure (MACs, CIO) against latency, log axes, with Kendall/Spearman in the title."""
+    fig = go.Figure()
+    symbols = symbol_map(families.dropna().astype(str).tolist())
+    for fam, sym in symbols.items():
+        m = (families == fam) & x.notna() & latency.notna()
+        fig.add_trace(go.Scattergl(x=x[m], y=latency[m], mode="markers", name=fam,
+                                   marker=dict(symbol=sym, size=6, opacity=0.7)))
+    tau, rho, n, n_tau = stats.get("tau"), stats.get("rho"), stats.get("n", 0), stats.get("n_tau", 0)
+    sample = f" (τ on {n_tau} sampled)" if n_tau and n_tau < n else ""
+    title = (f"Kendall τ {tau:.2f} · Spearman ρ {rho:.2f} over {n} architectures{sample}"
+             if tau is not None and math.isfinite(tau) else f"too few points for a rank correlation ({n})")
+    fig.update_layout(title=dict(text=title, font=dict(size=13)), xaxis_title=x_label, yaxis_title=latency_label,
+                      xaxis_type="log", yaxis_type="log", height=380, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def edf_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], choice: str, metric_label: str) -> go.Figure:
+    """One step curve per value of a design choice: the fraction of trials with metric <= x."""
+    fig = go.Figure()
+    for value, (xs, ys) in curves.items():
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line_shape="hv", name=f"{choice}={value} (n={len(xs)})"))
+    fig.update_layout(xaxis_title=metric_label, yaxis_title="cumulative fraction of trials", yaxis_range=[0, 1.02],
+                      height=380, margin=dict(l=10, r=10, t=30, b=10), legend_title_text=choice)
+    return fig
+
+
+def block_links_figure(plan: BlockPlan, title: str = "") -> go.Figure:
+    """A harmonic block's links: layers on a line, an arc from every layer to each layer that reads it.
+
+    Layer 0 is the block input; marker size grows with a layer's output channels; the layers
+    concatenated into the block output are filled. Arc height grows with the distance skipped,
+    so the 2^n structure of harmonic links is visible at a glance.
+    """
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    for layer, reads in enumerate(plan.links, start=1):
+        for src in reads:
+            span = layer - src
+            t = np.linspace(0.0, math.pi, 24)
+            xs += list(src + span * (1 - np.cos(t)) / 2) + [None]
+            ys += list(0.35 * span * np.sin(t)) + [None]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="links", hoverinfo="skip",
+                             line=dict(color="rgba(31,119,180,0.55)", width=1.5)))
+    layers = list(range(plan.depth + 1))
+    chans = [plan.channels(i) for i in layers]
+    reads = ["input"] + [", ".join(str(j) for j in lk) for lk in plan.links]
+    out = set(plan.outputs)
+    big = max(chans) or 1
+    fig.add_trace(go.Scatter(
+        x=layers, y=[0] * len(layers), mode="markers+text", name="layers", text=[str(i) for i in layers],
+        textposition="bottom center",
+        marker=dict(size=[10 + 18 * c / big for c in chans], color=["#d62728" if i in out else "white" for i in layers],
+                    line=dict(width=1.5, color="#333")),
+        customdata=np.column_stack([chans, reads, ["yes" if i in out else "no" for i in layers]]),
+        hovertemplate="layer %{x}: %{customdata[0]} channels<br>reads %{customdata[1]}<br>in block output: %{customdata[2]}<extra></extra>",
+    ))
+    fig.update_layout(title=dict(text=title, font=dict(size=13)), showlegend=False, height=300,
+                      xaxis=dict(title="layer (0 = block input; filled = concatenated into the output)", dtick=1),
+                      yaxis=dict(visible=False), margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def curve_figure(curves: Mapping[str, Sequence[float]], metric_label: str = "proxy accuracy") -> go.Figure:
+    """Per-epoch proxy accuracy, one line per architecture."""
+    fig = go.Figure()
+    for label, curve in curves.items():
+        if curve:
+            fig.add_trace(go.Scatter(x=list(range(1, len(curve) + 1)), y=list(curve), mode="lines+markers", name=label))
+    fig.update_layout(xaxis_title="epoch", yaxis_title=metric_label, height=300, margin=dict(l=10, r=10, t=30, b=10))
+    return fig
+
+
+def clicked_key(event: Any) -> str | None:
+    """The row key of the first clicked point in a `st.plotly_chart(..., on_select="rerun")` event.
+
+    Every trial trace carries the row key as ``customdata[0]``; points without one (reference
+    lines) are ignored. None when nothing was clicked.
+    """
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    for p in points or []:
+        cd = p.get("customdata") if isinstance(p, Mapping) else None
+        if isinstance(cd, (list, tuple)) and cd and isinstance(cd[0], str) and "#" in cd[0]:
+            return cd[0]
+    return None
