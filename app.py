@@ -68,8 +68,8 @@ def _fmt(v: float, scale: float = 1.0, unit: str = "", digits: int = 3) -> str:
 def empty_state(url: str) -> None:
     st.info(f"No studies in `{url}` yet. Create one with the search (on this machine it takes minutes):")
     st.code(demo.create_command(url, D.default_storage_url()), language="bash")
-    st.write("Or try the app at once with a tiny demo search: 10 small networks at 64x64, latency predicted "
-             "for a V100, zero-cost accuracy (about 15 s on two CPU cores).")
+    st.write(f"Or try the app at once with a tiny demo search: {demo.DEMO_TRIALS} small networks at 64x64, latency "
+             "predicted for a V100, zero-cost accuracy (15-30 s on two CPU cores).")
     if st.button("Run a tiny demo search", key="demo", type="primary"):
         bar = st.progress(0.0, text="demo search: starting…")
         try:

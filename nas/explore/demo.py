@@ -2,7 +2,8 @@
 
 The demo runs ``python -m nas.search`` in a subprocess (so a crash or Ctrl-C in it cannot take
 the app down) over a small space of harmonic and basic-block networks at 64x64, with latency
-predicted for a V100 and the NASWOT zero-cost score as accuracy: about 10-20 s on two CPU cores.
+predicted for a V100 and the NASWOT zero-cost score as accuracy: 8 trials, about 15-30 s on two
+shared CPU cores.
 Progress is read back from the storage the search writes, the same way the app reads results.
 """
 
@@ -22,7 +23,7 @@ from ..paths import runs_dir
 __all__ = ["DEMO_SPACE", "DEMO_STUDY", "DEMO_TRIALS", "create_command", "demo_args", "run_demo"]
 
 DEMO_STUDY = "demo"
-DEMO_TRIALS = 10
+DEMO_TRIALS = 8
 
 #: a small space (two or three stages, harmonic or basic blocks, three link rules, SE or not)
 DEMO_SPACE: dict = {
@@ -55,19 +56,30 @@ def demo_args(url: str, space_file: Path, study: str = DEMO_STUDY, trials: int =
             "--study-name", study]
 
 
-def _evaluated(url: str, study: str) -> int:
-    import optuna
+class _Progress:
+    """Evaluated trials of the demo study, read from its storage (opened once: polling stays cheap)."""
 
-    from ..search.optuna_backend import evaluated_count, make_storage
+    def __init__(self, url: str, study: str) -> None:
+        self.url, self.study, self.storage = url, study, None
 
-    try:
-        return evaluated_count(optuna.load_study(study_name=study, storage=make_storage(url)))[0]
-    except Exception:  # not created yet, or the writer holds the lock this instant
-        return -1
+    def __call__(self) -> int:
+        import optuna
+
+        from ..search.optuna_backend import evaluated_count, make_storage
+        from .data import storage_is_missing
+
+        try:
+            if self.storage is None:
+                if storage_is_missing(self.url):
+                    return -1
+                self.storage = make_storage(self.url)
+            return evaluated_count(optuna.load_study(study_name=self.study, storage=self.storage))[0]
+        except Exception:  # not created yet, or the writer holds the lock this instant
+            return -1
 
 
 def run_demo(url: str, on_progress: Callable[[int, int], None] | None = None, study: str = DEMO_STUDY,
-             trials: int = DEMO_TRIALS, timeout_s: float = 300.0, poll_s: float = 0.5) -> str:
+             trials: int = DEMO_TRIALS, timeout_s: float = 300.0, poll_s: float = 1.0) -> str:
     """Run the demo search into ``url`` and return the study name; progress as (evaluated, trials).
 
     Raises RuntimeError with one line (the search's own error line) if the search fails.
@@ -77,14 +89,14 @@ def run_demo(url: str, on_progress: Callable[[int, int], None] | None = None, st
     cmd = [sys.executable, "-m", "nas.search", *demo_args(url, space_file, study, trials)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    start, last = time.monotonic(), -2
+    start, last, evaluated = time.monotonic(), -2, _Progress(url, study)
     try:
         while proc.poll() is None:
             if time.monotonic() - start > timeout_s:
                 proc.terminate()
                 proc.wait(30)
                 raise RuntimeError(f"demo search: no result after {timeout_s:g} s; stopped")
-            done = _evaluated(url, study)
+            done = evaluated()
             if on_progress is not None and done != last and done >= 0:
                 on_progress(min(done, trials), trials)
                 last = done

@@ -32,14 +32,18 @@ def export_available() -> str | None:
 
 
 def metadata_of(row: Mapping[str, Any]) -> dict[str, Any]:
-    """What the search knows about a trial, as JSON-friendly metadata for the exported file."""
+    """What the search knows about a trial, as JSON-friendly metadata for the exported file.
+
+    ``resolution`` (the study's) is also the input size the export package traces ONNX at.
+    """
     out: dict[str, Any] = {}
+    rename = {"number": "trial", "latency_device": "device"}  # the export package's metadata names
     for k in ("study", "number", "arch_id", "name", "accuracy", "latency_ms", "latency_source", "latency_device",
-              "proxy", "cio", "macs", "params"):
+              "resolution", "proxy", "cio", "macs", "params"):
         v = row.get(k)
         if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
             continue
-        out["trial" if k == "number" else k] = v.item() if hasattr(v, "item") else v
+        out[rename.get(k, k)] = v.item() if hasattr(v, "item") else v
     return out
 
 

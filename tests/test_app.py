@@ -1,0 +1,292 @@
+"""``streamlit run app.py``: the page driven by streamlit's AppTest, and once in a real headless browser.
+
+Fixture studies are written directly with Optuna (`test_explore.make_study`); the empty-state
+test runs the one real (tiny) search, through the page's demo button.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import streamlit
+from streamlit.testing.v1 import AppTest
+
+from nas.config import ArchConfig
+from nas.registry import get_config
+from test_explore import FRONT, PLAN, make_study, small_configs, _attrs
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    """The app reads ``--storage`` from sys.argv; pytest's own arguments must not leak in."""
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    monkeypatch.delenv("NAS_STORAGE", raising=False)
+    streamlit.cache_data.clear()
+
+
+@pytest.fixture
+def url(tmp_path, monkeypatch) -> str:
+    u = f"sqlite:///{tmp_path / 'nas.db'}"
+    make_study(u)
+    monkeypatch.setenv("NAS_STORAGE", u)
+    return u
+
+
+def run_app(timeout: float = 60) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    at.run()
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def chart(at: AppTest, index: int = 0) -> dict:
+    return json.loads(at.get("plotly_chart")[index].proto.spec)
+
+
+def traces(at: AppTest) -> dict[str, dict]:
+    return {t["name"]: t for t in chart(at)["data"]}
+
+
+def test_empty_state_shows_the_command_and_the_demo_fills_the_storage(_isolated_runs):
+    at = run_app(timeout=180)
+    assert_clean(at)
+    db = _isolated_runs / "nas.db"
+    assert "No studies in" in at.info[0].value and str(db) in at.info[0].value
+    assert at.code[0].value == "python -m nas.search --budget 30ms"
+    assert not db.exists()  # looking does not create the database
+    at.button(key="demo").click().run()
+    assert_clean(at)
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{db}")
+    done = [t for t in study.trials if t.user_attrs.get("status") != "rejected"]
+    assert len(done) >= 8
+    m = metrics(at)
+    assert int(m["trials"]) == len(study.trials) and int(m["completed"]) >= 1
+    names = traces(at)
+    assert "Pareto front" in names and "canonical (latency only)" in names
+
+
+def test_empty_state_names_a_custom_storage(tmp_path, monkeypatch):
+    target = f"sqlite:///{tmp_path / 'other.db'}"
+    monkeypatch.setattr(sys, "argv", ["app.py", "--storage", target])
+    at = run_app()
+    assert at.text_input(key="storage").value == target
+    assert at.code[0].value == f"python -m nas.search --budget 30ms --storage '{target}'"
+
+
+def test_a_study_with_trials(url):
+    at = run_app()
+    assert_clean(at)
+    m = metrics(at)
+    assert (m["trials"], m["completed"], m["pruned / rejected"], m["failed"]) == (str(len(PLAN)), "7", "1", "1")
+    assert m["feasible under budget"] == "7"
+    assert at.slider[0].value == pytest.approx(0.5)  # the study's budget
+    t = traces(at)
+    assert {c[0] for c in t["Pareto front"]["customdata"]} == {f"fixture#{i}" for i in FRONT}
+    assert t["baselines"]["text"] == ["hardnet39ds"]
+    refs = [x for x in t["canonical (latency only)"]["text"] if x]
+    assert refs == ["tresnet_m (v100)", "resnet50 (v100)"]  # hardnet68 is in the study (rejected)
+    assert t["selected"]["customdata"][0][0] == "fixture#2"  # the fastest front point by default
+    assert at.selectbox(key="selected").value == "fixture#2"
+
+
+def test_budget_slider_greys_out_infeasible_points(url):
+    at = run_app()
+    at.slider[0].set_value(0.3).run()
+    assert_clean(at)
+    assert metrics(at)["feasible under budget"] == "4"
+    t = traces(at)
+    assert sorted(c[0] for c in t["infeasible"]["customdata"]) == ["fixture#0", "fixture#5", "fixture#6"]
+    assert {c[0] for c in t["Pareto front"]["customdata"]} == {"fixture#2", "fixture#3"}
+
+
+def test_selection_shows_the_architecture(url):
+    at = run_app()
+    at.selectbox(key="selected").set_value("fixture#0").run()
+    assert_clean(at)
+    cfg = get_config("hardnet39ds")
+    assert any(cfg.arch_id in md.value and "hardnet39ds" in md.value for md in at.markdown)
+    assert traces(at)["selected"]["customdata"][0][0] == "fixture#0"
+    stage_table = at.dataframe[0].value
+    assert list(stage_table["stage"]) == ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"]
+    block = at.selectbox(key="block-fixture#0")
+    assert len(block.options) == 4
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    links = [c for c in charts if c["data"] and c["data"][0].get("name") == "links"]
+    assert links and len(links[0]["data"][1]["x"]) == cfg.stages[0].depth + 1
+    assert any(c["data"] and c["data"][0].get("name") == cfg.arch_id for c in charts)  # the proxy curve
+
+
+def test_export_downloads_carry_the_selected_architecture(url, monkeypatch):
+    calls = []
+    real = streamlit.download_button
+
+    def spy(label, data, *args, **kwargs):
+        calls.append((label, data, kwargs.get("file_name")))
+        return real(label, data, *args, **kwargs)
+
+    monkeypatch.setattr(streamlit, "download_button", spy)
+    at = run_app()
+    assert_clean(at)
+    got = {name.rsplit(".", 1)[1]: data for _, data, name in calls}
+    assert set(got) == {"py", "json", "onnx"}
+    cfg = small_configs(6)[0]  # trial 2, selected by default
+    assert ArchConfig.from_json(got["json"].decode()) == cfg
+    assert "import torch" in got["py"].decode()
+    assert callable(got["onnx"])  # made only when clicked: ONNX export takes seconds
+    assert all(name.startswith("fixture-trial2.") for _, _, name in calls)
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load_from_string(got["onnx"]())
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props.get("hardnas_arch_id") == cfg.arch_id
+
+
+def test_corrupted_storage_is_one_error_line(tmp_path, monkeypatch):
+    path = tmp_path / "nas.db"
+    path.write_bytes(b"garbage, not sqlite\n" * 100)
+    monkeypatch.setenv("NAS_STORAGE", f"sqlite:///{path}")
+    at = run_app()
+    assert not at.exception
+    assert len(at.error) == 1
+    msg = at.error[0].value
+    assert msg.startswith(f"storage sqlite:///{path}: ") and "\n" not in msg and "not a database" in msg
+
+
+def test_refresh_shows_trials_written_meanwhile(url):
+    at = run_app()
+    assert metrics(at)["trials"] == str(len(PLAN))
+    study = optuna.load_study(study_name="fixture", storage=url)
+    cfg = small_configs(7)[6]
+    attrs = _attrs(cfg, 0.9, 0.15)
+    study.add_trial(optuna.trial.create_trial(values=[0.9, 0.15, float(attrs["cio"])], user_attrs=attrs))
+    at.sidebar.button[0].click().run()
+    assert_clean(at)
+    assert metrics(at)["trials"] == str(len(PLAN) + 1)
+    assert f"fixture#{len(PLAN)}" in {c[0] for c in traces(at)["Pareto front"]["customdata"]}
+
+
+def test_overlaid_studies_other_device_and_views(url):
+    make_study(url, name="second", budget=0.3)
+    at = run_app()
+    at.multiselect(key="studies").set_value(["fixture", "second"]).run()
+    assert_clean(at)
+    fronts = [n for n in traces(at) if n.startswith("Pareto front")]
+    assert fronts == ["Pareto front: fixture", "Pareto front: second"]
+    assert metrics(at)["trials"] == str(2 * len(PLAN))
+    before = at.slider[0].max
+    at.selectbox(key="device").set_value("jetson_nano").run()
+    assert_clean(at)
+    assert at.slider[0].max > 10 * before  # a Jetson Nano is much slower than a V100
+    at.radio(key="lat_mode").set_value("measured").run()
+    assert not at.exception and "switch to predicted" in at.warning[0].value
+    at.radio(key="lat_mode").set_value("predicted").run()
+    at.radio(key="view").set_value("Trade-offs").run()
+    assert_clean(at)
+    kinds = [json.loads(c.proto.spec)["data"][0]["type"] for c in at.get("plotly_chart")]
+    assert kinds[0] == "parcoords" and "scattergl" in kinds and kinds[-1] == "scatter"
+    titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "") for c in at.get("plotly_chart")]
+    assert sum("Kendall τ" in t for t in titles) == 2
+    assert not any("need at least" in i.value for i in at.info)  # 14 completed trials: importances shown
+    at.selectbox(key="edf_choice").set_value("family").run()
+    assert_clean(at)
+    at.radio(key="view").set_value("Compare").run()
+    assert_clean(at)
+    a, b = at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value
+    assert a != b and len(at.dataframe) == 2
+
+
+def test_too_few_trials_for_importances_is_a_message(url):
+    at = run_app()
+    at.radio(key="view").set_value("Trade-offs").run()
+    assert_clean(at)
+    assert any("need at least 8 completed trials" in i.value for i in at.info)
+
+
+# -- a real browser ----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_in_a_real_browser(tmp_path, url):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    if not (os.path.exists(chromium) and os.path.exists(driver_path)):
+        pytest.skip("no browser installed: needs chromium and chromedriver (Debian packages chromium, chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = _free_port()
+    log = open(tmp_path / "streamlit.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", APP, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.fileWatcherType", "none",
+         "--", "--storage", url],
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, "NAS_STORAGE": ""})
+    driver = None
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "streamlit.log").read_text()
+                time.sleep(0.3)
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = chromium
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1400,1600"):
+            opts.add_argument(flag)
+        from selenium.webdriver.chrome.service import Service
+
+        driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+        driver.set_page_load_timeout(60)
+        driver.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(driver, 90)
+        wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".js-plotly-plot .main-svg")))
+        wait.until(lambda d: "hardnet39ds" in d.find_element(By.TAG_NAME, "body").text)
+        time.sleep(1.0)  # let the remaining charts draw before the screenshot
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert "hardnas explorer" in body
+        assert driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
+        legend = " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .legendtext"))
+        assert "Pareto front" in legend and "baselines" in legend
+        assert not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+        shot = tmp_path / "pareto.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()

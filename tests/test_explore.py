@@ -1,0 +1,476 @@
+"""The functions behind the explorer app (`nas.explore`): loading, errors, fronts, samples, EDFs,
+correlations, importances, figures, downloads and the synthetic-study writer."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from nas.config import ArchConfig
+from nas.cost import analyze
+from nas.explore import analysis as A
+from nas.explore import data as D
+from nas.explore import downloads as X
+from nas.explore import figures as F
+from nas.explore.demo import create_command, demo_args
+from nas.explore.synthetic import synthetic_study
+from nas.latency.predict import predict
+from nas.links import links
+from nas.registry import get_config
+from nas.sampling import random_config
+from nas.search.results import pareto_front, trial_records
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+RES = 64
+BUDGET = 0.5
+
+
+def small_configs(n: int, seed: int = 1) -> list[ArchConfig]:
+    """Distinct random configs that are valid at 64x64."""
+    rng, out = random.Random(seed), []
+    while len(out) < n:
+        cfg = random_config(rng.randrange(10**9), max_stages=3, max_width=32, max_depth=4)
+        try:
+            cfg.check_resolution(RES)
+        except ValueError:
+            continue
+        if cfg.arch_id not in {c.arch_id for c in out}:
+            out.append(cfg)
+    return out
+
+
+def _attrs(cfg: ArchConfig, acc: float | None, lat: float, **extra) -> dict:
+    cost = analyze(cfg, RES)
+    a = {"arch_id": cfg.arch_id, "config": cfg.to_json(indent=None), "params": cost.params, "macs": cost.macs,
+         "thop_macs": cost.thop_macs, "cio": cost.cio, "moc": cost.moc, "latency_ms": lat,
+         "latency_source": "predicted", "latency_device": "v100", "latency_rel_iqr": None, "status": "ok",
+         "reason": None, "wall_s": 1.0, "budget_ms": BUDGET, "proxy": "train"}
+    if acc is not None:
+        a.update(accuracy=acc, accuracy_curve=[round(acc * 0.7, 4), round(acc * 0.9, 4), acc])
+    a.update(extra)
+    return a
+
+
+#: (trial, config index or baseline name, accuracy, latency ms, state); the front at 0.5 ms is 2, 3, 6, 5
+PLAN = [
+    (0, "hardnet39ds", 0.80, 0.45, "COMPLETE"),
+    (1, "hardnet68", None, 0.90, "PRUNED"),  # over budget: rejected, as the search does
+    (2, 0, 0.70, 0.10, "COMPLETE"),
+    (3, 1, 0.75, 0.20, "COMPLETE"),
+    (4, 2, 0.72, 0.30, "COMPLETE"),
+    (5, 3, 0.82, 0.40, "COMPLETE"),
+    (6, 4, 0.78, 0.35, "COMPLETE"),
+    (7, 5, None, 0.25, "FAIL"),
+    (8, 1, 0.75, 0.20, "COMPLETE"),  # a duplicate of trial 3
+]
+FRONT = {2, 3, 5, 6}
+
+
+def make_study(url: str, name: str = "fixture", budget: float = BUDGET, plan=PLAN) -> optuna.Study:
+    """A study written the way `nas.search` writes one: settings, objectives, seeds, user attributes."""
+    cfgs = small_configs(6)
+    study = optuna.create_study(study_name=name, storage=url, directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr("settings", {"budget_ms": budget, "space": "tiny", "seed": 0, "device": "auto",
+                                     "resolution": RES, "batch": 1, "precision": "fp32", "latency": "predicted:v100",
+                                     "proxy": "train", "data": "digits", "objectives": ["accuracy", "latency", "cio"]})
+    study.set_user_attr("objectives", ["accuracy", "latency", "cio"])
+    trials = []
+    for number, which, acc, lat, state in plan:
+        cfg = get_config(which) if isinstance(which, str) else cfgs[which]
+        extra = {"seed": which} if isinstance(which, str) else {}
+        if number == 8:
+            extra["duplicate_of"] = 3
+        if state == "PRUNED":
+            extra.update(status="rejected", reason=f"over budget: predicted {lat} ms > {budget} ms")
+        if state == "FAIL":
+            extra.update(status="failed", reason="proxy training: loss is NaN")
+        attrs = _attrs(cfg, acc, lat, **extra)
+        st = getattr(optuna.trial.TrialState, state)
+        values = [acc, lat, float(attrs["cio"])] if state == "COMPLETE" else None
+        trials.append(optuna.trial.create_trial(state=st, values=values, user_attrs=attrs))
+    study.add_trials(trials)
+    return study
+
+
+@pytest.fixture
+def fixture_url(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    make_study(url)
+    return url
+
+
+@pytest.fixture
+def frame(fixture_url) -> pd.DataFrame:
+    return D.records_frame(D.load_records(fixture_url, ["fixture"]))
+
+
+# -- storages and loading -------------------------------------------------------------------
+
+
+def test_storage_url_priority(monkeypatch, _isolated_runs):
+    assert D.resolve_storage_url(["--storage", "sqlite:///a.db"], {"NAS_STORAGE": "sqlite:///b.db"}) == "sqlite:///a.db"
+    assert D.resolve_storage_url(["--other", "x"], {"NAS_STORAGE": "sqlite:///b.db"}) == "sqlite:///b.db"
+    assert D.resolve_storage_url([], {}) == f"sqlite:///{_isolated_runs / 'nas.db'}"
+
+
+def test_missing_sqlite_file_is_an_empty_storage_and_is_not_created(tmp_path):
+    url = f"sqlite:///{tmp_path / 'none' / 'nas.db'}"
+    assert D.storage_is_missing(url) and D.list_studies(url) == []
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "folder", "bad-url", "unreachable", "missing-study"])
+def test_storage_errors_are_one_line_naming_the_url(kind, tmp_path, fixture_url):
+    if kind == "corrupt":
+        path = tmp_path / "broken.db"
+        path.write_bytes(b"this is not a database, just bytes\n" * 200)
+        url = f"sqlite:///{path}"
+    elif kind == "folder":
+        (tmp_path / "dir.db").mkdir()
+        url = f"sqlite:///{tmp_path / 'dir.db'}"
+    elif kind == "bad-url":
+        url = "nonsense"
+    elif kind == "unreachable":
+        url = "postgresql://nobody@127.0.0.1:1/nas"
+    else:
+        url = fixture_url
+    with pytest.raises(D.StorageError) as err:
+        if kind == "missing-study":
+            D.load_records(url, ["no-such-study"])
+        else:
+            D.list_studies(url)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"storage {url}: ") and len(msg) < 400, msg
+    assert "Traceback" not in msg
+    expected = {"corrupt": "not a database", "folder": "is a folder", "bad-url": "is not allowed",
+                "unreachable": "could not be opened", "missing-study": "no study named 'no-such-study'"}[kind]
+    assert expected in msg
+
+
+def test_study_list_and_settings(fixture_url):
+    make_study(fixture_url, name="second", budget=0.3)
+    studies = D.list_studies(fixture_url)
+    assert [s.name for s in studies] == ["fixture", "second"]
+    assert studies[0].n_trials == len(PLAN) and studies[1].budget_ms == 0.3
+    assert studies[0].directions == ("maximize", "minimize", "minimize")
+
+
+def test_fast_sql_read_equals_optunas_api(fixture_url):
+    fast = D.load_records(fixture_url, ["fixture"])
+    slow = D.load_records(fixture_url, ["fixture"], fast=False)
+    assert fast == slow
+    study = optuna.load_study(study_name="fixture", storage=fixture_url)
+    assert [r["number"] for r in fast] == [t.number for t in study.trials]
+    assert fast[0]["name"] == "hardnet39ds" and fast[0]["study"] == "fixture"
+    assert [r["state"] for r in fast] == [p[4] for p in PLAN]
+
+
+def test_records_frame_columns_and_design_features(frame):
+    assert list(frame["key"][:2]) == ["fixture#0", "fixture#1"]
+    row = frame.iloc[0]
+    assert row["baseline"] and row["name"] == "hardnet39ds" and row["resolution"] == RES
+    assert row["family"] == "hard" and row["stem"] == "hardnet_ds" and row["link_rule"] == "harmonic"
+    assert row["k"] == pytest.approx(sum(s.growth_rate for s in get_config("hardnet39ds").stages) / 4)
+    assert row["m"] == pytest.approx(1.6) and row["depth"] == sum(s.depth for s in get_config("hardnet39ds").stages)
+    assert frame.loc[frame["state"] == "FAIL", "accuracy"].isna().all()
+    assert frame.loc[2, "curve"] == [0.49, 0.63, 0.70]
+
+
+def test_design_features_of_residual_and_tresnet():
+    r = D.design_features(get_config("resnet50").to_dict())
+    assert r["family"] == "bottleneck" and math.isnan(r["k"]) and r["link_rule"] == "none" and r["se"] == "none"
+    t = D.design_features(get_config("tresnet_m").to_json())
+    assert t["stem"] == "space_to_depth" and t["family"] == "basic+bottleneck" and t["se"] == "mid+output"
+    mixed = get_config("hardnet68").to_dict()
+    mixed["stages"][1]["link_rule"] = "dense"
+    assert D.design_features(mixed)["link_rule"] == "mixed"
+
+
+# -- latency, feasibility, fronts -----------------------------------------------------------
+
+
+def test_latency_column_measured_predicted_and_other_devices(frame):
+    with pytest.raises(ValueError, match="latency mode"):
+        A.latency_column(frame, "guessed")
+    lat, src = A.latency_column(frame, "measured")
+    assert lat.isna().all() and (src == "").all()  # never a prediction shown as a measurement
+    lat, src = A.latency_column(frame, "predicted", "v100")
+    assert lat.equals(frame["latency_ms"].astype(float)) and src[0] == "predicted for v100"
+    lat, src = A.latency_column(frame, "predicted", "jetson_nano")
+    cfg = ArchConfig.from_json(frame.loc[2, "config"])
+    assert lat[2] == pytest.approx(predict(cfg, "jetson_nano", RES).median_ms)
+    assert math.isnan(lat[7])  # a failed trial is not predicted
+    mixed = frame.copy()
+    mixed.loc[2, "latency_source"] = "measured"
+    lat, src = A.latency_column(mixed, "measured")
+    assert lat.notna().sum() == 1 and src[2] == "measured on v100"
+
+
+def test_front_and_feasibility_under_a_budget(frame):
+    lat, _ = A.latency_column(frame, "predicted", "v100")
+    feas = A.feasible_mask(frame, lat, BUDGET)
+    assert set(frame.loc[feas, "number"]) == {0, 2, 3, 4, 5, 6, 8}
+    front = A.front_mask(frame, lat, feas)
+    assert set(frame.loc[front, "number"]) == FRONT  # duplicate 8 stands behind 3
+    feas = A.feasible_mask(frame, lat, 0.3)
+    assert set(frame.loc[A.front_mask(frame, lat, feas), "number"]) == {2, 3}
+    assert not A.front_mask(frame, lat, A.feasible_mask(frame, lat, 0.01)).any()
+    assert A.feasible_mask(frame, lat, None).sum() == 7
+
+
+def test_front_agrees_with_the_search_front_on_random_points():
+    rng = np.random.RandomState(3)
+    n = 300
+    df = pd.DataFrame({"study": rng.choice(["a", "b"], n), "state": "COMPLETE",
+                       "arch_id": [f"id{i % 250}" for i in range(n)],  # some duplicates
+                       "accuracy": rng.randint(0, 40, n) / 40, "latency_ms": rng.randint(1, 60, n) / 10.0})
+    lat = df["latency_ms"]
+    feas = A.feasible_mask(df, lat, 4.0)
+    front = A.front_mask(df, lat, feas)
+    for study in ("a", "b"):
+        recs = [dict(r, feasible=bool(f)) for r, f in zip(df.to_dict("records"), feas) if r["study"] == study]
+        expected = {(r["arch_id"], r["accuracy"], r["latency_ms"]) for r in
+                    pareto_front(recs, objectives=("accuracy", "latency_ms"), maximize=("accuracy",))}
+        got = {tuple(r) for r in df.loc[front & (df["study"] == study), ["arch_id", "accuracy", "latency_ms"]].to_numpy()}
+        assert got == expected and got
+
+
+def test_sample_for_display_keeps_the_front_and_every_family():
+    rng = np.random.RandomState(0)
+    n = 5000
+    df = pd.DataFrame({"family": rng.choice(["hard", "basic", "bottleneck"], n, p=[0.7, 0.29, 0.01])})
+    keep = pd.Series(rng.rand(n) < 0.01, index=df.index)
+    mask = A.sample_for_display(df, keep, max_points=1000)
+    assert mask[keep].all()
+    assert 990 <= mask.sum() <= 1010
+    assert set(df.loc[mask & ~keep, "family"]) == {"hard", "basic", "bottleneck"}
+    share = df.loc[mask & ~keep, "family"].value_counts(normalize=True)
+    assert share["hard"] == pytest.approx(0.7, abs=0.05)
+    assert mask.equals(A.sample_for_display(df, keep, max_points=1000))  # stable between reruns
+    assert A.sample_for_display(df.iloc[:500], keep.iloc[:500], max_points=1000).all()
+
+
+# -- analysis ---------------------------------------------------------------------------------
+
+
+def test_edf():
+    xs, ys = A.edf([0.3, 0.1, float("nan"), 0.2, 0.2])
+    assert list(xs) == [0.1, 0.2, 0.2, 0.3] and list(ys) == [0.25, 0.5, 0.75, 1.0]
+    assert len(A.edf([])[0]) == 0
+
+
+def test_edf_by_choice_groups_and_bins(frame):
+    done = frame[frame["state"] == "COMPLETE"]
+    err = 1 - done["accuracy"]
+    curves = A.edf_by_choice(done, "family", err)
+    assert sum(len(xs) for xs, _ in curves.values()) == len(done)
+    assert all(np.all(np.diff(ys) > 0) and ys[-1] == 1.0 for _, ys in curves.values())
+    rng = np.random.RandomState(0)
+    df = pd.DataFrame({"k": np.r_[rng.randint(4, 40, 200).astype(float), [np.nan] * 20]})
+    binned = A.edf_by_choice(df, "k", pd.Series(rng.rand(220)), bins=4)
+    assert "none" in binned and len(binned) == 5 and sum(len(x) for x, _ in binned.values()) == 220
+    with pytest.raises(ValueError, match="choice"):
+        A.edf_by_choice(df, "colour", pd.Series(rng.rand(220)))
+
+
+def test_rank_correlations():
+    x = list(range(50))
+    assert A.rank_correlations(x, [2 * v + 1 for v in x]) == {"tau": 1.0, "rho": 1.0, "n": 50, "n_tau": 50}
+    r = A.rank_correlations(x, [-v for v in x])
+    assert r["tau"] == -1.0 and r["rho"] == pytest.approx(-1.0)
+    r = A.rank_correlations(x + [float("nan")], x + [3.0])
+    assert r["n"] == 50
+    big = np.arange(3000.0)
+    r = A.rank_correlations(big, big ** 2, kendall_max=500)
+    assert r["n_tau"] == 500 and r["tau"] == 1.0 and r["n"] == 3000
+    assert math.isnan(A.rank_correlations([1, 2], [2, 1])["tau"])
+
+
+def test_param_importances_find_the_choice_that_matters():
+    rng = np.random.RandomState(0)
+    n = 80
+    df = pd.DataFrame({"stem": rng.choice(["hardnet", "resnet"], n), "family": rng.choice(["hard", "basic"], n),
+                       "k": rng.randint(4, 40, n).astype(float), "m": rng.choice([1.6, 1.7], n),
+                       "link_rule": rng.choice(["harmonic", "dense", "chain"], n), "depth": rng.randint(2, 20, n),
+                       "se": "none", "stages": 3})
+    target = df["link_rule"].map({"harmonic": 0.9, "dense": 0.5, "chain": 0.1}) + rng.normal(0, 0.01, n)
+    imp, why = A.param_importances(df, target)
+    assert why is None and max(imp, key=imp.get) == "link_rule" and sum(imp.values()) == pytest.approx(1.0)
+    assert "se" not in imp and "stages" not in imp  # constant choices are left out
+    imp, why = A.param_importances(df.iloc[:5], target.iloc[:5])
+    assert imp == {} and "at least 8" in why
+    imp, why = A.param_importances(df, pd.Series(0.5, index=df.index))
+    assert imp == {} and "same value" in why
+    flat = df.assign(stem="x", family="x", k=1.0, m=1.0, link_rule="x", depth=1)
+    assert A.param_importances(flat, target)[1] == "no design choice varies among these trials"
+
+
+def test_stage_rows_sum_to_the_cost_report():
+    cfg = get_config("hardnet68")
+    rows = A.stage_rows(cfg, 224)
+    report = analyze(cfg, 224)
+    assert [r["stage"] for r in rows] == ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "stages.4", "head"]
+    assert sum(r["params"] for r in rows) == report.params == 17565348
+    assert sum(r["MACs"] for r in rows) == report.macs and sum(r["CIO"] for r in rows) == report.cio
+    assert rows[1]["block"] == "hard k=14 m=1.7 harmonic" and rows[1]["output"] == "128x56x56"
+
+
+def test_harmonic_plans_follow_the_builder():
+    import nas
+
+    cfg = get_config("hardnet68")
+    plans = A.harmonic_plans(cfg)
+    assert [i for i, _ in plans] == [0, 1, 2, 3, 4]
+    model = nas.build_model(cfg)
+    assert plans[2][1].out_channels == model.stages[2][0].out_channels if hasattr(model.stages[2][0], "out_channels") else True
+    assert plans[1][1].links == tuple(links("harmonic", i) for i in range(1, plans[1][1].depth + 1))
+    assert A.harmonic_plans(get_config("resnet50")) == []
+
+
+def test_nice_ceiling():
+    assert [A.nice_ceiling(x) for x in (0.43, 1.0, 1.2, 2.2, 3.1, 7.0, 0.0)] == [0.5, 1.0, 2.0, 2.5, 5.0, 10.0, 1.0]
+
+
+# -- figures ------------------------------------------------------------------------------------
+
+
+def test_pareto_figure_traces(frame):
+    lat, src = A.latency_column(frame, "predicted", "v100")
+    feas = A.feasible_mask(frame, lat, 0.3)
+    front = A.front_mask(frame, lat, feas)
+    fig = F.pareto_figure(frame, lat, src, feas, front, budget_ms=0.3, selected=["fixture#5"],
+                          references={"resnet50 (v100)": 1.5})
+    assert isinstance(fig, go.Figure)
+    names = [t.name for t in fig.data]
+    assert names[0] == "infeasible" and "Pareto front" in names and "baselines" in names and "selected" in names
+    assert "canonical (latency only)" in names
+    by = {t.name: t for t in fig.data}
+    assert isinstance(by["infeasible"], go.Scattergl) and isinstance(by["hard"] if "hard" in by else fig.data[1], go.Scattergl)
+    assert sorted(c[0] for c in by["infeasible"].customdata) == ["fixture#0", "fixture#5", "fixture#6"]
+    assert [c[0] for c in by["Pareto front"].customdata] == ["fixture#2", "fixture#3"]  # sorted by latency
+    assert list(by["baselines"].text) == ["hardnet39ds"] and by["baselines"].marker.symbol == "star"
+    assert by["selected"].customdata[0][0] == "fixture#5"
+    plotted = sum(len(t.x) for t in fig.data if isinstance(t, go.Scattergl))
+    assert plotted == 7  # completed trials with accuracy and latency, each once
+    assert fig.layout.coloraxis.colorbar.title.text == "CIO (M)"
+    assert any("budget 0.3" in (a.text or "") for a in fig.layout.annotations)
+
+
+def test_pareto_figure_overlaid_studies_draw_one_front_each(frame):
+    other = frame.assign(study="b", key=frame["key"].str.replace("fixture", "b"))
+    both = pd.concat([frame, other], ignore_index=True)
+    lat, src = A.latency_column(both, "predicted", "v100")
+    feas = A.feasible_mask(both, lat, BUDGET)
+    fig = F.pareto_figure(both, lat, src, feas, A.front_mask(both, lat, feas))
+    assert [t.name for t in fig.data if t.name.startswith("Pareto")] == ["Pareto front: fixture", "Pareto front: b"]
+
+
+def test_pareto_figure_respects_the_sample(frame):
+    lat, src = A.latency_column(frame, "predicted", "v100")
+    feas = A.feasible_mask(frame, lat, BUDGET)
+    front = A.front_mask(frame, lat, feas)
+    shown = pd.Series(False, index=frame.index)
+    fig = F.pareto_figure(frame, lat, src, feas, front, shown=shown)
+    drawn = {c[0] for t in fig.data if isinstance(t, go.Scattergl) for c in t.customdata}
+    assert drawn == {f"fixture#{i}" for i in FRONT} | {"fixture#0"}  # the front and the baseline stay
+
+
+def test_other_figures(frame):
+    done = frame[frame["state"] == "COMPLETE"]
+    pc = F.parallel_coordinates_figure(done, done["accuracy"], "accuracy")
+    assert isinstance(pc.data[0], go.Parcoords)
+    labels = [d.label for d in pc.data[0].dimensions]
+    assert labels[0] == "stem" and labels[-1] == "accuracy" and len(labels) == len(D.DESIGN_CHOICES) + 1
+    fam = pc.data[0].dimensions[1]
+    assert list(fam.ticktext) == sorted(done["family"].unique())
+    imp = F.importance_figure({"k": 0.7, "link_rule": 0.3}, "accuracy")
+    assert list(imp.data[0].y) == ["link_rule", "k"]
+    stats = A.rank_correlations(done["cio"], done["latency_ms"])
+    corr = F.cost_latency_figure(done["cio"], done["latency_ms"], done["family"], "CIO", stats)
+    assert "Kendall τ" in corr.layout.title.text and "Spearman ρ" in corr.layout.title.text
+    assert sum(len(t.x) for t in corr.data) == len(done)
+    edf = F.edf_figure(A.edf_by_choice(done, "family", 1 - done["accuracy"]), "family", "error")
+    assert all(t.name.startswith("family=") for t in edf.data) and len(edf.data) == done["family"].nunique()
+    curves = F.curve_figure({"a": [0.1, 0.2], "b": []})
+    assert [t.name for t in curves.data] == ["a"]
+
+
+def test_block_links_figure_draws_every_link():
+    plan = A.harmonic_plans(get_config("hardnet68"))[1][1]
+    fig = F.block_links_figure(plan, "stage 1")
+    arcs, layers = fig.data
+    assert arcs.name == "links" and layers.name == "layers"
+    assert list(arcs.x).count(None) == sum(len(lk) for lk in plan.links)
+    assert len(layers.x) == plan.depth + 1
+    filled = [c for c in layers.marker.color if c != "white"]
+    assert len(filled) == len(plan.outputs)
+    # layer 4 of a harmonic block reads 3, 2 and 0
+    assert layers.customdata[4][1] == "3, 2, 0"
+
+
+def test_clicked_key():
+    ev = {"selection": {"points": [{"curve_number": 3, "customdata": ["s#4", "abc"]}]}}
+    assert F.clicked_key(ev) == "s#4"
+    assert F.clicked_key({"selection": {"points": [{"x": 1}]}}) is None
+    assert F.clicked_key(None) is None and F.clicked_key({}) is None
+
+
+# -- downloads, demo, synthetic studies ----------------------------------------------------------
+
+
+def test_download_names_and_metadata():
+    cfg = get_config("hardnet68")
+    assert X.file_name(cfg, "onnx") == "hardnet68.onnx"
+    assert X.file_name(cfg.replace(name=""), "py") == f"arch_{cfg.arch_id}.py"
+    assert X.file_name(cfg, "json", stem="my study/trial 3") == "my_study_trial_3.json"
+    with pytest.raises(ValueError, match="format"):
+        X.file_name(cfg, "exe")
+    meta = X.metadata_of({"study": "s", "number": np.int64(3), "accuracy": float("nan"), "latency_ms": 1.5, "name": "",
+                          "latency_device": "v100", "resolution": np.int64(64)})
+    assert meta == {"study": "s", "trial": 3, "latency_ms": 1.5, "device": "v100", "resolution": 64}
+    assert isinstance(meta["trial"], int)
+
+
+def test_export_through_the_export_package():
+    assert X.export_available() is None
+    cfg = get_config("hardnet39ds")
+    payload = X.export_file(cfg, "json", {"study": "s", "trial": 1})
+    assert ArchConfig.from_json(payload.decode()) == cfg and ArchConfig.from_json(payload.decode()).arch_id == cfg.arch_id
+    py = X.export_file(cfg, "py", {"accuracy": 0.8, "latency_ms": 1.5}).decode()
+    assert "import torch" in py
+    compile(py, "exported.py", "exec")
+
+
+def test_demo_command_lines(tmp_path):
+    assert create_command("sqlite:///runs/nas.db", "sqlite:///runs/nas.db") == "python -m nas.search --budget 30ms"
+    assert create_command("sqlite:///x.db", "sqlite:///runs/nas.db").endswith("--storage 'sqlite:///x.db'")
+    args = demo_args("sqlite:///x.db", tmp_path / "s.yaml")
+    assert args[args.index("--proxy") + 1] == "zero-cost" and args[args.index("--latency") + 1].startswith("predicted:")
+    from nas.search.__main__ import build_parser
+
+    build_parser().parse_args(args)  # every flag exists
+
+
+def test_synthetic_bulk_study_reads_like_add_trials(tmp_path):
+    a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    sa = synthetic_study(a, "s", 12, seed=4)
+    sb = synthetic_study(b, "s", 12, seed=4, bulk=True)
+    ra, rb = trial_records(sa), trial_records(sb)
+    assert ra == rb and len(ra) == 12
+    assert ra[0]["name"] == "hardnet39ds" and {r["state"] for r in ra} <= {"COMPLETE", "PRUNED"}
+    assert [t.values for t in sa.trials] == [t.values for t in sb.trials]
+    assert D.load_records(b, ["s"]) == D.load_records(b, ["s"], fast=False)
+    with sqlite3.connect(tmp_path / "b.db") as con:
+        assert con.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 12
+    with pytest.raises(ValueError, match="bulk"):
+        synthetic_study(f"journal:{tmp_path / 'j.log'}", "s", 3, bulk=True)
