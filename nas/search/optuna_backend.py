@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import statistics
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
-
-import threading
-import warnings
 
 import optuna
 
@@ -188,6 +188,32 @@ def _median_stop(study: optuna.Study) -> Callable[[int, float], bool]:
     return stop
 
 
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+"""Stamped on every trial, so a shared study shows which process evaluated what."""
+
+
+def _evaluated_twin(study: optuna.Study, number: int, arch_id: str,
+                    poll_s: float = 1.0) -> optuna.trial.FrozenTrial | None:
+    """A completed trial of the same architecture, waiting for one that is running right now.
+
+    Another process sharing the study may be evaluating the very same architecture; the trial
+    with the lower number goes ahead and the later one waits for its result instead of training
+    it a second time. A twin that dies is failed by the storage heartbeat, and then this one runs.
+    """
+    running = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    while True:
+        waiting = False
+        for t in study.get_trials(deepcopy=False, states=running):
+            if t.number == number or t.user_attrs.get("arch_id") != arch_id:
+                continue
+            if t.state == optuna.trial.TrialState.COMPLETE:
+                return t
+            waiting = waiting or t.number < number
+        if not waiting or _STOP.is_set():
+            return None
+        time.sleep(poll_s)
+
 def _objective(study: optuna.Study, space: SearchSpace, s: SearchSettings) -> Callable[[optuna.Trial], list[float]]:
     stop = _median_stop(study)
 
@@ -200,14 +226,16 @@ def _objective(study: optuna.Study, space: SearchSpace, s: SearchSettings) -> Ca
             trial.set_user_attr("reason", str(err))
             raise CandidateFailed(str(err)) from None
         config = config.replace(name=trial.user_attrs.get("seed", ""))
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if t.user_attrs.get("arch_id") == config.arch_id:  # evaluated before: never trained twice
-                for k, v in t.user_attrs.items():
-                    if k not in ("seed",):
-                        trial.set_user_attr(k, v)
-                trial.set_user_attr("duplicate_of", t.number)
-                trial.set_constraint("latency", t.user_attrs["latency_ms"] - s.budget_ms)
-                return list(t.values)
+        trial.set_user_attr("arch_id", config.arch_id)  # claims the architecture for concurrent workers
+        trial.set_user_attr("worker", WORKER)
+        twin = _evaluated_twin(study, trial.number, config.arch_id)
+        if twin is not None:  # evaluated before: never trained twice
+            for k, v in twin.user_attrs.items():
+                if k not in ("seed", "worker"):
+                    trial.set_user_attr(k, v)
+            trial.set_user_attr("duplicate_of", twin.number)
+            trial.set_constraint("latency", twin.user_attrs["latency_ms"] - s.budget_ms)
+            return list(twin.values)
         metrics = evaluate(config, s, on_epoch=stop if s.proxy == "train" else None)
         if _STOP.is_set():
             raise KeyboardInterrupt
