@@ -65,6 +65,16 @@ def _fmt(v: float, scale: float = 1.0, unit: str = "", digits: int = 3) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v / scale:.{digits}g}{unit}"
 
 
+def _si(v: float) -> str:
+    """12.3 k, 4.25 M, 1.2 G: counts of any size in a few characters."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    for scale, unit in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{unit}"
+    return f"{v:.3g}"
+
+
 def empty_state(url: str) -> None:
     st.info(f"No studies in `{url}` yet. Create one with the search (on this machine it takes minutes):")
     st.code(demo.create_command(url, D.default_storage_url()), language="bash")
@@ -133,9 +143,9 @@ def arch_summary(row: pd.Series, lat: float, src: str) -> None:
     c = st.columns(6)
     c[0].metric("accuracy" if str(row["proxy"]) in ("", "train") else f"score ({row['proxy']})", _fmt(row["accuracy"], digits=4))
     c[1].metric("latency (ms)", _fmt(lat, digits=4), help=src or "no latency for this choice")
-    c[2].metric("CIO", _fmt(row["cio"], 1e6, " M"))
-    c[3].metric("MACs", _fmt(row["macs"], 1e9, " G"))
-    c[4].metric("params", _fmt(row["params"], 1e6, " M"))
+    c[2].metric("CIO", _si(row["cio"]))
+    c[3].metric("MACs", _si(row["macs"]))
+    c[4].metric("params", _si(row["params"]))
     c[5].metric("MoC", _fmt(row["moc"]))
     recorded = row["latency_source"] or "none"
     st.caption(f"Latency shown: {src or 'none'}. Recorded by the search: {_fmt(row['latency_ms'], digits=4)} ms, "
@@ -312,7 +322,17 @@ def main() -> None:
     default_dev = recorded.mode().iloc[0] if len(recorded) and recorded.mode().iloc[0] in profiles else "cpu"
     device = sb.selectbox("target device (predicted)", profiles, index=profiles.index(default_dev), key="device",
                           disabled=mode == "measured")
-    lat, src = A.latency_column(df, mode, device)
+    bar = []
+
+    def progress(done: int, total: int) -> None:  # a first switch to another device on a big study takes a while
+        if total >= 1000:
+            if not bar:
+                bar.append(st.progress(0.0))
+            bar[0].progress(done / total, text=f"predicting latency for {device}: {done:,} of {total:,} architectures")
+
+    lat, src = A.latency_column(df, mode, device, on_progress=progress)
+    if bar:
+        bar[0].empty()
     latency_label = "latency (ms, measured)" if mode == "measured" else f"latency (ms, predicted for {device})"
 
     c = st.columns(5)

@@ -474,3 +474,9 @@ def test_synthetic_bulk_study_reads_like_add_trials(tmp_path):
         assert con.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 12
     with pytest.raises(ValueError, match="bulk"):
         synthetic_study(f"journal:{tmp_path / 'j.log'}", "s", 3, bulk=True)
+
+
+def test_latency_progress_is_reported(frame):
+    seen = []
+    A.latency_column(frame, "predicted", "titanv", on_progress=lambda d, t: seen.append((d, t)))
+    assert seen[0] == (0, 7) and seen[-1] == (7, 7)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -60,7 +60,8 @@ def predicted_latency(config_json: str, device: str, resolution: int = 224, batc
         return math.nan
 
 
-def latency_column(df: pd.DataFrame, mode: str, device: str | None = None) -> tuple[pd.Series, pd.Series]:
+def latency_column(df: pd.DataFrame, mode: str, device: str | None = None,
+                   on_progress: Callable[[int, int], None] | None = None) -> tuple[pd.Series, pd.Series]:
     """The latency each row shows and where it comes from, for ``mode`` ``measured`` or ``predicted``.
 
     ``measured``: the recorded latency of rows whose source is ``measured`` (NaN otherwise: a
@@ -68,6 +69,8 @@ def latency_column(df: pd.DataFrame, mode: str, device: str | None = None) -> tu
     search predicted for the same ``device``, else `predicted_latency` on the row's config at its
     study's resolution, batch and precision (completed trials only: the others are not plotted).
     Returns (latency in ms, source label such as ``measured on cpu`` or ``predicted for v100``).
+    A first prediction costs a few ms per architecture (analysis + roofline): ``on_progress(done,
+    total)`` is called every 250 rows so a page can show a progress bar for large studies.
     """
     if mode not in ("measured", "predicted"):
         raise ValueError(f"latency mode: {mode!r} is not allowed; expected measured or predicted")
@@ -85,8 +88,14 @@ def latency_column(df: pd.DataFrame, mode: str, device: str | None = None) -> tu
     todo = ~recorded & (df["state"] == "COMPLETE") & (df["config"] != "")
     if todo.any():
         sub = df.loc[todo, ["config", "resolution", "batch", "precision"]]
-        lat.loc[todo] = [predicted_latency(c, device, int(r), int(b), str(p))
-                         for c, r, b, p in sub.itertuples(index=False, name=None)]
+        values = []
+        for i, (c, r, b, p) in enumerate(sub.itertuples(index=False, name=None)):
+            if on_progress is not None and i % 250 == 0:
+                on_progress(i, len(sub))
+            values.append(predicted_latency(c, device, int(r), int(b), str(p)))
+        if on_progress is not None:
+            on_progress(len(sub), len(sub))
+        lat.loc[todo] = values
     src = pd.Series(np.where(lat.notna(), f"predicted for {device}", ""), index=df.index, dtype=object)
     return lat, src
 

@@ -139,21 +139,20 @@ def list_studies(url: str) -> list[StudyInfo]:
     import optuna
 
     storage = _storage(url)
+    out = []
     try:
-        summaries = optuna.study.get_all_study_summaries(storage, include_best_trial=False)
+        for fs in storage.get_all_studies():  # names, directions, attributes: no trials loaded
+            attrs = fs.user_attrs or {}
+            out.append(StudyInfo(
+                name=fs.study_name,
+                n_trials=_count_trials(storage, fs._study_id),
+                directions=tuple(d.name.lower() for d in fs.directions),
+                settings=dict(attrs.get("settings") or {}),
+                objectives=tuple(attrs.get("objectives") or ()),
+            ))
     except Exception as err:
         _STORAGES.pop(url, None)
         raise StorageError(f"storage {url}: could not list studies ({_one_line(err)})") from None
-    out = []
-    for s in summaries:
-        attrs = s.user_attrs or {}
-        out.append(StudyInfo(
-            name=s.study_name,
-            n_trials=int(s.n_trials),
-            directions=tuple(d.name.lower() for d in s.directions),
-            settings=dict(attrs.get("settings") or {}),
-            objectives=tuple(attrs.get("objectives") or ()),
-        ))
     return sorted(out, key=lambda s: s.name)
 
 
@@ -196,6 +195,22 @@ def load_records(url: str, study_names: Iterable[str], fast: bool = True) -> lis
             r["_settings"] = settings
         out.extend(records)
     return out
+
+
+def _count_trials(storage: Any, study_id: int) -> int:
+    """Trials in a study: one SQL COUNT on an RDB storage (Optuna's own count loads every trial:
+    16 s for 10,000 of them on this VM), else through the storage API."""
+    import optuna
+
+    if isinstance(storage, optuna.storages.RDBStorage):
+        try:
+            from sqlalchemy import text
+
+            with storage.engine.connect() as con:
+                return int(con.execute(text("SELECT COUNT(*) FROM trials WHERE study_id = :s"), {"s": study_id}).scalar())
+        except Exception:  # another schema version
+            pass
+    return len(storage.get_all_trials(study_id, deepcopy=False))
 
 
 @dataclass

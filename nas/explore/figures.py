@@ -135,8 +135,9 @@ def pareto_figure(df: pd.DataFrame, latency: pd.Series, source: pd.Series, feasi
                       annotation_text=f"budget {budget_ms:.3g} ms", annotation_position="top right")
     fig.update_layout(
         xaxis_title=latency_label, yaxis_title=accuracy_label, legend_title_text="block family",
+        legend=dict(orientation="h", yanchor="top", y=-0.15, xanchor="left", x=0),
         coloraxis=dict(colorscale="Viridis", cmin=cmin, cmax=cmax, colorbar=dict(title="CIO (M)")),
-        margin=dict(l=10, r=10, t=30, b=10), height=520, clickmode="event+select", uirevision="pareto",
+        margin=dict(l=10, r=10, t=30, b=10), height=580, clickmode="event+select", uirevision="pareto",
     )
     return fig
 

@@ -53,6 +53,8 @@ def synthetic_study(storage: Any, name: str, n_trials: int, *, seed: int = 0, bu
     from ..registry import get_config
     from ..sampling import random_config
 
+    if bulk and not (isinstance(storage, str) and storage.startswith("sqlite:///")):
+        raise ValueError(f"bulk: only for sqlite:/// URLs, not {storage!r}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "minimize", "minimize"])
     study.set_user_attr("settings", {"budget_ms": budget_ms, "space": "synthetic", "seed": seed, "device": "auto",
@@ -86,8 +88,6 @@ def synthetic_study(storage: Any, name: str, n_trials: int, *, seed: int = 0, bu
             state=optuna.trial.TrialState.COMPLETE, values=[m["accuracy"], m["latency_ms"], float(m["cio"])],
             user_attrs=m, system_attrs={"constraints:latency": over}))
     if bulk:
-        if not (isinstance(storage, str) and storage.startswith("sqlite:///")):
-            raise ValueError(f"bulk: only for sqlite:/// URLs, not {storage!r}")
         _bulk_insert(storage[len("sqlite:///"):], study._study_id, trials)
         return optuna.load_study(study_name=name, storage=storage)
     study.add_trials(trials)
