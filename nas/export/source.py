@@ -1,0 +1,207 @@
+"""Where an exported architecture comes from: a name, a config file, or a trial of a study.
+
+Studies are read through `nas.search.results.trial_records`, the same view the search's own
+report uses, so a trial's config, accuracy and latency (with its source and device) come out as
+the search stored them. Every lookup that fails names what was asked for and what exists.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..config import ArchConfig
+
+__all__ = ["config_from_study", "load_weights", "record_metadata"]
+
+
+def _storage_path(url: str) -> Path | None:
+    """The file behind a SQLite or journal URL (None for server databases)."""
+    if url.startswith("journal:"):
+        return Path(url.split(":", 1)[1])
+    if url.endswith((".log", ".jsonl")) and "://" not in url:
+        return Path(url)
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):]).expanduser()
+    return None
+
+
+def _open_storage(url: str) -> Any:
+    """The Optuna storage, refusing a file that does not exist (opening would create an empty one)."""
+    import optuna
+
+    from ..search.optuna_backend import make_storage
+
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"storage: {url!r} is not allowed; expected a URL such as sqlite:///runs/nas.db or journal:PATH")
+    path = _storage_path(url)
+    if path is not None and not path.is_file():
+        raise ValueError(f"storage: {url!r} is not allowed; {str(path)!r} does not exist (expected the storage "
+                         "a search wrote, e.g. sqlite:///runs/nas.db)")
+    with warnings.catch_warnings():  # Optuna flags heartbeats as experimental on every open
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return make_storage(url)
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def config_from_study(storage: str, study_name: str | None, trial: int | None = None, best: bool = False,
+                      budget_ms: float | None = None) -> tuple[ArchConfig, dict]:
+    """The architecture of one trial of a study, and that trial's record.
+
+    Give ``trial`` (its number) or ``best=True``: the completed trial with the highest accuracy
+    whose latency is within ``budget_ms`` (default: the budget the study was searched under;
+    ties go to the faster one). ``study_name`` may be None when the storage holds one study. The
+    record is the trial's row from `nas.search.results.trial_records` plus ``study_name`` and
+    the study's ``settings``. A config without a name is named ``<study>-trial<N>``.
+    """
+    import optuna
+
+    from ..search.results import trial_records
+
+    if trial is not None and best:
+        raise ValueError(f"trial: {trial!r} is not allowed together with best; pass --trial N or --best, not both")
+    if trial is None and not best:
+        raise ValueError("trial: none given; expected --trial N (a trial number) or --best")
+    if budget_ms is not None and not best:
+        raise ValueError(f"budget: {budget_ms!r} is not allowed without --best; it chooses the best trial")
+    st = _open_storage(storage)
+    names = sorted(optuna.get_all_study_names(st))
+    if study_name is None:
+        if len(names) != 1:
+            held = f"it holds {', '.join(names)}" if names else "it holds no study"
+            raise ValueError(f"study-name: none given and {storage!r} does not hold exactly one study ({held}); "
+                             "pass --study-name")
+        study_name = names[0]
+    if study_name not in names:
+        held = ", ".join(names) if names else "none"
+        raise ValueError(f"study-name: {study_name!r} is not in {storage!r}; studies there: {held}")
+    study = optuna.load_study(study_name=study_name, storage=st)
+    records = trial_records(study)
+    settings = dict(study.user_attrs.get("settings") or {})
+
+    if best:
+        rec = _best(records, study_name, budget_ms if budget_ms is not None else settings.get("budget_ms"))
+    else:
+        if isinstance(trial, bool) or not isinstance(trial, int):
+            raise ValueError(f"trial: {trial!r} is not allowed; expected a trial number")
+        by_number = {r["number"]: r for r in records}
+        if trial not in by_number:
+            there = _ranges(list(by_number)) if by_number else "none"
+            raise ValueError(f"trial: {trial} is not in study {study_name!r}; trials there: {there}")
+        rec = by_number[trial]
+    raw = rec.get("config")
+    if raw is None:
+        raise ValueError(f"trial: {rec['number']} of study {study_name!r} holds no architecture "
+                         f"(state {rec.get('state')}, no 'config' attribute); pick another trial")
+    config = ArchConfig.from_json(raw) if isinstance(raw, str) else ArchConfig.from_dict(raw)
+    if not config.name:
+        config = config.replace(name=f"{study_name}-trial{rec['number']}")
+    return config, {**rec, "study_name": study_name, "settings": settings}
+
+
+def _best(records: list[dict], study_name: str, budget_ms: float | None) -> dict:
+    done = [r for r in records if r.get("state") == "COMPLETE" and r.get("config") is not None
+            and _finite(r.get("accuracy")) and _finite(r.get("latency_ms"))]
+    within = [r for r in done if budget_ms is None or r["latency_ms"] <= budget_ms]
+    if not within:
+        limit = f"within the {budget_ms:g} ms budget" if budget_ms is not None else "with accuracy and latency"
+        fastest = f"; the fastest takes {min(r['latency_ms'] for r in done):.2f} ms" if done else ""
+        raise ValueError(f"best: no completed trial of study {study_name!r} is {limit} "
+                         f"({len(done)} completed of {len(records)} trials{fastest})")
+    return min(within, key=lambda r: (-r["accuracy"], r["latency_ms"], r["number"]))
+
+
+def record_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures of a trial record that belong in an export's docstring."""
+    settings = record.get("settings") or {}
+    meta: dict[str, Any] = {}
+    if record.get("latency_ms") is not None:
+        meta.update(latency_ms=record["latency_ms"], latency_source=record.get("latency_source"),
+                    device=record.get("latency_device"))
+        for key in ("precision", "batch"):
+            if settings.get(key) is not None:
+                meta[key] = settings[key]
+        if settings.get("resolution"):
+            meta["latency_resolution"] = settings["resolution"]
+    if record.get("accuracy") is not None:
+        meta["accuracy"] = record["accuracy"]
+        proxy = record.get("proxy")
+        if proxy == "train" and settings.get("data"):
+            proxy = f"training on {settings['data']}"
+        meta["proxy"] = proxy
+    if settings.get("resolution"):
+        meta["resolution"] = settings["resolution"]
+    meta["study"] = record.get("study_name")
+    meta["trial"] = record.get("number")
+    if settings.get("budget_ms") is not None:
+        meta["budget_ms"] = settings["budget_ms"]
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def load_weights(path: str | Path, config: ArchConfig) -> dict[str, torch.Tensor]:
+    """A checkpoint file as the state dict of `nas.build_model(config)`.
+
+    Reads safetensors, or a ``torch.save`` file with ``weights_only=True`` (tensors only, never
+    pickled code); hardnas' own layout loads by name, official HarDNet / TResNet / ResNet-50
+    checkpoints through `nas.load_reference_weights`. A file that does not fit raises `ValueError`.
+    """
+    from ..model import build_model
+    from ..weights import detect_source, load_reference_weights
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights: {str(path)!r} does not exist or is not a file; expected a checkpoint "
+                         "(.safetensors, or a state dict saved with torch.save)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw: Any = load_file(str(path))
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"weights: {str(path)!r} could not be read as tensors only ({msg[:200]})") from None
+    model = build_model(config)
+    try:
+        if isinstance(raw, Mapping) and raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+            flat = dict(raw)
+        else:
+            flat = {}
+        if flat and all(k.startswith("module.") for k in flat):
+            flat = {k[len("module."):]: v for k, v in flat.items()}
+        own = model.state_dict()
+        if flat and set(flat) == set(own):
+            bad = [k for k in own if tuple(own[k].shape) != tuple(flat[k].shape)]
+            if bad:
+                raise ValueError(f"{len(bad)} tensors have the wrong shape (e.g. {', '.join(bad[:3])})")
+            return {k: flat[k].to(own[k].dtype) for k in own}
+        if flat and detect_source(flat) == "nas":
+            missing = [k for k in own if k not in flat]
+            unexpected = [k for k in flat if k not in own]
+            raise ValueError(f"{len(missing)} missing (e.g. {', '.join(missing[:3])}), "
+                             f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        load_reference_weights(model, raw, strict=True)
+    except ValueError as err:
+        raise ValueError(f"weights: {str(path)!r} does not fit architecture {config.arch_id} "
+                         f"({str(err).splitlines()[0][:300]})") from None
+    return model.state_dict()
+
