@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["format_table", "pareto_front", "trial_records", "write_front"]
+__all__ = ["format_table", "hypervolume", "pareto_front", "trial_records", "write_front"]
 
 _COLUMNS = ("number", "name", "arch_id", "accuracy", "latency_ms", "latency_source", "cio", "macs", "params", "feasible")
 
@@ -55,6 +55,34 @@ def pareto_front(records: Iterable[dict[str, Any]], objectives: Sequence[str] = 
     front = [r for i, r in enumerate(pool) if not any(_dominates(vecs[j], vecs[i], signs) for j in range(len(pool)) if j != i)]
     key = objectives[1] if len(objectives) > 1 else objectives[0]
     return sorted(front, key=lambda r: r[key])
+
+
+def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -> float:
+    """Volume dominated by ``points`` (all objectives minimised) and bounded by ``reference``.
+
+    Exact, by slicing along the first objective and recursing (fine for the tens to hundreds of
+    points a front has). Points not strictly better than the reference in every objective add
+    nothing. Maximised objectives are passed negated, or as ``1 - accuracy``.
+    """
+    ref = [float(r) for r in reference]
+    pts = [[float(v) for v in p] for p in points]
+    pts = [p for p in pts if len(p) == len(ref) and all(v < r for v, r in zip(p, ref))]
+    return _hv(pts, ref)
+
+
+def _hv(pts: list[list[float]], ref: list[float]) -> float:
+    if not pts:
+        return 0.0
+    if len(ref) == 1:
+        return ref[0] - min(p[0] for p in pts)
+    pts = sorted(pts, key=lambda p: p[0])
+    total = 0.0
+    for i, p in enumerate(pts):
+        upper = pts[i + 1][0] if i + 1 < len(pts) else ref[0]
+        if upper > p[0]:
+            # the slab [p0, upper) is dominated by every point up to i in the remaining objectives
+            total += (upper - p[0]) * _hv([q[1:] for q in pts[: i + 1]], ref[1:])
+    return total
 
 
 def _fmt(v: Any, col: str) -> str:
