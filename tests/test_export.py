@@ -279,7 +279,7 @@ def test_docstring_holds_config_cost_and_latency():
     assert f"params  {report.params:,}" in doc
     assert f"{report.macs / 1e9:,.3f} G conv + linear" in doc and f"{report.cio / 1e6:,.2f} M elements" in doc
     assert "Latency: 12.35 ms predicted for v100 (roofline model, not measured)" in doc
-    assert "Accuracy: 0.8123 (zero-cost:naswot proxy)" in doc and "Study: s1" in doc
+    assert "Accuracy: 0.8123 (proxy: zero-cost:naswot)" in doc and "Study: s1" in doc
     assert "arch_id 8b5e70783171" in doc
     config_yaml = doc.split("reads it back as the same architecture):", 1)[1]
     back = nas.ArchConfig.from_dict(yaml.safe_load(config_yaml))

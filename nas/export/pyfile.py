@@ -662,7 +662,10 @@ def _latency_line(meta: Mapping[str, Any]) -> str:
 
 
 _META_SHOWN = {"latency_ms", "latency_source", "device", "latency_device", "latency_note", "precision", "batch",
-               "latency_resolution", "latency_deploy", "resolution", "accuracy", "proxy"}
+               "latency_resolution", "latency_deploy", "resolution", "accuracy", "proxy",
+               # stated by the docstring already, from the config and the cost model
+               "arch_id", "name", "params", "macs", "thop_macs", "cio", "moc", "config"}
+_META_LABELS = {"budget_ms": "Latency budget (ms)", "study": "Study", "trial": "Trial"}
 
 
 def _docstring(config: ArchConfig, deploy: bool, meta: Mapping[str, Any], report: CostReport) -> str:
@@ -687,12 +690,12 @@ def _docstring(config: ArchConfig, deploy: bool, meta: Mapping[str, Any], report
     lines += ["", _latency_line(meta)]
     if meta.get("accuracy") is not None:
         acc = meta["accuracy"]
-        proxy = f" ({meta['proxy']} proxy)" if meta.get("proxy") else ""
+        proxy = f" (proxy: {meta['proxy']})" if meta.get("proxy") else ""
         lines.append(f"Accuracy: {acc:.4f}{proxy}" if isinstance(acc, float) else f"Accuracy: {acc}{proxy}")
     others = [(k, v) for k, v in meta.items() if k not in _META_SHOWN and isinstance(v, (str, int, float, bool))]
     for k, v in others:
-        lines.append(f"{k.replace('_', ' ').capitalize()}: {v:.4g}" if isinstance(v, float) else
-                     f"{k.replace('_', ' ').capitalize()}: {v}")
+        label = _META_LABELS.get(k) or k.replace("_", " ").capitalize()
+        lines.append(f"{label}: {v:.4g}" if isinstance(v, float) else f"{label}: {v}")
     cfg_yaml = yaml.safe_dump(compact_config(config), sort_keys=False, default_flow_style=None, width=92)
     lines += ["", "Config (a hardnas ArchConfig; stage fields at their defaults are left out, so",
               "``nas.ArchConfig.from_dict(yaml.safe_load(...))`` reads it back as the same architecture):", ""]
