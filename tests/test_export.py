@@ -612,3 +612,23 @@ def test_cli_usage_errors(args, message, tmp_path, capsys, monkeypatch):
 def test_console_script_is_declared():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["hardnas-export"] == "nas.export.__main__:cli"
+
+
+def test_official_checkpoint_layout_ships_in_hardnas_layout(tmp_path, reference_layouts):
+    """A Pytorch-HarDNet-layout checkpoint (keys and shapes recorded from the official code) goes
+    through `nas.load_reference_weights` and leaves in the exported file's layout."""
+    from safetensors.torch import load_file
+
+    g = torch.Generator().manual_seed(0)
+    official = {k: torch.randn(*shape, generator=g) if shape else torch.tensor(0)
+                for k, shape in reference_layouts["hardnet39ds"]["state_dict"]}
+    assert not any(k.startswith("stem.") for k in official)
+    ckpt = tmp_path / "hardnet39ds_official.pth"
+    torch.save(official, ckpt)
+    out = export("hardnet39ds", "py", tmp_path / "h39.py", weights=ckpt, latency="none")
+    shipped = load_file(str(tmp_path / "h39.safetensors"))
+    model = nas.build_model(nas.get_config("hardnet39ds"))
+    nas.load_reference_weights(model, official)
+    assert set(shipped) == set(model.state_dict())
+    assert all(torch.equal(shipped[k], v) for k, v in model.state_dict().items())
+    _load_module(out).build().load_state_dict(shipped)

@@ -164,7 +164,7 @@ def load_weights(path: str | Path, config: ArchConfig) -> dict[str, torch.Tensor
     checkpoints through `nas.load_reference_weights`. A file that does not fit raises `ValueError`.
     """
     from ..model import build_model
-    from ..weights import detect_source, load_reference_weights
+    from ..weights import _unwrap, detect_source, load_reference_weights
 
     path = Path(path)
     if not path.is_file():
@@ -182,24 +182,19 @@ def load_weights(path: str | Path, config: ArchConfig) -> dict[str, torch.Tensor
         raise ValueError(f"weights: {str(path)!r} could not be read as tensors only ({msg[:200]})") from None
     model = build_model(config)
     try:
-        if isinstance(raw, Mapping) and raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
-            flat = dict(raw)
-        else:
-            flat = {}
-        if flat and all(k.startswith("module.") for k in flat):
-            flat = {k[len("module."):]: v for k, v in flat.items()}
+        flat = _unwrap(raw)  # {"state_dict": ...} / {"model": ...} / DataParallel's "module." prefix
         own = model.state_dict()
-        if flat and set(flat) == set(own):
+        if set(flat) == set(own):
             bad = [k for k in own if tuple(own[k].shape) != tuple(flat[k].shape)]
             if bad:
                 raise ValueError(f"{len(bad)} tensors have the wrong shape (e.g. {', '.join(bad[:3])})")
             return {k: flat[k].to(own[k].dtype) for k in own}
-        if flat and detect_source(flat) == "nas":
+        if detect_source(flat) == "nas":
             missing = [k for k in own if k not in flat]
             unexpected = [k for k in flat if k not in own]
             raise ValueError(f"{len(missing)} missing (e.g. {', '.join(missing[:3])}), "
                              f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        load_reference_weights(model, raw, strict=True)
+        load_reference_weights(model, flat, strict=True)
     except ValueError as err:
         raise ValueError(f"weights: {str(path)!r} does not fit architecture {config.arch_id} "
                          f"({str(err).splitlines()[0][:300]})") from None
