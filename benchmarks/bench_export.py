@@ -1,20 +1,21 @@
 """Export benchmarks for HarDNet68, all measured in one run.
 
-    python benchmarks/bench_export.py [--rounds 5] [--max-seconds 2] [--repeat 3]
+    python benchmarks/bench_export.py [--seconds 60] [--threads N] [--repeat 3]
 
 1. Export time per format (``export_bytes``; onnx and torchscript include their built-in checks
    against PyTorch), median of ``--repeat`` runs.
 2. Inference latency on this CPU (batch 1, 224x224, fp32) of the exported standalone ``.py`` vs the
    in-package model (target ratio ~1.0), and of the ``--deploy`` export (BatchNorm folded; target
-   <= 0.9), with the same weights. The models are measured side by side, interleaved: every round
-   measures each once with `nas.latency.measure` (warm-up, GC off, repeated until the IQR settles or
-   the time cap), in a rotating order, and a ratio is taken within each round; the median over
-   rounds is reported with the range. Nothing here asserts on wall time: it prints figures.
+   <= 0.9), all with the same weights, plus the in-package model with BN folded for reference.
+   The models are timed side by side, interleaved forward by forward with the method of
+   `nas.latency.measure`; ratios of medians, medians of paired (same-round) ratios and ratios of
+   the 10th percentiles are printed. Nothing here asserts on wall time: it prints figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import os
 import statistics
@@ -28,7 +29,6 @@ import torch
 import nas
 from nas.export import export_bytes
 from nas.fuse import fuse_model
-from nas.latency import measure
 from nas.latency.devices import device_name
 
 
@@ -43,11 +43,46 @@ def load_module(path: Path, name: str):
     return module
 
 
+def interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, threads: int, seconds: float,
+                max_rounds: int) -> dict[str, list[float]]:
+    """Forward times in ms, one forward of each model per round, the order rotating each round.
+
+    The method of `nas.latency.measure` (fixed threads, inference mode, warm-up, GC off,
+    ``perf_counter_ns`` around each forward), but interleaved run by run: on a shared machine the
+    load changes from second to second, and models timed one after the other see different loads,
+    while run-by-run interleaving gives every model the same conditions.
+    """
+    names = list(models)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for m in models.values():
+                m.eval()
+                for _ in range(3):
+                    m(x)
+            gc.collect()
+            gc.disable()
+            start = time.perf_counter()
+            for r in range(max_rounds):
+                for n in names[r % len(names):] + names[:r % len(names)]:
+                    t0 = time.perf_counter_ns()
+                    models[n](x)
+                    out[n].append((time.perf_counter_ns() - t0) / 1e6)
+                if r >= 10 and time.perf_counter() - start > seconds:
+                    break
+    finally:
+        gc.enable()
+        torch.set_num_threads(before)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="hardnet68", help="canonical model (default hardnet68)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds (default 5)")
-    p.add_argument("--max-seconds", type=float, default=2.0, help="time cap per measurement (default 2)")
+    p.add_argument("--seconds", type=float, default=60.0, help="time for the latency part (default 60)")
+    p.add_argument("--max-rounds", type=int, default=2000, help="at most this many latency rounds")
     p.add_argument("--repeat", type=int, default=3, help="runs per export format (default 3)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the latency part (default: torch's)")
     args = p.parse_args()
@@ -81,8 +116,6 @@ def main() -> None:
         label = f"{fmt}{' --deploy' if deploy else ''}"
         print(f"  {label:<20} {1000 * statistics.median(times):9.1f} ms   {len(data):>12,} bytes")
 
-    threads = args.threads or torch.get_num_threads()
-    section(f"2. inference latency, cpu ({threads} threads), batch 1, 224x224, fp32 ({args.rounds} interleaved rounds)")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "exported.py").write_bytes(files["py"])
         (Path(tmp) / "exported_deploy.py").write_bytes(files["py-deploy"])
@@ -92,34 +125,33 @@ def main() -> None:
         exported_deploy = load_module(Path(tmp) / "exported_deploy.py", "bench_exported_deploy").build().eval()
         exported_deploy.load_state_dict(fused.state_dict())
     x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        ref = package(x)
-        for name, m in (("exported", exported), ("exported deploy", exported_deploy)):
-            err = float((m(x) - ref).abs().max())
-            print(f"  {name} vs package: max |difference| {err:.2e} (outputs up to {float(ref.abs().max()):.2f})")
+    threads = args.threads or torch.get_num_threads()
     models = {"package": package, "exported .py": exported, "exported .py --deploy": exported_deploy,
               "package, BN folded": fused}
+    section(f"2. inference latency, cpu ({threads} threads), batch 1, 224x224, fp32: {len(models)} models "
+            f"interleaved forward by forward, {args.seconds:g} s")
+    with torch.no_grad():
+        ref = package(x)
+        for name in ("exported .py", "exported .py --deploy"):
+            err = float((models[name](x) - ref).abs().max())
+            print(f"  {name} vs package: max |difference| {err:.2e} (outputs up to {float(ref.abs().max()):.2f})")
+    times = interleaved(models, x, threads, args.seconds, args.max_rounds)
     names = list(models)
-    medians: dict[str, list[float]] = {n: [] for n in names}
-    iqrs: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]  # rotate, so no model always goes first
-        for n in order:
-            res = measure(models[n], device="cpu", resolution=224, max_seconds=args.max_seconds,
-                          threads=args.threads)
-            medians[n].append(res.median_ms)
-            iqrs[n].append(100 * (res.rel_iqr or 0.0))
-        print(f"  round {r + 1}: " + ", ".join(f"{n} {medians[n][-1]:.1f} ms" for n in names))
-    print()
+    rounds = len(times[names[0]])
+    print(f"  {rounds} rounds (one forward of each model per round, the order rotating)\n")
+    print(f"  {'model':<24}{'median':>10}{'p10':>10}{'p90':>10}   ms")
     for n in names:
-        print(f"  {n:<24} median {statistics.median(medians[n]):8.2f} ms  (rounds {min(medians[n]):.1f}-"
-              f"{max(medians[n]):.1f}; IQR within a measurement {statistics.median(iqrs[n]):.1f}% median)")
+        q = statistics.quantiles(times[n], n=10)
+        print(f"  {n:<24}{statistics.median(times[n]):10.2f}{q[0]:10.2f}{q[-1]:10.2f}")
     print()
+    base = times["package"]
     for n, target in (("exported .py", "~1.0"), ("exported .py --deploy", "<= 0.9"), ("package, BN folded", "")):
-        ratios = [a / b for a, b in zip(medians[n], medians["package"])]
+        paired = statistics.median(a / b for a, b in zip(times[n], base))
+        of_medians = statistics.median(times[n]) / statistics.median(base)
+        of_p10 = statistics.quantiles(times[n], n=10)[0] / statistics.quantiles(base, n=10)[0]
         t = f"  (target {target})" if target else ""
-        print(f"  ratio {n} / package: {statistics.median(ratios):.3f} (per round {min(ratios):.3f}-"
-              f"{max(ratios):.3f}){t}")
+        print(f"  {n} / package: {of_medians:.3f} ratio of medians, {paired:.3f} median of paired ratios, "
+              f"{of_p10:.3f} ratio of p10s{t}")
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     print(f"\nload average at the end {load[0]:.2f} (2 cores; other work on the machine shows up as spread)")
 
