@@ -632,3 +632,18 @@ def test_official_checkpoint_layout_ships_in_hardnas_layout(tmp_path, reference_
     assert set(shipped) == set(model.state_dict())
     assert all(torch.equal(shipped[k], v) for k, v in model.state_dict().items())
     _load_module(out).build().load_state_dict(shipped)
+
+
+def test_latency_is_measured_or_predicted_and_labelled(tmp_path):
+    cfg = random_config(1)
+    res = 2 * cfg.reduction
+    measured = export(cfg, "py", tmp_path / "m.py", resolution=res)  # auto: measured here for a config
+    doc = ast.get_docstring(ast.parse(measured.read_text()))
+    assert f"Cost at 1x{cfg.in_channels}x{res}x{res}" in doc
+    assert " ms measured on cpu" in doc and f"{res}x{res}" in doc.split("Latency:")[1]
+    predicted = export(cfg, "py", tmp_path / "p.py", resolution=res, latency="predicted:v100", deploy=True)
+    doc = " ".join(ast.get_docstring(ast.parse(predicted.read_text())).split())
+    assert "ms predicted for v100" in doc and "BN folded" in doc and "roofline model, not measured" in doc
+    given = export(cfg, "py", tmp_path / "g.py", metadata={"latency_ms": 1.5, "latency_source": "measured",
+                                                           "device": "cuda:0 (A100)"})
+    assert "Latency: 1.50 ms measured on cuda:0 (A100)" in ast.get_docstring(ast.parse(given.read_text()))

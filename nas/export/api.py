@@ -134,15 +134,17 @@ def export(source: Any, fmt: str, out: str | os.PathLike | None, *, deploy: bool
 
     state_dict = _state_dict(weights, config)  # before any measurement: a bad checkpoint fails at once
     meta: dict[str, Any] = record_metadata(record) if record else {}
+    given = dict(metadata or {})  # the caller's figures win over the trial's and over measuring
     if resolution is not None:
-        meta["resolution"] = resolution
-    res = export_resolution(config, meta.get("resolution"))
-    if fmt in ("py", "onnx", "torchscript"):
+        given["resolution"] = resolution
+    res = export_resolution(config, given.get("resolution") or meta.get("resolution"))
+    meta["resolution"] = res
+    if fmt in ("py", "onnx", "torchscript") and "latency_ms" not in given:
         if latency != "auto" or "latency_ms" not in meta:
             for key in ("latency_ms", "latency_source", "device", "precision", "batch", "latency_resolution"):
                 meta.pop(key, None)
             meta.update(latency_metadata(config, "measured" if latency == "auto" else latency, res, deploy))
-    meta.update(metadata or {})
+    meta.update(given)
 
     data = export_bytes(config, fmt, deploy=deploy, metadata=meta, state_dict=state_dict)
     if weights_path is not None:
