@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import black
@@ -610,6 +609,7 @@ def test_cli_usage_errors(args, message, tmp_path, capsys, monkeypatch):
 
 
 def test_console_script_is_declared():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["hardnas-export"] == "nas.export.__main__:cli"
 
