@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-__all__ = ["SOURCES", "LoadReport", "detect_source", "load_reference_weights"]
+__all__ = ["SOURCES", "LoadReport", "detect_source", "load_reference_weights", "unwrap_checkpoint"]
 
 #: checkpoint layouts the loader understands
 SOURCES: tuple[str, ...] = ("nas", "hardnet", "tresnet", "torchvision")
@@ -54,7 +54,8 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def unwrap_checkpoint(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The flat tensor dict inside a checkpoint: ``{"state_dict"|"model"|...: ...}`` and DataParallel's ``module.``."""
     for key in ("state_dict", "model", "model_state_dict"):
         inner = state_dict.get(key) if isinstance(state_dict, Mapping) else None
         if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
@@ -101,7 +102,7 @@ def load_reference_weights(model: nn.Module, state_dict: Mapping[str, Any], sour
     that does not pair completely raises `ValueError` naming the first keys that failed, and the
     model is left unchanged; otherwise what pairs is loaded and the rest is reported.
     """
-    theirs = _unwrap(state_dict)
+    theirs = unwrap_checkpoint(state_dict)
     source = source or detect_source(theirs)
     if source not in SOURCES:
         raise ValueError(f"source: {source!r} is not allowed; expected one of {', '.join(SOURCES)}")

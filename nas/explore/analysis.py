@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import ArchConfig
+from ..errors import first_line
 from ..stats import kendall_tau, spearman_rho
 from .data import DESIGN_CHOICES, NUMERIC_CHOICES
 
@@ -276,7 +277,7 @@ def param_importances(df: pd.DataFrame, target: pd.Series, choices: Sequence[str
             evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=n_trees, seed=seed)
             imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
     except Exception as err:  # optuna refuses degenerate inputs in several ways
-        return {}, f"importances could not be computed: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+        return {}, f"importances could not be computed: {first_line(err)}"
     return {k: float(v) for k, v in imp.items()}, None
 
 

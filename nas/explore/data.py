@@ -136,7 +136,6 @@ def list_studies(url: str) -> list[StudyInfo]:
     """Studies in the storage, by name; an empty list for a local file that does not exist yet."""
     if storage_is_missing(url):
         return []
-    import optuna
 
     storage = _storage(url)
     out = []

@@ -11,6 +11,7 @@ import math
 from typing import Any, Mapping
 
 from ..config import ArchConfig
+from ..errors import failure_reason
 
 __all__ = ["FORMATS", "export_available", "export_file", "file_name", "metadata_of"]
 
@@ -27,7 +28,7 @@ def export_available() -> str | None:
     try:
         from ..export import export_bytes  # noqa: F401
     except Exception as err:  # ImportError, or the package failing to import
-        return f"export is not available here ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'no message'})"
+        return f"export is not available here ({failure_reason(err)})"
     return None
 
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from ..config import ArchConfig
+from ..errors import first_line
 
 __all__ = ["config_from_study", "load_weights", "record_metadata"]
 
@@ -164,7 +165,7 @@ def load_weights(path: str | Path, config: ArchConfig) -> dict[str, torch.Tensor
     checkpoints through `nas.load_reference_weights`. A file that does not fit raises `ValueError`.
     """
     from ..model import build_model
-    from ..weights import _unwrap, detect_source, load_reference_weights
+    from ..weights import detect_source, load_reference_weights, unwrap_checkpoint
 
     path = Path(path)
     if not path.is_file():
@@ -178,11 +179,10 @@ def load_weights(path: str | Path, config: ArchConfig) -> dict[str, torch.Tensor
         else:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"weights: {str(path)!r} could not be read as tensors only ({msg[:200]})") from None
+        raise ValueError(f"weights: {str(path)!r} could not be read as tensors only ({first_line(err, 200)})") from None
     model = build_model(config)
     try:
-        flat = _unwrap(raw)  # {"state_dict": ...} / {"model": ...} / DataParallel's "module." prefix
+        flat = unwrap_checkpoint(raw)  # {"state_dict": ...} / {"model": ...} / DataParallel's "module." prefix
         own = model.state_dict()
         if set(flat) == set(own):
             bad = [k for k in own if tuple(own[k].shape) != tuple(flat[k].shape)]
@@ -197,6 +197,6 @@ def load_weights(path: str | Path, config: ArchConfig) -> dict[str, torch.Tensor
         load_reference_weights(model, flat, strict=True)
     except ValueError as err:
         raise ValueError(f"weights: {str(path)!r} does not fit architecture {config.arch_id} "
-                         f"({str(err).splitlines()[0][:300]})") from None
+                         f"({first_line(err)})") from None
     return model.state_dict()
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..config import ArchConfig
+from ..errors import failure_reason
 from ..fuse import fuse_model
 from ..model import build_model
 from .cache import LatencyCache, cache_key
@@ -211,8 +212,7 @@ def _run(model_or_config: nn.Module | ArchConfig, dev: torch.device, in_ch: int,
     except Exception as err:  # a failing candidate is a result, never a crash of the caller
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        return LatencyResult(None, "measured", name, error=f"{type(err).__name__}: {msg}"[:300],
+        return LatencyResult(None, "measured", name, error=failure_reason(err),
                              arch_id=arch_id, context=context)
     med, p10, p90, iqr = _quantiles(timer.times_ms)
     return LatencyResult(med, "measured", name, p10, p90, iqr, len(timer.times_ms), timer.capped, None, arch_id, context)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..config import ArchConfig, HeadConfig
 from ..data import Dataset, augment, load_dataset
+from ..errors import failure_reason
 from ..latency.devices import resolve_device
 from ..model import build_model
 
@@ -180,8 +181,7 @@ def train_eval(config: ArchConfig, data: Dataset | str | None = None, budget: Pr
     except Exception as err:  # a crashing candidate is a recorded failure, never the caller's crash
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        result.status, result.reason = "failed", f"{type(err).__name__}: {msg}"[:300]
+        result.status, result.reason = "failed", failure_reason(err)
     result.wall_s = time.perf_counter() - start
     return result
 

@@ -9,7 +9,6 @@ Rerunning the same command resumes the study.
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from pathlib import Path

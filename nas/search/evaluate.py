@@ -14,6 +14,7 @@ from typing import Any, Callable
 from ..config import ArchConfig
 from ..cost import analyze
 from ..data import Dataset, load_dataset
+from ..errors import failure_reason
 from ..latency import LatencyCache, measure, predict
 from ..latency.predict import predict_ms
 from ..latency.profiles import resolve_profile
@@ -46,9 +47,8 @@ def evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, flo
     try:
         return _evaluate(config, s, on_epoch, m)
     except Exception as err:  # one bad candidate never ends the search
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
         m.update(arch_id=config.arch_id, config=config.to_json(indent=None), status="failed",
-                 reason=f"{type(err).__name__}: {msg}"[:300], wall_s=time.perf_counter() - start)
+                 reason=failure_reason(err), wall_s=time.perf_counter() - start)
         return m
 
 

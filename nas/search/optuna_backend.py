@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import optuna
 
+from ..errors import first_line
 from ..latency.devices import resolve_device
 from ..paths import runs_dir
 from ..space import InvalidCandidate, SearchSpace, load_space
@@ -55,8 +56,13 @@ def default_storage() -> str:
     return f"sqlite:///{runs_dir() / 'nas.db'}"
 
 
-def make_storage(url: str) -> Any:
-    """An Optuna storage for a URL: ``sqlite:///...``, any SQLAlchemy URL, or ``journal:PATH`` / ``*.log``."""
+def make_storage(url: str, heartbeat: bool = False) -> Any:
+    """An Optuna storage for a URL: ``sqlite:///...``, any SQLAlchemy URL, or ``journal:PATH`` / ``*.log``.
+
+    ``heartbeat=True`` is for a process that runs trials with `Study.optimize`: a trial whose
+    process died (kill -9) is then failed after a grace period instead of staying RUNNING.
+    Readers (the app, export, Ray's searcher) open it without.
+    """
     if url.startswith("journal:") or url.endswith((".log", ".jsonl")):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -71,11 +77,13 @@ def make_storage(url: str) -> Any:
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
+    beat: dict[str, Any] = {"heartbeat_interval": 20, "grace_period": 60} if heartbeat else {}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=20, grace_period=60)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
     except Exception as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"storage: {url!r} could not be opened ({msg})") from None
+        raise ValueError(f"storage: {url!r} could not be opened ({first_line(err)})") from None
 
 
 def _sampler(s: SearchSettings, offset: int) -> optuna.samplers.BaseSampler:
@@ -89,9 +97,9 @@ def _sampler(s: SearchSettings, offset: int) -> optuna.samplers.BaseSampler:
                                       n_startup_trials=max(5, min(10, s.trials // 4)))
 
 
-def open_study(s: SearchSettings, storage: str, study_name: str) -> optuna.Study:
+def open_study(s: SearchSettings, storage: str, study_name: str, heartbeat: bool = True) -> optuna.Study:
     """Create or resume; a resumed study must have been created with the same settings."""
-    st = make_storage(storage)
+    st = make_storage(storage, heartbeat=heartbeat)
     try:
         existing = optuna.load_study(study_name=study_name, storage=st)
     except KeyError:

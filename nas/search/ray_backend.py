@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 
 from ..config import ArchConfig
+from ..errors import first_line
 from ..paths import runs_dir
 from ..space import InvalidCandidate, load_space
 from .evaluate import evaluate
@@ -140,7 +141,7 @@ def run_ray(s: SearchSettings, storage: str, study_name: str, address: str | Non
     from ray.tune.schedulers import ASHAScheduler
 
     space = load_space(s.space)
-    study = open_study(s, storage, study_name)  # validates settings against an existing study
+    study = open_study(s, storage, study_name, heartbeat=False)  # validates settings against an existing study
     evaluated, _ = evaluated_count(study)
     remaining = s.trials - evaluated
     if remaining <= 0:
@@ -166,8 +167,7 @@ def run_ray(s: SearchSettings, storage: str, study_name: str, address: str | Non
             try:
                 ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ValueError(f"ray-address: {address!r} could not be joined ({first}); start a head with "
+                raise ValueError(f"ray-address: {address!r} could not be joined ({first_line(err)}); start a head with "
                                  f"`ray start --head` and pass its address, or leave --ray-address out "
                                  f"for a local Ray") from None
         else:
