@@ -15,6 +15,7 @@ import sys
 import pandas as pd
 import streamlit as st
 
+from nas.errors import first_line
 from nas.explore import analysis as A
 from nas.explore import data as D
 from nas.explore import demo
@@ -132,7 +133,7 @@ def export_buttons(row: pd.Series, key: str) -> None:
             try:
                 payload = _export(row["config"], fmt, json.dumps(meta, sort_keys=True))
             except Exception as err:  # one format failing must not take the page down
-                st.warning(f"{fmt}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+                st.warning(f"{fmt}: {first_line(err)}")
                 continue
             st.download_button(f"⬇ {suffix}", data=payload, file_name=name, mime=mime, key=f"dl-{fmt}-{key}")
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from .errors import first_line
+
 __all__ = [
     "ACTIVATIONS",
     "BLOCKS",
@@ -413,7 +415,7 @@ class ArchConfig:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise ValueError(f"config: not valid YAML ({str(err).splitlines()[0]})") from None
+            raise ValueError(f"config: not valid YAML ({first_line(err)})") from None
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> Path:

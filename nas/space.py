@@ -32,6 +32,7 @@ from typing import Any, Mapping
 import yaml
 
 from .config import BLOCKS, ArchConfig, HeadConfig, StageConfig, StemConfig
+from .errors import first_line
 
 __all__ = ["SPACE_NAMES", "InvalidCandidate", "SearchSpace", "list_spaces", "load_space"]
 
@@ -386,7 +387,7 @@ def load_space(spec: str | Path) -> SearchSpace:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ValueError(f"space {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ValueError(f"space {path}: not valid YAML ({first_line(err)})") from None
     try:
         return SearchSpace(data, str(path))
     except ValueError as err:

@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from ..errors import first_line
+
 __all__ = [
     "DESIGN_CHOICES",
     "StorageError",
@@ -75,13 +77,6 @@ def resolve_storage_url(argv: Sequence[str] = (), environ: Mapping[str, str] | N
     return args.storage or env.get("NAS_STORAGE") or default_storage_url()
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    line = text.splitlines()[0].strip() if text else type(err).__name__
-    # SQLAlchemy wraps driver errors as "(sqlite3.DatabaseError) file is not a database"
-    return line[:300]
-
-
 def _file_of(url: str) -> Path | None:
     """The local file behind a sqlite or journal URL (None for server databases)."""
     if url.startswith("sqlite:///"):
@@ -123,7 +118,7 @@ def _storage(url: str) -> Any:
     try:
         storage = make_storage(url)
     except Exception as err:  # bad URL, missing driver, unreachable server, corrupted file
-        msg = _one_line(err)
+        msg = first_line(err)
         prefix = f"storage: {url!r} "
         if msg.startswith(prefix):  # make_storage already names the URL
             msg = msg[len(prefix):]
@@ -151,7 +146,7 @@ def list_studies(url: str) -> list[StudyInfo]:
             ))
     except Exception as err:
         _STORAGES.pop(url, None)
-        raise StorageError(f"storage {url}: could not list studies ({_one_line(err)})") from None
+        raise StorageError(f"storage {url}: could not list studies ({first_line(err)})") from None
     return sorted(out, key=lambda s: s.name)
 
 
@@ -188,7 +183,7 @@ def load_records(url: str, study_names: Iterable[str], fast: bool = True) -> lis
             raise StorageError(f"storage {url}: no study named {name!r}") from None
         except Exception as err:
             _STORAGES.pop(url, None)
-            raise StorageError(f"storage {url}: could not read study {name!r} ({_one_line(err)})") from None
+            raise StorageError(f"storage {url}: could not read study {name!r} ({first_line(err)})") from None
         for r in records:
             r["study"] = name
             r["_settings"] = settings

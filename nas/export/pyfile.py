@@ -461,16 +461,24 @@ def _residual_tail(p: _Program) -> tuple[str, str]:
     return sig, lines
 
 
-def _basic_src(p: _Program) -> str:
-    opts, conv = p.block_options["BasicBlock"], p.conv_cls
+def _residual_head(p: _Program, opts: set[str], cin: str) -> tuple[str, str, list[str]]:
+    """A residual block's ``__init__`` signature, its strided 3x3 conv (reading ``cin`` channels) and tail lines.
+
+    The stride sits on the 3x3 conv, or on an anti-aliased blur pool after it where a block uses one.
+    """
     sig = "cin: int, planes: int, stride: int = 1, act: str = \"relu\", post_act: str = \"relu\""
     if "blur" in opts:
         sig += ", blur: bool = False"
-        conv1 = f"{conv}(cin, planes, 3, 1 if blur else stride, act=act, aa=blur)"
+        strided = f"{p.conv_cls}({cin}, planes, 3, 1 if blur else stride, act=act, aa=blur)"
     else:
-        conv1 = f"{conv}(cin, planes, 3, stride, act=act)"
+        strided = f"{p.conv_cls}({cin}, planes, 3, stride, act=act)"
     tail_sig, tail = _residual_tail(p)
-    sig += tail_sig
+    return sig + tail_sig, strided, tail
+
+
+def _basic_src(p: _Program) -> str:
+    opts, conv = p.block_options["BasicBlock"], p.conv_cls
+    sig, conv1, tail = _residual_head(p, opts, "cin")
     lines = [f"self.conv1 = {conv1}", f"self.conv2 = {conv}(planes, planes, 3)", *tail]
     main = "self.conv2(self.conv1(x))"
     if "se" in opts:
@@ -493,14 +501,7 @@ class BasicBlock(nn.Module):
 
 def _bottleneck_src(p: _Program) -> str:
     opts, conv = p.block_options["Bottleneck"], p.conv_cls
-    sig = "cin: int, planes: int, stride: int = 1, act: str = \"relu\", post_act: str = \"relu\""
-    if "blur" in opts:
-        sig += ", blur: bool = False"
-        conv2 = f"{conv}(planes, planes, 3, 1 if blur else stride, act=act, aa=blur)"
-    else:
-        conv2 = f"{conv}(planes, planes, 3, stride, act=act)"
-    tail_sig, tail = _residual_tail(p)
-    sig += tail_sig
+    sig, conv2, tail = _residual_head(p, opts, "planes")
     lines = [f"self.conv1 = {conv}(cin, planes, 1, act=act)", f"self.conv2 = {conv2}",
              f"self.conv3 = {conv}(planes, planes * 4, 1)", *tail]
     main = "self.conv2(self.conv1(x))"
