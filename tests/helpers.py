@@ -1,6 +1,9 @@
-"""Forward-hook counters: the measured side that the analytic cost model is checked against."""
+"""Shared test helpers: forward-hook counters (the measured side of the cost model), fast search arguments, free ports."""
 
 from __future__ import annotations
+
+import socket
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -34,3 +37,22 @@ def hook_counts(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, int]]:
         for h in handles:
             h.remove()
     return seen
+
+
+TINY = str(Path(__file__).parent / "data" / "tiny_space.yaml")
+
+
+def fast(budget: str = "1ms") -> list[str]:
+    """Search arguments that make a trial take a second: tiny space, 64 px, predicted latency, one epoch."""
+    return ["--space", TINY, "--resolution", "64", "--latency", "predicted:v100", "--budget", budget,
+            "--proxy-epochs", "1", "--no-progress"]
+
+
+FAST = fast()
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now, on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

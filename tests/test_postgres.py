@@ -18,8 +18,7 @@ from typing import Iterator
 
 import optuna
 import pytest
-
-from test_search import FAST, _free_port
+from helpers import FAST, free_port
 
 psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install 'hardnas[postgres]')")
 
@@ -45,7 +44,7 @@ def postgres_url() -> Iterator[str]:
     if bindir is None:
         pytest.skip("no PostgreSQL server installed (Debian package `postgresql`; .ci/run installs it)")
     root = Path(tempfile.mkdtemp(prefix="hardnas-pg-"))
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
     try:

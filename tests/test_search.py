@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -13,20 +14,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import FAST, fast, free_port
 
 from nas.search import evaluate as E
 from nas.search.__main__ import main
 from nas.search.settings import parse_budget
-
-TINY = str(Path(__file__).parent / "data" / "tiny_space.yaml")
-
-
-def fast(budget: str = "1ms") -> list[str]:
-    return ["--space", TINY, "--resolution", "64", "--latency", "predicted:v100", "--budget", budget,
-            "--proxy-epochs", "1", "--no-progress"]
-
-
-FAST = fast()
 
 
 def _study(runs: Path, name: str) -> optuna.Study:
@@ -233,7 +225,8 @@ def test_ctrl_c_stops_cleanly_and_prints_the_front(tmp_path):
     assert (tmp_path / "sigint" / "pareto.json").exists()
 
 
-ray = pytest.importorskip("ray", reason="ray[tune] is not installed")
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray[tune] is not installed (pip install -e '.[ray]')")
 
 
 def _loopback_only_prefix() -> list[str] | None:
@@ -253,10 +246,12 @@ def _loopback_only_prefix() -> list[str] | None:
     return [] if os.environ.get("HARDNAS_TEST_RAY") == "1" else None
 
 
-RAY_PREFIX = _loopback_only_prefix()
+RAY_PREFIX = _loopback_only_prefix() if HAVE_RAY else None
 needs_ray_network = pytest.mark.skipif(
-    RAY_PREFIX is None, reason="Ray binds to the host's network address: needs `unshare --net` (root) for a "
-                               "loopback-only namespace, or HARDNAS_TEST_RAY=1 where that is allowed")
+    RAY_PREFIX is None,
+    reason="ray[tune] is not installed" if not HAVE_RAY else
+    "Ray binds to the host's network address: needs `unshare --net` (root) for a loopback-only namespace, "
+    "or HARDNAS_TEST_RAY=1 where that is allowed")
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
@@ -301,20 +296,13 @@ def test_ray_backend_joins_a_running_cluster(tmp_path):
     assert len(study.trials) == 2
 
 
+@needs_ray
 def test_an_unreachable_ray_address_is_one_line_exit_2(tmp_path):
-    proc = _cli([*FAST, "--trials", "1", "--backend", "ray", "--ray-address", f"127.0.0.1:{_free_port()}"],
+    proc = _cli([*FAST, "--trials", "1", "--backend", "ray", "--ray-address", f"127.0.0.1:{free_port()}"],
                 tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("nas.search: error: ray-address: '127.0.0.1:")
     assert "Traceback" not in proc.stderr
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_an_unexpected_exception_is_a_failed_candidate(monkeypatch):
