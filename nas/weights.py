@@ -2,9 +2,14 @@
 
 Our canonical models are the official networks layer for layer, and every block registers its
 parametrised parts in the official order, so the two state dicts list the same tensors in the
-same order under different names. The loader pairs them module by module (a conv, a norm, a
-linear layer: the keys sharing a prefix), checks every shape, and reports whatever does not
-pair as missing / unexpected keys by name.
+same order under different names. The official key names of every canonical model ship as data
+(``search_spaces/official_keys.json.gz``, recorded from the official code), which gives a name
+map, module by module (a conv, a norm, a linear layer: the keys sharing a prefix): tensors are
+looked up by their official name, so the checkpoint's key order does not matter (safetensors
+files store keys sorted), and a tensor that is absent is reported under both names. A
+checkpoint of one of our own models (``nas`` layout) is matched by name directly. Only an
+official checkpoint for a config that is not canonical falls back to pairing the modules in
+the checkpoint's order, and the report says so.
 
 TResNet checkpoints hold inplace-ABN parameters: in eval mode that is a BatchNorm whose scale is
 ``|gamma| + eps`` (not ``gamma``) followed by the activation, so the loader converts gamma.
@@ -12,8 +17,13 @@ TResNet checkpoints hold inplace-ABN parameters: in eval mode that is a BatchNor
 
 from __future__ import annotations
 
+import gzip
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from functools import lru_cache
+from importlib import resources
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,13 +48,16 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+    #: how tensors were matched: "by name" (ours), "by official name map (<model>)" or "by position"
+    pairing: str = ""
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def __str__(self) -> str:
-        parts = [f"{self.loaded} tensors loaded from a {self.source} checkpoint"]
+        parts = [f"{self.loaded} tensors loaded from a {self.source} checkpoint"
+                 + (f", matched {self.pairing}" if self.pairing else "")]
         if self.converted_iabn:
             parts.append(f"{self.converted_iabn} inplace-ABN scales converted to |gamma|+eps")
         for label, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("mismatched", self.mismatched)):
@@ -83,9 +96,9 @@ def detect_source(state_dict: Mapping[str, torch.Tensor]) -> str:
     raise ValueError(f"state_dict: layout not recognised (first keys: {', '.join(keys[:3])}); known sources: {', '.join(SOURCES)}")
 
 
-def _groups(sd: Mapping[str, torch.Tensor]) -> list[tuple[str, dict[str, torch.Tensor]]]:
-    """Tensors grouped by owning module, in state-dict order, skipping non-learned buffers."""
-    groups: dict[str, dict[str, torch.Tensor]] = {}
+def _groups(sd: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Entries grouped by owning module, in state-dict order, skipping non-learned buffers."""
+    groups: dict[str, dict[str, Any]] = {}
     for key, value in sd.items():
         prefix, _, suffix = key.rpartition(".")
         if suffix in _SKIP_SUFFIXES:
@@ -94,13 +107,63 @@ def _groups(sd: Mapping[str, torch.Tensor]) -> list[tuple[str, dict[str, torch.T
     return list(groups.items())
 
 
+def _join(prefix: str, suffix: str) -> str:
+    return f"{prefix}.{suffix}" if prefix else suffix
+
+
+@lru_cache(maxsize=1)
+def _official_keys() -> dict[str, dict[str, Any]]:
+    data = resources.files("search_spaces").joinpath("official_keys.json.gz").read_bytes()
+    return json.loads(gzip.decompress(data))
+
+
+def _canonical_name(model: nn.Module, source: str) -> str | None:
+    """The canonical model whose official layout ``model`` has (head size aside), if any."""
+    from .config import ArchConfig
+    from .registry import get_config, list_models
+
+    config = getattr(model, "config", None)
+    if not isinstance(config, ArchConfig):
+        return None
+    for name in list_models():
+        ref = get_config(name)
+        if (ref.stem, ref.stages, ref.in_channels) == (config.stem, config.stages, config.in_channels):
+            entry = _official_keys().get(name)
+            return name if entry is not None and entry["source"] == source else None
+    return None
+
+
+def _pairs(ours_g: list[tuple[str, dict[str, torch.Tensor]]], theirs: dict[str, torch.Tensor], source: str,
+           model: nn.Module, report: LoadReport) -> list[tuple[str, dict[str, str]]]:
+    """For each of our modules, its prefix and {suffix: their key}; fills missing/unexpected."""
+    if source == "nas":
+        report.pairing = "by name"
+        pairs = [(p, {s: _join(p, s) for s in ts}) for p, ts in ours_g]
+    else:
+        name = _canonical_name(model, source)
+        if name is not None:
+            report.pairing = f"by official name map ({name})"
+            ref_keys = {k: None for k in _official_keys()[name]["keys"]}
+            ref_g = _groups(ref_keys)
+        else:  # a config with no recorded official layout: trust the checkpoint's order
+            report.pairing = "by position (no official key list for this config)"
+            ref_g = _groups(theirs)
+        pairs = [(o, {s: _join(t, s) for s in t_suffixes}) for (o, _), (t, t_suffixes) in zip(ours_g, ref_g)]
+        report.missing += [_join(p, s) for p, ts in ours_g[len(ref_g):] for s in ts]
+        report.unexpected += [_join(p, s) for p, ts in ref_g[len(ours_g):] for s in ts if _join(p, s) in theirs]
+    used = {k for _, keys in pairs for k in keys.values()}
+    report.unexpected += [k for k in theirs if k not in used and k.rpartition(".")[2] not in _SKIP_SUFFIXES
+                          and k not in report.unexpected]
+    return pairs
+
+
 def load_reference_weights(model: nn.Module, state_dict: Mapping[str, Any], source: str | None = None,
                            strict: bool = True) -> LoadReport:
     """Copy an official checkpoint's tensors into ``model`` (one of ours, built from the same config).
 
     ``source`` is one of `SOURCES`, detected from the keys when None. With ``strict`` a checkpoint
-    that does not pair completely raises `ValueError` naming the first keys that failed, and the
-    model is left unchanged; otherwise what pairs is loaded and the rest is reported.
+    that does not fit completely raises `ValueError` naming the first keys that failed, and the
+    model is left unchanged; otherwise what fits is loaded and the rest is reported.
     """
     theirs = unwrap_checkpoint(state_dict)
     source = source or detect_source(theirs)
@@ -108,26 +171,30 @@ def load_reference_weights(model: nn.Module, state_dict: Mapping[str, Any], sour
         raise ValueError(f"source: {source!r} is not allowed; expected one of {', '.join(SOURCES)}")
     ours = model.state_dict()
     report = LoadReport(source)
-    ours_g, theirs_g = _groups(ours), _groups(theirs)
+    ours_g = _groups(ours)
+    by_prefix = dict(ours_g)
     new_values: dict[str, torch.Tensor] = {}
-    for (o_prefix, o_tensors), (t_prefix, t_tensors) in zip(ours_g, theirs_g):
-        o_keys, t_keys = set(o_tensors), set(t_tensors)
-        shapes_match = o_keys == t_keys and all(o_tensors[k].shape == t_tensors[k].shape for k in o_keys)
-        if not shapes_match:
-            report.mismatched.append(
-                f"{o_prefix} {{{_describe(o_tensors)}}} vs {t_prefix} {{{_describe(t_tensors)}}}"
-            )
+    for o_prefix, keys in _pairs(ours_g, theirs, source, model, report):
+        o_tensors = by_prefix[o_prefix]
+        absent = [s for s in o_tensors if s not in keys or keys[s] not in theirs]
+        if absent:
+            report.missing += [_join(o_prefix, s) + ("" if source == "nas" or s not in keys else f" ({keys[s]})")
+                               for s in absent]
             continue
-        is_norm = "running_var" in o_keys
-        for suffix, value in t_tensors.items():
-            value = value.detach().to(o_tensors[suffix].dtype)
+        extra = [keys[s] for s in keys if s not in o_tensors]
+        wrong = [s for s in o_tensors if theirs[keys[s]].shape != o_tensors[s].shape]
+        if extra or wrong:
+            t_desc = ", ".join(f"{keys[s]}: {tuple(theirs[keys[s]].shape)}" for s in keys if keys[s] in theirs)
+            report.mismatched.append(f"{o_prefix} {{{_describe(o_tensors)}}} vs {{{t_desc}}}")
+            continue
+        is_norm = "running_var" in o_tensors
+        for suffix, their_key in keys.items():
+            value = theirs[their_key].detach().to(o_tensors[suffix].dtype)
             if source == "tresnet" and is_norm and suffix == "weight":
                 value = value.abs() + _IABN_EPS
                 report.converted_iabn += 1
-            new_values[f"{o_prefix}.{suffix}" if o_prefix else suffix] = value
+            new_values[_join(o_prefix, suffix)] = value
             report.loaded += 1
-    report.missing = [f"{p}.{s}" for p, ts in ours_g[len(theirs_g):] for s in ts]
-    report.unexpected = [f"{p}.{s}" for p, ts in theirs_g[len(ours_g):] for s in ts]
     if strict and not report.ok:
         raise ValueError(f"load_reference_weights: checkpoint does not fit this model: {report}")
     with torch.no_grad():

@@ -116,7 +116,7 @@ def test_truncated_and_extended_checkpoints(reference_layouts):
     sd = _official_state_dict(layout)
     del sd["fc.weight"], sd["fc.bias"]
     report = nas.load_reference_weights(nas.create_model("resnet50"), sd, strict=False)
-    assert report.missing == ["head.fc.weight", "head.fc.bias"]
+    assert report.missing == ["head.fc.weight (fc.weight)", "head.fc.bias (fc.bias)"]
     sd = _official_state_dict(layout)
     sd["extra.weight"] = torch.zeros(3)
     report = nas.load_reference_weights(nas.create_model("resnet50"), sd, strict=False)
