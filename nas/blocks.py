@@ -4,16 +4,20 @@ Each stage type has a builder (config -> `nn.Sequential` of named parts) and a c
 walks the same parts in the same order and names. Stage parts run in this order:
 ``down`` (hard stages only) -> ``block``/``blocks`` -> ``se`` (placement ``output``) ->
 ``drop`` -> ``transition`` -> ``se`` (placement ``transition``).
+
+Downsamplers and SE placements are registries too (`DOWNSAMPLER_OPS`, `SE_PLACEMENT_OPS`, keyed
+by block type and then by the names in `config.DOWNSAMPLERS` / `config.SE_PLACEMENTS`); each
+entry holds a module builder and its cost twin, so a new choice is one entry in one place.
 """
 
 
 from collections import OrderedDict
-from typing import Callable, List
+from typing import Callable, List, Mapping, NamedTuple
 
 import torch
 from torch import nn
 
-from .config import BLOCKS, StageConfig
+from .config import BLOCKS, DOWNSAMPLERS, SE_PLACEMENTS, StageConfig
 from .layers import (
     BlurPool2d,
     ConvNormAct,
@@ -27,16 +31,134 @@ from .links import BlockPlan, block_plan
 from .tracer import Shape, Tracer
 
 __all__ = [
+    "DOWNSAMPLER_OPS",
+    "HARD_DOWNSAMPLERS",
+    "RESIDUAL_DOWNSAMPLERS",
+    "SE_PLACEMENT_OPS",
     "STAGE_BUILDERS",
     "STAGE_COSTS",
     "BasicBlock",
     "Bottleneck",
     "HarDBlock",
+    "HardDown",
+    "ReducingConv",
+    "SEPlacement",
     "build_stage",
     "plan_for",
     "stage_cost",
     "stage_out_channels",
 ]
+
+
+# --- downsamplers and SE placements ---------------------------------------------------------
+
+
+class HardDown(NamedTuple):
+    """A hard stage's standalone 2x downsampling op, run before its block as part ``down``."""
+
+    build: Callable[[int, str], nn.Module | None]  # (channels, activation) -> module; None: no op
+    cost: Callable[[Tracer, str, Shape, str], Shape]  # (tracer, name, x, activation) -> output shape
+
+
+class ReducingConv(NamedTuple):
+    """How a residual block's reducing conv (BasicBlock.conv1, Bottleneck.conv2) applies its stride.
+
+    Residual stages downsample inside their first block, so the choice is how that conv is built.
+    """
+
+    build: Callable[[int, int, int, int, str], nn.Module]  # (cin, cout, kernel, stride, activation)
+    cost: Callable[[Tracer, str, Shape, int, int, int, str], Shape]  # (tracer, name, x, cout, kernel, stride, act)
+
+
+def _strided_conv(cin: int, cout: int, kernel: int, stride: int, act: str) -> nn.Module:
+    return ConvNormAct(cin, cout, kernel, stride, act=act)
+
+
+def _strided_conv_cost(t: Tracer, name: str, x: Shape, cout: int, kernel: int, stride: int, act: str) -> Shape:
+    return conv_norm_act_cost(t, name, x, cout, kernel, stride, act=act)
+
+
+def _blur_conv(cin: int, cout: int, kernel: int, stride: int, act: str) -> nn.Module:
+    # TResNet anti-aliasing: at stride 2 the conv runs at stride 1 and a blur pool reduces after it
+    aa = stride == 2
+    return ConvNormAct(cin, cout, kernel, 1 if aa else stride, act=act, aa=aa)
+
+
+def _blur_conv_cost(t: Tracer, name: str, x: Shape, cout: int, kernel: int, stride: int, act: str) -> Shape:
+    aa = stride == 2
+    return conv_norm_act_cost(t, name, x, cout, kernel, 1 if aa else stride, act=act, aa=aa)
+
+
+#: hard-stage downsampler name -> builder and cost twin
+HARD_DOWNSAMPLERS: dict[str, HardDown] = {
+    "none": HardDown(lambda ch, act: None, lambda t, name, x, act: x),
+    "maxpool": HardDown(lambda ch, act: nn.MaxPool2d(2, 2), lambda t, name, x, act: t.maxpool(name, x, 2, 2)),
+    "avgpool": HardDown(lambda ch, act: nn.AvgPool2d(2, 2), lambda t, name, x, act: t.avgpool(name, x, 2, 2)),
+    "dwconv": HardDown(lambda ch, act: ConvNormAct(ch, ch, 3, 2, groups=ch, act=None),
+                       lambda t, name, x, act: conv_norm_act_cost(t, name, x, x[1], 3, 2, groups=x[1], act=None)),
+    "conv": HardDown(lambda ch, act: ConvNormAct(ch, ch, 3, 2, act=act),
+                     lambda t, name, x, act: conv_norm_act_cost(t, name, x, x[1], 3, 2, act=act)),
+    "blur": HardDown(lambda ch, act: BlurPool2d(ch), lambda t, name, x, act: t.blur(name, x)),
+}
+#: residual-stage downsampler name -> how the reducing conv is built (``none``: the stride is always 1)
+RESIDUAL_DOWNSAMPLERS: dict[str, ReducingConv] = {
+    "none": ReducingConv(_strided_conv, _strided_conv_cost),
+    "conv": ReducingConv(_strided_conv, _strided_conv_cost),
+    "blur": ReducingConv(_blur_conv, _blur_conv_cost),
+}
+#: block type -> downsampler name -> entry; the names are exactly those of `config.DOWNSAMPLERS`
+DOWNSAMPLER_OPS: dict[str, Mapping[str, HardDown | ReducingConv]] = {
+    "hard": HARD_DOWNSAMPLERS,
+    "basic": RESIDUAL_DOWNSAMPLERS,
+    "bottleneck": RESIDUAL_DOWNSAMPLERS,
+}
+assert {b: set(ops) for b, ops in DOWNSAMPLER_OPS.items()} == {b: set(n) for b, n in DOWNSAMPLERS.items()}, \
+    "downsampler registries must agree with config.DOWNSAMPLERS"
+
+
+class SEPlacement(NamedTuple):
+    """Where a stage's squeeze-and-excitation sits: right after the part or conv named ``site``
+    (None: no SE), built by ``build(channels, hidden)`` and costed by ``cost(t, name, x, hidden)``."""
+
+    site: str | None
+    build: Callable[[int, int], nn.Module] = SqueezeExcite
+    cost: Callable[[Tracer, str, Shape, int], Shape] = squeeze_excite_cost
+
+
+#: block type -> SE placement name (as in `config.SE_PLACEMENTS`) -> the site it follows
+SE_PLACEMENT_OPS: dict[str, dict[str, SEPlacement]] = {
+    "hard": {"none": SEPlacement(None), "output": SEPlacement("block"), "transition": SEPlacement("transition")},
+    "basic": {"none": SEPlacement(None), "output": SEPlacement("conv2")},
+    "bottleneck": {"none": SEPlacement(None), "mid": SEPlacement("conv2"), "output": SEPlacement("conv3")},
+}
+assert {b: set(ops) for b, ops in SE_PLACEMENT_OPS.items()} == {b: set(n) for b, n in SE_PLACEMENTS.items()}, \
+    "SE placement registries must agree with config.SE_PLACEMENTS"
+
+
+def _se_after(cfg: StageConfig, site: str, channels: int, ref_channels: int) -> nn.Module | None:
+    """The SE module that follows ``site`` under the stage's placement, or None if it sits elsewhere.
+
+    Its hidden width is ``se_hidden(ref_channels, ...)``: a bottleneck sizes both of its
+    placements from the block output, not from the channels the SE sees.
+    """
+    se = SE_PLACEMENT_OPS[cfg.block][cfg.se]
+    if se.site != site:
+        return None
+    return se.build(channels, se_hidden(ref_channels, cfg.se_reduction, cfg.se_min_channels))
+
+
+def _se_after_cost(t: Tracer, name: str, cfg: StageConfig, site: str, x: Shape, ref_channels: int) -> Shape:
+    """Cost twin of `_se_after`: records the SE that follows ``site``, if any; SE keeps the shape."""
+    se = SE_PLACEMENT_OPS[cfg.block][cfg.se]
+    if se.site == site:
+        se.cost(t, name, x, se_hidden(ref_channels, cfg.se_reduction, cfg.se_min_channels))
+    return x
+
+
+def _se_or_identity(cfg: StageConfig, site: str, channels: int, ref_channels: int) -> nn.Module:
+    """`_se_after` for a residual block attribute, which is an `nn.Identity` when there is no SE."""
+    se = _se_after(cfg, site, channels, ref_channels)
+    return nn.Identity() if se is None else se
 
 
 # --- harmonic dense block -------------------------------------------------------------------
@@ -97,60 +219,35 @@ def _hard_block_cost(t: Tracer, name: str, x: Shape, plan: BlockPlan, depthwise:
     return t.concat(f"{name}.cat", [feats[j] for j in plan.outputs])
 
 
-def _hard_down(kind: str, ch: int, act: str) -> nn.Module:
-    return {
-        "maxpool": lambda: nn.MaxPool2d(2, 2),
-        "avgpool": lambda: nn.AvgPool2d(2, 2),
-        "dwconv": lambda: ConvNormAct(ch, ch, 3, 2, groups=ch, act=None),
-        "conv": lambda: ConvNormAct(ch, ch, 3, 2, act=act),
-        "blur": lambda: BlurPool2d(ch),
-    }[kind]()
-
-
-def _hard_down_cost(t: Tracer, name: str, kind: str, x: Shape, act: str) -> Shape:
-    ch = x[1]
-    if kind == "maxpool":
-        return t.maxpool(name, x, 2, 2)
-    if kind == "avgpool":
-        return t.avgpool(name, x, 2, 2)
-    if kind == "dwconv":
-        return conv_norm_act_cost(t, name, x, ch, 3, 2, groups=ch, act=None)
-    if kind == "conv":
-        return conv_norm_act_cost(t, name, x, ch, 3, 2, act=act)
-    return t.blur(name, x)
-
-
 def _build_hard_stage(cfg: StageConfig, cin: int) -> tuple[OrderedDict[str, nn.Module], int]:
     parts: OrderedDict[str, nn.Module] = OrderedDict()
-    if cfg.reduces:
-        parts["down"] = _hard_down(cfg.downsample, cin, cfg.activation)
+
+    def add(part: str, module: nn.Module | None) -> None:
+        if module is not None:
+            parts[part] = module
+
+    add("down", HARD_DOWNSAMPLERS[cfg.downsample].build(cin, cfg.activation))
     plan = plan_for(cfg, cin)
     parts["block"] = HarDBlock(plan, cfg.depthwise, cfg.activation)
     ch = plan.out_channels
-    if cfg.se == "output":
-        parts["se"] = SqueezeExcite(ch, se_hidden(ch, cfg.se_reduction, cfg.se_min_channels))
+    add("se", _se_after(cfg, "block", ch, ch))
     if cfg.transition_dropout:
         parts["drop"] = nn.Dropout(cfg.transition_dropout)
     if cfg.transition:
         parts["transition"] = ConvNormAct(ch, cfg.transition, 1, act=cfg.activation)
         ch = cfg.transition
-    if cfg.se == "transition":
-        parts["se"] = SqueezeExcite(ch, se_hidden(ch, cfg.se_reduction, cfg.se_min_channels))
+    add("se", _se_after(cfg, "transition", ch, ch))
     return parts, ch
 
 
 def _hard_stage_cost(t: Tracer, name: str, cfg: StageConfig, x: Shape) -> Shape:
-    if cfg.reduces:
-        x = _hard_down_cost(t, f"{name}.down", cfg.downsample, x, cfg.activation)
+    x = HARD_DOWNSAMPLERS[cfg.downsample].cost(t, f"{name}.down", x, cfg.activation)
     plan = plan_for(cfg, x[1])
     x = _hard_block_cost(t, f"{name}.block", x, plan, cfg.depthwise, cfg.activation)
-    if cfg.se == "output":
-        x = squeeze_excite_cost(t, f"{name}.se", x, se_hidden(x[1], cfg.se_reduction, cfg.se_min_channels))
+    x = _se_after_cost(t, f"{name}.se", cfg, "block", x, x[1])
     if cfg.transition:
         x = conv_norm_act_cost(t, f"{name}.transition", x, cfg.transition, 1, act=cfg.activation)
-    if cfg.se == "transition":
-        x = squeeze_excite_cost(t, f"{name}.se", x, se_hidden(x[1], cfg.se_reduction, cfg.se_min_channels))
-    return x
+    return _se_after_cost(t, f"{name}.se", cfg, "transition", x, x[1])
 
 
 # --- residual blocks ------------------------------------------------------------------------
@@ -215,12 +312,10 @@ class BasicBlock(_Residual):
     def __init__(self, cin: int, cfg: StageConfig, stride: int) -> None:
         super().__init__()
         planes = cfg.width
-        blur = stride == 2 and cfg.downsample == "blur"
-        self.conv1 = ConvNormAct(cin, planes, 3, 1 if blur else stride, act=cfg.activation, aa=blur)
+        self.conv1 = RESIDUAL_DOWNSAMPLERS[cfg.downsample].build(cin, planes, 3, stride, cfg.activation)
         self.conv2 = ConvNormAct(planes, planes, 3, act=None)
         self._setup_tail(cin, planes, stride, cfg)
-        self.se = (SqueezeExcite(planes, se_hidden(planes, cfg.se_reduction, cfg.se_min_channels))
-                   if cfg.se == "output" else nn.Identity())
+        self.se = _se_or_identity(cfg, "conv2", planes, planes)
 
     def main(self, x: torch.Tensor) -> torch.Tensor:
         return self.se(self.conv2(self.conv1(x)))
@@ -237,14 +332,12 @@ class Bottleneck(_Residual):
     def __init__(self, cin: int, cfg: StageConfig, stride: int) -> None:
         super().__init__()
         planes, out = cfg.width, cfg.width * 4
-        blur = stride == 2 and cfg.downsample == "blur"
         self.conv1 = ConvNormAct(cin, planes, 1, act=cfg.activation)
-        self.conv2 = ConvNormAct(planes, planes, 3, 1 if blur else stride, act=cfg.activation, aa=blur)
+        self.conv2 = RESIDUAL_DOWNSAMPLERS[cfg.downsample].build(planes, planes, 3, stride, cfg.activation)
         self.conv3 = ConvNormAct(planes, out, 1, act=None)
         self._setup_tail(cin, out, stride, cfg)
-        hidden = se_hidden(out, cfg.se_reduction, cfg.se_min_channels)
-        self.se_mid = SqueezeExcite(planes, hidden) if cfg.se == "mid" else nn.Identity()
-        self.se = SqueezeExcite(out, hidden) if cfg.se == "output" else nn.Identity()
+        self.se_mid = _se_or_identity(cfg, "conv2", planes, out)
+        self.se = _se_or_identity(cfg, "conv3", out, out)
 
     def main(self, x: torch.Tensor) -> torch.Tensor:
         return self.se(self.conv3(self.se_mid(self.conv2(self.conv1(x)))))
@@ -255,14 +348,12 @@ class Bottleneck(_Residual):
 
 def _basic_cost(t: Tracer, name: str, x: Shape, cfg: StageConfig, stride: int) -> Shape:
     planes = cfg.width
-    blur = stride == 2 and cfg.downsample == "blur"
     # the avgpool shortcut runs first (see _Residual); recording order follows execution order
     if cfg.shortcut == "avgpool":
         _shortcut_cost(t, f"{name}.shortcut", x, planes, stride, cfg.shortcut)
-    y = conv_norm_act_cost(t, f"{name}.conv1", x, planes, 3, 1 if blur else stride, act=cfg.activation, aa=blur)
+    y = RESIDUAL_DOWNSAMPLERS[cfg.downsample].cost(t, f"{name}.conv1", x, planes, 3, stride, cfg.activation)
     y = conv_norm_act_cost(t, f"{name}.conv2", y, planes, 3, act=None)
-    if cfg.se == "output":
-        squeeze_excite_cost(t, f"{name}.se", y, se_hidden(planes, cfg.se_reduction, cfg.se_min_channels))
+    y = _se_after_cost(t, f"{name}.se", cfg, "conv2", y, planes)
     if cfg.shortcut == "conv":
         _shortcut_cost(t, f"{name}.shortcut", x, planes, stride, cfg.shortcut)
     return _residual_add_cost(t, name, y, cfg)
@@ -270,17 +361,13 @@ def _basic_cost(t: Tracer, name: str, x: Shape, cfg: StageConfig, stride: int) -
 
 def _bottleneck_cost(t: Tracer, name: str, x: Shape, cfg: StageConfig, stride: int) -> Shape:
     planes, out = cfg.width, cfg.width * 4
-    blur = stride == 2 and cfg.downsample == "blur"
-    hidden = se_hidden(out, cfg.se_reduction, cfg.se_min_channels)
     if cfg.shortcut == "avgpool":
         _shortcut_cost(t, f"{name}.shortcut", x, out, stride, cfg.shortcut)
     y = conv_norm_act_cost(t, f"{name}.conv1", x, planes, 1, act=cfg.activation)
-    y = conv_norm_act_cost(t, f"{name}.conv2", y, planes, 3, 1 if blur else stride, act=cfg.activation, aa=blur)
-    if cfg.se == "mid":
-        squeeze_excite_cost(t, f"{name}.se_mid", y, hidden)
+    y = RESIDUAL_DOWNSAMPLERS[cfg.downsample].cost(t, f"{name}.conv2", y, planes, 3, stride, cfg.activation)
+    y = _se_after_cost(t, f"{name}.se_mid", cfg, "conv2", y, out)
     y = conv_norm_act_cost(t, f"{name}.conv3", y, out, 1, act=None)
-    if cfg.se == "output":
-        squeeze_excite_cost(t, f"{name}.se", y, hidden)
+    y = _se_after_cost(t, f"{name}.se", cfg, "conv3", y, out)
     if cfg.shortcut == "conv":
         _shortcut_cost(t, f"{name}.shortcut", x, out, stride, cfg.shortcut)
     return _residual_add_cost(t, name, y, cfg)
