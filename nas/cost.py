@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Mapping
 
 from .blocks import stage_cost
 from .config import ArchConfig
@@ -105,18 +105,27 @@ class CostReport:
         }
 
 
-@lru_cache(maxsize=2048)
 def analyze(config: ArchConfig, resolution: int = 224, batch: int = 1, bytes_per_element: int = 4) -> CostReport:
     """Cost of ``config`` for a ``batch x in_channels x resolution x resolution`` input.
 
-    Raises `ValueError` if the resolution is not a multiple of the network's stride or the
-    batch is not positive.
+    Raises `ValueError` if ``config`` is not an `ArchConfig` (a dict, say: build one with
+    ``ArchConfig.from_dict``), the resolution is not a multiple of the network's stride, or the
+    batch or bytes per element is not a positive integer. Results are cached per arguments
+    (``analyze.cache_clear()`` empties the cache).
     """
+    # validated before the cache: lru_cache would fail on an unhashable argument with a bare TypeError
     if not isinstance(config, ArchConfig):
-        raise ValueError(f"config: {type(config).__name__} is not allowed; expected an ArchConfig")
+        hint = " (ArchConfig.from_dict builds one from a dict)" if isinstance(config, Mapping) else ""
+        raise ValueError(f"config: {type(config).__name__} is not allowed; expected an ArchConfig{hint}")
     config.check_resolution(resolution)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch: {batch!r} is not allowed; expected an integer >= 1")
+    for label, value in (("batch", batch), ("bytes_per_element", bytes_per_element)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label}: {value!r} is not allowed; expected an integer >= 1")
+    return _analyze(config, resolution, batch, bytes_per_element)
+
+
+@lru_cache(maxsize=2048)
+def _analyze(config: ArchConfig, resolution: int, batch: int, bytes_per_element: int) -> CostReport:
     t = Tracer(batch, bytes_per_element)
     x = (batch, config.in_channels, resolution, resolution)
     x = stem_cost(t, config.stem, x)
@@ -125,6 +134,10 @@ def analyze(config: ArchConfig, resolution: int = 224, batch: int = 1, bytes_per
     pooled = t.global_pool("head.pool", x)
     t.linear("head.fc", pooled, config.head.num_classes)
     return CostReport(config.arch_id, resolution, batch, bytes_per_element, tuple(t.layers))
+
+
+analyze.cache_clear = _analyze.cache_clear  # type: ignore[attr-defined]
+analyze.cache_info = _analyze.cache_info  # type: ignore[attr-defined]
 
 
 def thop_profile(model: Any, resolution: int = 224, batch: int = 1) -> tuple[int, int]:

@@ -7,6 +7,8 @@ Every model keeps one contract (timm's): ``forward``, ``forward_features``, ``fo
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -89,12 +91,17 @@ class Net(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier for ``num_classes`` outputs (0 makes the head return features)."""
+        """Replace the classifier for ``num_classes`` outputs (0 makes the head return features).
+
+        ``config`` (a frozen dataclass) is replaced by one whose ``head.num_classes`` is the new
+        value, so ``arch_id``, `analyze` and exports describe the model as it now is. With 0 it
+        keeps the previous value: a `HeadConfig` cannot describe a model without a classifier.
+        """
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes: {num_classes!r} is not allowed; expected an integer >= 0")
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         if num_classes:
-            self.config = self.config.replace(head=self.config.head.__class__(num_classes, self.config.head.dropout))
+            self.config = self.config.replace(head=dataclasses.replace(self.config.head, num_classes=num_classes))
 
     @property
     def arch_id(self) -> str:

@@ -103,6 +103,22 @@ def test_bad_inputs():
         nas.analyze("hardnet68")
 
 
+def test_unhashable_arguments_are_value_errors_not_cache_type_errors():
+    cfg = nas.get_config("hardnet68")
+    with pytest.raises(ValueError, match=r"^config: dict is not allowed; expected an ArchConfig \(ArchConfig.from_dict"):
+        nas.analyze(cfg.to_dict())
+    with pytest.raises(ValueError, match=r"^config: list is not allowed; expected an ArchConfig$"):
+        nas.analyze([cfg])
+    with pytest.raises(ValueError, match=r"^resolution: \[224\] is not allowed; expected a positive integer"):
+        nas.analyze(cfg, [224])
+    with pytest.raises(ValueError, match=r"^bytes_per_element: \[4\] is not allowed; expected an integer >= 1"):
+        nas.analyze(cfg, 224, 1, [4])
+    # still cached, and the cache can still be cleared (benchmarks/bench_cost.py does)
+    assert nas.analyze(nas.ArchConfig.from_dict(cfg.to_dict())) is nas.analyze(cfg)
+    nas.analyze.cache_clear()
+    assert nas.analyze.cache_info().currsize == 0
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_memory_bound_records_mirror_the_modules(seed):
     from torch import nn

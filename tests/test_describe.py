@@ -29,6 +29,29 @@ def test_json_and_config_file(tmp_path, capsys):
     assert len(data["layers"]) == len(r.layers) and data["stages"][0]["name"] == "stem"
 
 
+def test_table_states_both_mac_counts():
+    proc = subprocess.run([sys.executable, "-m", "nas.describe", "hardnet39ds"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    r = nas.analyze(nas.get_config("hardnet39ds"))
+    assert r.thop_macs > r.macs
+    assert f"MACs: {r.macs / 1e9:,.3f}G conv+linear, {r.thop_macs / 1e9:,.3f}G as thop counts" in proc.stdout
+    assert "MACs: 0.429G conv+linear, 0.445G as thop counts (+BatchNorm, pooling)" in proc.stdout
+
+
+@pytest.mark.parametrize(("args", "read_first"), [(["--json", "--layers"], True), (["--json"], False), ([], False)])
+def test_reader_closing_the_pipe_early_is_not_an_error(args, read_first):
+    # `python -m nas.describe hardnet68 --json | head -1`: with --layers the output outgrows the pipe buffer
+    # after the first line is read; the short --json output finds the pipe closed before it writes at all
+    proc = subprocess.Popen([sys.executable, "-m", "nas.describe", "hardnet68", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline() if read_first else b"{"
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0, stderr
+    assert first.strip() and stderr == ""
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

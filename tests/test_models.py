@@ -70,6 +70,18 @@ def test_reset_classifier():
         model.reset_classifier(-1)
 
 
+def test_reset_classifier_replaces_the_frozen_config():
+    model = nas.create_model("tresnet_m", num_classes=10, dropout=0.2)
+    before = model.config
+    model.reset_classifier(5)
+    assert model.config is not before and before.head.num_classes == 10  # replaced, not mutated
+    assert model.config == nas.get_config("tresnet_m").replace(head=nas.HeadConfig(5, 0.2))
+    assert model.arch_id == nas.create_model("tresnet_m", num_classes=5, dropout=0.2).arch_id
+    assert nas.analyze(model.config).params == sum(p.numel() for p in model.parameters())
+    model.reset_classifier(0)  # no HeadConfig for a headless model: the config keeps the last size
+    assert model.config.head.num_classes == 5
+
+
 def test_registry():
     assert nas.list_models() == sorted(
         ["hardnet39ds", "hardnet68ds", "hardnet68", "hardnet85", "tresnet_m", "tresnet_l", "tresnet_xl", "resnet50"])
