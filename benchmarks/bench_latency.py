@@ -49,17 +49,20 @@ def main() -> None:
     h68, r50 = nas.get_config("hardnet68"), nas.get_config("resnet50")
 
     section("1-2. repeatability and cost of one measurement (HarDNet68, 224, fp32, batch 1)")
-    medians, walls, caps = [], [], 0
+    medians, walls, cis = [], [], []
     for _ in range(5):
         t0 = time.perf_counter()
         r = measure(h68, device="cpu", max_seconds=args.max_seconds)
         walls.append(time.perf_counter() - t0)
         medians.append(r.median_ms)
-        caps += r.capped
-        print(f"  median {r.median_ms:7.2f} ms  IQR {100 * r.rel_iqr:5.1f}%  runs {r.runs:3d}  "
-              f"capped {r.capped}  wall {walls[-1]:.2f} s")
+        cis.append((r.ci_low_ms, r.ci_high_ms))
+        print(f"  median {r.median_ms:7.2f} ms  (95% CI {r.ci_low_ms:.1f}-{r.ci_high_ms:.1f})  IQR {100 * r.rel_iqr:5.1f}%  "
+              f"runs {r.runs:3d}  capped {r.capped}  wall {walls[-1]:.2f} s")
     spread = (max(medians) - min(medians)) / statistics.median(medians)
     print(f"  spread of the 5 medians (max-min)/median: {100 * spread:.1f}%  (target <= 3%)")
+    apart = sum(a[1] < b[0] or b[1] < a[0] for i, a in enumerate(cis) for b in cis[i + 1:])
+    print(f"  pairs of measurements whose median CIs do not overlap: {apart} of 10 (each CI covers its own window's "
+          f"median; disjoint CIs mean the machine's speed changed between windows, which more runs cannot fix)")
     print(f"  wall time per measurement: median {statistics.median(walls):.2f} s (target <= 3 s)")
 
     section(f"3-4. predictor fidelity and the CIO thesis ({args.configs} random configs + canonical, 224)")

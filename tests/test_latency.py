@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import random
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +17,9 @@ from torch import nn
 import nas
 from nas.fuse import fuse_model
 from nas.latency import LatencyCache, calibrate, cpu_profile, list_profiles, measure, predict, predict_ms, resolve_profile
+from nas.latency.measure import _median_ci
 from nas.latency.profiles import PROFILES
+from nas.latency.result import LatencyResult
 from nas.sampling import random_config
 
 TINY = random_config(3)  # a small network: fast to time
@@ -31,9 +34,26 @@ def test_measure_cpu_reports_spread_and_context():
     assert ctx["threads"] == 1 and ctx["precision"] == "fp32" and ctx["batch"] == 1
     assert ctx["torch"] == torch.__version__ and ctx["fingerprint"].startswith("cpu|")
     assert r.arch_id == TINY.arch_id and "measured median" in r.describe()
+    assert r.ci_low_ms <= r.median_ms <= r.ci_high_ms and r.rel_ci >= 0 and "median 95% CI" in r.describe()
+    assert LatencyResult.from_dict(r.to_dict()) == r
     before = torch.get_num_threads()
     measure(TINY, device="cpu", resolution=TINY.reduction * 2, threads=1, **FAST)
     assert torch.get_num_threads() == before
+
+
+def test_median_confidence_interval_covers_the_true_median():
+    rng = random.Random(0)
+    for n in (5, 12, 40):
+        trials = 2000
+        covered = 0
+        for _ in range(trials):
+            runs = [rng.lognormvariate(0.0, 0.4) for _ in range(n)]  # skewed like timing noise; median 1.0
+            lo, hi = _median_ci(runs)
+            covered += lo <= 1.0 <= hi
+        assert 0.92 <= covered / trials <= 0.995, (n, covered / trials)
+    assert _median_ci([3.0]) == (3.0, 3.0)
+    lo, hi = _median_ci([float(i) for i in range(100)])
+    assert (lo, hi) == (40.0, 59.0)
 
 
 def test_time_cap_is_reported():
@@ -142,7 +162,7 @@ def test_cache_reuses_and_keys_on_context(tmp_path):
     assert not first.context["cached"] and again.context["cached"]
     assert again.median_ms == first.median_ms and len(cache) == 1
     measure(TINY, device="cpu", resolution=res, deploy=True, cache=cache, **FAST)
-    measure(TINY, device="cpu", resolution=res, threads=1, cache=cache, **FAST)
+    measure(TINY, device="cpu", resolution=res, threads=torch.get_num_threads() + 1, cache=cache, **FAST)
     measure(TINY, device="cpu", resolution=res, batch=2, cache=cache, **FAST)
     assert len(cache) == 4
     # a failed measurement is never cached

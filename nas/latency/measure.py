@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import statistics
 import time
 from typing import Any, Iterator
@@ -40,6 +41,19 @@ def _quantiles(times_ms: list[float]) -> tuple[float, float, float, float]:
     q = statistics.quantiles(times_ms, n=20, method="inclusive") if len(times_ms) > 1 else [times_ms[0]] * 19
     med = statistics.median(times_ms)
     return med, q[1], q[17], q[14] - q[4]
+
+
+def _median_ci(times_ms: list[float], z: float = 1.96) -> tuple[float, float]:
+    """Distribution-free ~95 % confidence interval of the median: the order statistics
+    ``n/2 -+ z sqrt(n)/2`` of the sorted runs (binomial, normal approximation; for a handful of
+    runs it widens to min..max). Timing noise is skewed and bursty, so no normal model of the
+    runs themselves is assumed."""
+    xs = sorted(times_ms)
+    n = len(xs)
+    half = z * math.sqrt(n) / 2
+    lo = max(0, math.floor(n / 2 - half))
+    hi = min(n - 1, math.ceil(n / 2 + half) - 1)
+    return xs[lo], xs[hi]
 
 
 @contextlib.contextmanager
@@ -215,4 +229,6 @@ def _run(model_or_config: nn.Module | ArchConfig, dev: torch.device, in_ch: int,
         return LatencyResult(None, "measured", name, error=failure_reason(err),
                              arch_id=arch_id, context=context)
     med, p10, p90, iqr = _quantiles(timer.times_ms)
-    return LatencyResult(med, "measured", name, p10, p90, iqr, len(timer.times_ms), timer.capped, None, arch_id, context)
+    ci_low, ci_high = _median_ci(timer.times_ms)
+    return LatencyResult(med, "measured", name, p10, p90, iqr, len(timer.times_ms), timer.capped, None, arch_id, context,
+                         ci_low_ms=ci_low, ci_high_ms=ci_high)

@@ -28,6 +28,9 @@ class LatencyResult:
     error: str | None = None
     arch_id: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    #: distribution-free 95 % confidence interval of the median (order statistics of the runs)
+    ci_low_ms: float | None = None
+    ci_high_ms: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -39,6 +42,14 @@ class LatencyResult:
         if self.iqr_ms is None or not self.median_ms:
             return None
         return self.iqr_ms / self.median_ms
+
+    @property
+    def rel_ci(self) -> float | None:
+        """Half-width of the median's 95 % confidence interval over the median: how precisely
+        this window pinned the median (`rel_iqr` is the spread of the runs themselves)."""
+        if self.ci_low_ms is None or self.ci_high_ms is None or not self.median_ms:
+            return None
+        return (self.ci_high_ms - self.ci_low_ms) / 2 / self.median_ms
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,6 +71,8 @@ class LatencyResult:
         if self.source == "predicted":
             return f"{self.arch_id or 'model'}: {self.median_ms:.3f} ms predicted for {where} (roofline model, not measured)"
         spread = f"p10-p90 {self.p10_ms:.3f}-{self.p90_ms:.3f} ms, IQR {100 * (self.rel_iqr or 0):.1f}%"
+        if self.ci_low_ms is not None and self.ci_high_ms is not None:
+            spread += f", median 95% CI {self.ci_low_ms:.3f}-{self.ci_high_ms:.3f} ms"
         cap = ", time cap hit before the spread settled" if self.capped else ""
         cached = ", from cache" if ctx.get("cached") else ""
         return (f"{self.arch_id or 'model'}: {self.median_ms:.3f} ms measured median on {where} "
