@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
@@ -35,9 +36,18 @@ def resolve_config(spec: str) -> ArchConfig:
 
 
 def run(main: Callable[[Sequence[str] | None], int], prog: str, argv: Sequence[str] | None = None) -> NoReturn:
-    """Call ``main`` and turn a `ValueError` into ``prog: error: ...`` with exit code 2."""
+    """Call ``main`` and turn a `ValueError` into ``prog: error: ...`` with exit code 2.
+
+    A reader that stops early (``| head``) ends the command quietly with exit code 0.
+    """
     try:
         code = main(argv)
+        sys.stdout.flush()  # a closed pipe surfaces here, not at interpreter exit
+    except BrokenPipeError:
+        # the standard recipe (Python docs, "Note on SIGPIPE"): nothing more can be written, and the
+        # interpreter's own final flush must not fail again, so stdout goes to devnull
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     except ValueError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         code = 2

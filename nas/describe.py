@@ -7,8 +7,6 @@ Several models can be given to compare them side by side, e.g.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from typing import Any, Sequence
 
 from .cli import ArgumentParser, resolve_config, run
@@ -79,17 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """Console-script entry point. A reader that stops early (``| head``) ends it quietly, exit code 0."""
-    try:
-        try:
-            run(main, "nas.describe")
-        finally:
-            sys.stdout.flush()  # a broken pipe surfaces here, not at interpreter exit
-    except BrokenPipeError:
-        # the standard recipe (Python docs, "Note on SIGPIPE"): nothing more can be written, and the
-        # interpreter's own final flush must not fail again, so stdout goes to devnull
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+    """Console-script entry point."""
+    run(main, "nas.describe")
 
 
 if __name__ == "__main__":
