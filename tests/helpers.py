@@ -1,4 +1,5 @@
-"""Shared test helpers: forward-hook counters (the measured side of the cost model), fast search arguments, free ports."""
+"""Shared test helpers: forward-hook counters (the measured side of the cost model), official-layout state dicts,
+fast search arguments, free ports."""
 
 from __future__ import annotations
 
@@ -37,6 +38,18 @@ def hook_counts(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, int]]:
         for h in handles:
             h.remove()
     return seen
+
+
+def official_state_dict(layout: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors under an official checkpoint's keys and shapes (``reference_layouts[name]``), in its order."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in layout["state_dict"]:
+        if key.endswith("num_batches_tracked"):
+            sd[key] = torch.tensor(7)
+        else:
+            sd[key] = torch.randn(shape, generator=g)
+    return sd
 
 
 TINY = str(Path(__file__).parent / "data" / "tiny_space.yaml")

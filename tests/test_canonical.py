@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import official_state_dict
 from torch import nn
 
 import nas
@@ -56,20 +57,9 @@ def test_same_convolutions_in_same_execution_order(name, reference_layouts):
         assert ours == theirs, f"conv #{i}: ours {ours} vs official {theirs}"
 
 
-def _official_state_dict(layout: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, shape in layout["state_dict"]:
-        if key.endswith("num_batches_tracked"):
-            sd[key] = torch.tensor(7)
-        else:
-            sd[key] = torch.randn(shape, generator=g)
-    return sd
-
-
 @pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
 def test_official_checkpoint_layout_loads(name, reference_layouts):
-    sd = _official_state_dict(reference_layouts[name])
+    sd = official_state_dict(reference_layouts[name])
     model = nas.create_model(name)
     report = nas.load_reference_weights(model, sd)
     assert report.ok, str(report)
@@ -93,14 +83,14 @@ def test_official_checkpoint_layout_loads(name, reference_layouts):
 
 
 def test_wrapped_and_dataparallel_checkpoints(reference_layouts):
-    sd = _official_state_dict(reference_layouts["hardnet39ds"])
+    sd = official_state_dict(reference_layouts["hardnet39ds"])
     wrapped = {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3}
     report = nas.load_reference_weights(nas.create_model("hardnet39ds"), wrapped)
     assert report.ok and report.source == "hardnet"
 
 
 def test_mismatched_checkpoint_is_reported_and_model_untouched(reference_layouts):
-    sd = _official_state_dict(reference_layouts["hardnet68"])
+    sd = official_state_dict(reference_layouts["hardnet68"])
     model = nas.create_model("hardnet85")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=r"checkpoint does not fit this model: .*mismatched: stem\.conv1\.conv"):
@@ -113,11 +103,11 @@ def test_mismatched_checkpoint_is_reported_and_model_untouched(reference_layouts
 
 def test_truncated_and_extended_checkpoints(reference_layouts):
     layout = reference_layouts["resnet50"]
-    sd = _official_state_dict(layout)
+    sd = official_state_dict(layout)
     del sd["fc.weight"], sd["fc.bias"]
     report = nas.load_reference_weights(nas.create_model("resnet50"), sd, strict=False)
     assert report.missing == ["head.fc.weight (fc.weight)", "head.fc.bias (fc.bias)"]
-    sd = _official_state_dict(layout)
+    sd = official_state_dict(layout)
     sd["extra.weight"] = torch.zeros(3)
     report = nas.load_reference_weights(nas.create_model("resnet50"), sd, strict=False)
     assert report.unexpected == ["extra.weight"]

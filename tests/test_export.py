@@ -16,6 +16,7 @@ import black
 import pytest
 import torch
 import yaml
+from helpers import official_state_dict
 
 import nas
 from nas.export import ExportError, config_from_study, export, export_bytes, render_py, weights_bytes
@@ -619,9 +620,7 @@ def test_official_checkpoint_layout_ships_in_hardnas_layout(tmp_path, reference_
     through `nas.load_reference_weights` and leaves in the exported file's layout."""
     from safetensors.torch import load_file
 
-    g = torch.Generator().manual_seed(0)
-    official = {k: torch.randn(*shape, generator=g) if shape else torch.tensor(0)
-                for k, shape in reference_layouts["hardnet39ds"]["state_dict"]}
+    official = official_state_dict(reference_layouts["hardnet39ds"])
     assert not any(k.startswith("stem.") for k in official)
     ckpt = tmp_path / "hardnet39ds_official.pth"
     torch.save(official, ckpt)

@@ -8,7 +8,7 @@ from importlib import resources
 
 import pytest
 import torch
-from test_canonical import _official_state_dict
+from helpers import official_state_dict
 
 import nas
 from nas.sampling import random_config
@@ -24,7 +24,7 @@ def test_shipped_key_lists_are_the_recorded_official_layouts(reference_layouts):
 
 @pytest.mark.parametrize("name", ["hardnet39ds", "tresnet_m", "resnet50"])
 def test_key_order_does_not_matter(name, reference_layouts):
-    sd = _official_state_dict(reference_layouts[name])
+    sd = official_state_dict(reference_layouts[name])
     in_order, shuffled = nas.create_model(name), nas.create_model(name)
     nas.load_reference_weights(in_order, sd)
     keys = sorted(sd)  # as a safetensors file stores them
@@ -35,7 +35,7 @@ def test_key_order_does_not_matter(name, reference_layouts):
 
 
 def test_a_gap_in_the_middle_names_the_missing_module(reference_layouts):
-    sd = _official_state_dict(reference_layouts["resnet50"])
+    sd = official_state_dict(reference_layouts["resnet50"])
     for suffix in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
         del sd[f"layer1.0.bn1.{suffix}"]
     model = nas.create_model("resnet50")
@@ -49,7 +49,7 @@ def test_a_gap_in_the_middle_names_the_missing_module(reference_layouts):
 
 
 def test_override_of_the_head_still_uses_the_name_map(reference_layouts):
-    sd = _official_state_dict(reference_layouts["hardnet68"])
+    sd = official_state_dict(reference_layouts["hardnet68"])
     model = nas.create_model("hardnet68", num_classes=10)
     report = nas.load_reference_weights(model, sd, strict=False)
     assert report.pairing == "by official name map (hardnet68)"
@@ -72,7 +72,7 @@ def test_own_checkpoints_match_by_name_in_any_order():
 
 
 def test_non_canonical_config_falls_back_to_checkpoint_order(reference_layouts):
-    sd = _official_state_dict(reference_layouts["hardnet39ds"])
+    sd = official_state_dict(reference_layouts["hardnet39ds"])
     config = nas.get_config("hardnet39ds")
     model = nas.build_model(config.__class__(**{**config.__dict__, "in_channels": 4}))
     report = nas.load_reference_weights(model, sd, strict=False)
