@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import first_line
+from .errors import first_line, read_text
 
 __all__ = [
     "ACTIVATIONS",
@@ -431,7 +431,7 @@ class ArchConfig:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config: {str(path)!r} does not exist or is not a file")
-        text = path.read_text()
+        text = read_text(path, "config", "a JSON or YAML config file")
         try:
             if path.suffix in (".yaml", ".yml"):
                 return cls.from_yaml(text)

@@ -5,8 +5,11 @@
 * ``None`` / ``"digits"`` — the embedded default: scikit-learn's handwritten digits (1,797 real
   8x8 scans, 10 classes, shipped inside the scikit-learn wheel), upscaled to 32x32, one channel,
   split 80/20 with a seeded stratified split. Works offline with nothing to download.
-* ``"cifar10"`` / ``"cifar100"`` — the standard python-pickle layout, looked up under
-  ``$HARDNAS_DATA`` and ``./data``; or a path to such a folder.
+* ``"cifar10"`` / ``"cifar100"`` — CIFAR's python layout (``cifar-10-batches-py``,
+  ``cifar-100-python``) or binary layout (``cifar-10-batches-bin``, ``cifar-100-binary``), looked
+  up under ``$HARDNAS_DATA`` and ``./data``; or a path to such a folder. The python batches are
+  read by a restricted unpickler that admits numpy arrays and plain containers only: a pickle
+  that asks for anything else (``os.system``, any class) is refused before it runs.
 * a path to an ImageFolder tree: ``root/train/<class>/*.jpg`` and ``root/test/<class>/...``
   (or ``val/``), or ``root/<class>/...`` split with a seeded stratified split; a ``.tar.gz``
   of such a tree is unpacked once under ``runs/datasets``.
@@ -22,14 +25,19 @@ import hashlib
 import logging
 import os
 import pickle
+import shutil
 import tarfile
+import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import first_line
 from .paths import runs_dir
 
 __all__ = ["DATASET_NAMES", "Dataset", "augment", "load_dataset"]
@@ -134,44 +142,193 @@ def _digits(seed: int) -> Dataset:
                    [str(i) for i in range(10)], flip=False)
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+class _Refused(pickle.UnpicklingError):
+    """A pickle asked for a global outside the allow-list."""
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """What protocol-2 pickles call to rebuild bytes; only the latin-1 codec is admitted."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise _Refused(f"_codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """Exactly what CIFAR's pickles need: numpy array, scalar and dtype reconstruction, plain containers."""
+    array, scalar = np.zeros(1, np.uint8), np.int64(0)
+    rebuild = {"_reconstruct": array.__reduce__()[0], "scalar": scalar.__reduce__()[0]}
+    found: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                         ("_codecs", "encode"): _latin1_encode}
+    for package in ("numpy.core", "numpy._core"):
+        for name, fn in rebuild.items():
+            found[(f"{package}.multiarray", name)] = fn
+        found[(f"{package}.numeric", "_frombuffer")] = array.__reduce_ex__(5)[0]
+    for module in ("builtins", "__builtin__"):
+        for kind in (set, frozenset, bytearray, complex):
+            found[(module, kind.__name__)] = kind
+    return found
+
+
+_ALLOWED_GLOBALS = _allowed_globals()
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR's python batches; any other global (``os.system``, a class, ...) is refused unrun."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise _Refused(f"{module}.{name}") from None
+
+
+def _unpickle(path: Path) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return _CifarUnpickler(f, encoding="latin1").load()
+    except _Refused as err:
+        raise ValueError(f"data: {str(path)!r} is not a plain CIFAR batch: its pickle asks for {str(err)!r}, which "
+                         "is refused; only numpy arrays, numbers, strings, lists and dicts are read") from None
+    except (pickle.UnpicklingError, EOFError, MemoryError, OSError, ValueError, TypeError, KeyError,
+            AttributeError, IndexError, RecursionError) as err:
+        raise ValueError(f"data: {str(path)!r} is not a readable CIFAR batch ({type(err).__name__}: "
+                         f"{first_line(err)}); expected the python-pickle layout of cifar-10/100") from None
+
+
+@dataclass(frozen=True)
+class _CifarLayout:
+    """One on-disk CIFAR layout: its files, where the labels are, and how class names are stored."""
+
+    name: str
+    folder: str
+    train: tuple[str, ...]
+    test: str
+    classes: int
+    meta: str
+    label_key: str = ""  # python layouts: the dict key of the labels
+    meta_key: str = ""  # python layouts: the key of the class names in the meta pickle
+    label_bytes: int = 0  # binary layouts: label bytes before each image; the last one is used
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.train, self.test)
+
+    @property
+    def binary(self) -> bool:
+        return self.label_bytes > 0
+
+    def describe(self) -> str:
+        return f"{self.folder} ({', '.join(self.files)})"
+
+
+_IMAGE_BYTES = 3 * 32 * 32
+_CIFAR_LAYOUTS: tuple[_CifarLayout, ...] = (
+    _CifarLayout("cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", 10,
+                 "batches.meta", label_key="labels", meta_key="label_names"),
+    _CifarLayout("cifar10", "cifar-10-batches-bin", tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+                 "test_batch.bin", 10, "batches.meta.txt", label_bytes=1),
+    _CifarLayout("cifar100", "cifar-100-python", ("train",), "test", 100, "meta", label_key="fine_labels",
+                 meta_key="fine_label_names"),
+    _CifarLayout("cifar100", "cifar-100-binary", ("train.bin",), "test.bin", 100, "fine_label_names.txt",
+                 label_bytes=2),
+)
+
+
+def _cifar_layout(root: Path) -> _CifarLayout | None:
+    """The CIFAR layout ``root`` holds files of (a folder named ``train`` is an ImageFolder split, not CIFAR)."""
+    for layout in _CIFAR_LAYOUTS:
+        if any((root / f).is_file() for f in layout.files):
+            return layout
+    return None
+
+
+def _python_batch(path: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle(path)
+    if not isinstance(batch, dict) or "data" not in batch or layout.label_key not in batch:
+        raise ValueError(f"data: {str(path)!r} is not a CIFAR batch; expected a dict with 'data' and "
+                         f"{layout.label_key!r}")
+    x, y = batch["data"], batch[layout.label_key]
+    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != _IMAGE_BYTES or x.dtype != np.uint8:
+        shape = tuple(x.shape) if isinstance(x, np.ndarray) else type(x).__name__
+        raise ValueError(f"data: {str(path)!r} has 'data' of {shape}; expected a uint8 array of N x {_IMAGE_BYTES}")
+    try:
+        labels = np.asarray(y, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        labels = np.zeros(0, np.int64)
+    if labels.shape != (len(x),):
+        raise ValueError(f"data: {str(path)!r} has {len(x)} images but labels of another length or kind; "
+                         f"expected {len(x)} integer labels")
+    return x, labels
+
+
+def _binary_batch(path: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.ndarray]:
+    record = layout.label_bytes + _IMAGE_BYTES
+    size = path.stat().st_size
+    if size == 0 or size % record:
+        raise ValueError(f"data: {str(path)!r} has {size:,} bytes; expected whole {record}-byte records "
+                         f"({layout.label_bytes} label byte(s) + {_IMAGE_BYTES} pixel bytes each)")
+    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, record)
+    return raw[:, layout.label_bytes:], raw[:, layout.label_bytes - 1].astype(np.int64)
+
+
+def _class_names(root: Path, layout: _CifarLayout) -> list[str]:
+    meta = root / layout.meta
+    names: Any = None
+    if meta.is_file():
+        if layout.binary:
+            try:
+                names = [line.strip() for line in meta.read_text().splitlines() if line.strip()]
+            except (OSError, UnicodeDecodeError) as err:
+                raise ValueError(f"data: {str(meta)!r} is not readable ({first_line(err)}); expected one class "
+                                 "name per line") from None
+        else:
+            content = _unpickle(meta)
+            names = content.get(layout.meta_key) if isinstance(content, dict) else None
+    if names is None:
+        return [str(i) for i in range(layout.classes)]
+    if not isinstance(names, list) or len(names) != layout.classes or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"data: {str(meta)!r} does not hold {layout.classes} class names; expected "
+                         f"{layout.meta_key or 'one name a line'} with {layout.classes} strings")
+    return names
 
 
 def _cifar(root: Path) -> Dataset:
-    if (root / "data_batch_1").exists():
-        batches = [_unpickle(root / f"data_batch_{i}") for i in range(1, 6)]
-        test = _unpickle(root / "test_batch")
-        xs = np.concatenate([b["data"] for b in batches])
-        ys = np.concatenate([b["labels"] for b in batches])
-        meta = root / "batches.meta"
-        classes = _unpickle(meta)["label_names"] if meta.exists() else [str(i) for i in range(10)]
-        tx, ty, name = test["data"], np.asarray(test["labels"]), "cifar10"
-    else:
-        train, test = _unpickle(root / "train"), _unpickle(root / "test")
-        xs, ys, tx, ty = train["data"], np.asarray(train["fine_labels"]), test["data"], np.asarray(test["fine_labels"])
-        meta = root / "meta"
-        classes = _unpickle(meta)["fine_label_names"] if meta.exists() else [str(i) for i in range(100)]
-        name = "cifar100"
+    layout = _cifar_layout(root)
+    if layout is None:
+        known = "; ".join(lay.describe() for lay in _CIFAR_LAYOUTS)
+        raise ValueError(f"data: {str(root)!r} holds no CIFAR files; expected one of: {known}")
+    missing = [f for f in layout.files if not (root / f).is_file()]
+    if missing:
+        raise ValueError(f"data: {str(root)!r} lacks {', '.join(missing)} of the {layout.folder} layout; expected "
+                         f"all of {', '.join(layout.files)}")
+    read = _binary_batch if layout.binary else _python_batch
+    parts = [read(root / f, layout) for f in layout.train]
+    tx, ty = read(root / layout.test, layout)
+    xs, ys = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    for f, labels in [*zip(layout.train, (p[1] for p in parts)), (layout.test, ty)]:
+        if len(labels) and (labels.min() < 0 or labels.max() >= layout.classes):
+            bad = int(labels.min() if labels.min() < 0 else labels.max())
+            raise ValueError(f"data: {str(root / f)!r} has label {bad}; expected labels in [0, {layout.classes - 1}] "
+                             f"for {layout.name}")
 
     def to_tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a.reshape(-1, 3, 32, 32), dtype=np.uint8))
 
-    return Dataset(name, to_tensor(xs), torch.from_numpy(np.asarray(ys, np.int64)), to_tensor(tx),
-                   torch.from_numpy(np.asarray(ty, np.int64)), list(classes))
+    return Dataset(layout.name, to_tensor(xs), torch.from_numpy(ys), to_tensor(tx), torch.from_numpy(ty),
+                   _class_names(root, layout))
 
 
 def _find_named(name: str) -> Path:
-    folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name]
-    candidates = [Path(os.environ["HARDNAS_DATA"]) / folder] if os.environ.get("HARDNAS_DATA") else []
-    candidates.append(Path("data") / folder)
+    folders = [lay.folder for lay in _CIFAR_LAYOUTS if lay.name == name]
+    bases = [Path(os.environ["HARDNAS_DATA"])] if os.environ.get("HARDNAS_DATA") else []
+    bases.append(Path("data"))
+    candidates = [b / f for b in bases for f in folders]
     for c in candidates:
         if c.is_dir():
             return c
     where = " or ".join(str(c) for c in candidates)
-    raise ValueError(f"data: {name!r} was not found at {where}; nothing is downloaded: put the python-pickle "
-                     f"'{folder}' folder there (or set HARDNAS_DATA), or pass a path")
+    raise ValueError(f"data: {name!r} was not found at {where}; nothing is downloaded: put CIFAR's "
+                     f"{' or '.join(repr(f) for f in folders)} folder there (or set HARDNAS_DATA), or pass a path")
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -268,38 +425,85 @@ def _image_folder(root: Path, resolution: int | None, seed: int) -> Dataset:
     if len(torch.unique(y)) < 2:
         raise ValueError(f"data: {str(root)!r} has readable images of one class only; expected at least 2 classes")
     ds = Dataset(root.name, x, y, tx, ty, classes, skipped=skipped)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    torch.save({"name": ds.name, "train_x": x, "train_y": y, "test_x": tx, "test_y": ty, "classes": classes,
-                "skipped": skipped}, tmp)
-    tmp.replace(cache)
+    _save_cache(cache, {"name": ds.name, "train_x": x, "train_y": y, "test_x": tx, "test_y": ty,
+                        "classes": classes, "skipped": skipped})
     return ds
 
 
-def _extract(archive: Path) -> Path:
+def _save_cache(cache: Path, payload: dict[str, Any]) -> None:
+    """Write the decode cache atomically; a cache that cannot be written only costs a decode next time."""
+    tmp = None
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{cache.name}.", suffix=".tmp", dir=cache.parent)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, cache)
+    except OSError as err:
+        log.warning("dataset cache %s not written (%s)", cache, first_line(err))
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _unpack(archive: Path, into: Path) -> None:
+    try:
+        with tarfile.open(archive) as tf:
+            members = tf.getmembers()
+            for member in members:
+                if member.name.startswith(("/", "..")) or "/../" in member.name or member.issym() or member.islnk():
+                    raise ValueError(f"unsafe member {member.name!r}")
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tf.extractall(into, members, **safe)
+    except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as err:
+        raise ValueError(f"data: {str(archive)!r} could not be unpacked ({first_line(err)}); expected a complete "
+                         ".tar.gz or .tar of a dataset folder") from None
+
+
+def _extract(archive: Path) -> tuple[Path, Path]:
+    """Unpack ``archive`` once under ``runs/datasets``: (that folder, the dataset root in it).
+    A failed unpack leaves nothing behind."""
     st = archive.stat()
     key = hashlib.sha256(f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     dest = runs_dir() / "datasets" / f"{archive.name.split('.')[0]}-{key}"
-    done = dest / ".complete"
-    if not done.exists():
-        tmp = dest.with_name(dest.name + ".partial")
-        tmp.mkdir(parents=True, exist_ok=True)
+    if not (dest / ".complete").exists():
         try:
-            with tarfile.open(archive) as tf:
-                for member in tf.getmembers():
-                    if member.name.startswith(("/", "..")) or "/../" in member.name or member.issym() or member.islnk():
-                        raise ValueError(f"unsafe member {member.name!r}")
-                tf.extractall(tmp)
-        except (tarfile.TarError, OSError, ValueError) as err:
-            raise ValueError(f"data: {str(archive)!r} could not be unpacked ({err})") from None
-        if dest.exists():
-            import shutil
-
-            shutil.rmtree(dest)
-        tmp.replace(dest)
-        done.touch()
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{dest.name}.", suffix=".partial", dir=dest.parent))
+        except OSError as err:
+            raise ValueError(f"data: {str(dest.parent)!r} is not writable ({first_line(err)}); expected a "
+                             "writable runs folder (HARDNAS_RUNS) to unpack the archive into") from None
+        try:
+            _unpack(archive, tmp)
+            (tmp / ".complete").touch()
+            if dest.exists() and not (dest / ".complete").exists():
+                shutil.rmtree(dest)  # left unfinished by an older version
+            try:
+                os.replace(tmp, dest)
+            except OSError:
+                if not (dest / ".complete").exists():  # another process published it first: use theirs
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
+    return dest, entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
+
+
+def _from_folder(path: Path, spec: str, resolution: int | None, seed: int) -> Dataset:
+    if not any(path.iterdir()):
+        raise ValueError(f"data: {spec!r} is an empty folder")
+    if _cifar_layout(path) is not None:
+        return _cifar(path)
+    return _image_folder(path, resolution, seed)
+
+
+def _from_archive(archive: Path, resolution: int | None, seed: int) -> Dataset:
+    """A dataset from an archive; errors name the file inside the archive, and a bad one is not kept unpacked."""
+    dest, root = _extract(archive)
+    try:
+        return _from_folder(root, str(archive), resolution, seed)
+    except ValueError as err:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise ValueError(str(err).replace(str(dest), str(archive))) from None
 
 
 def load_dataset(spec: str | Path | None = None, *, resolution: int | None = None, seed: int = 0) -> Dataset:
@@ -313,14 +517,12 @@ def load_dataset(spec: str | Path | None = None, *, resolution: int | None = Non
         if not path.exists():
             raise ValueError(f"data: {str(spec)!r} is neither a known dataset ({', '.join(DATASET_NAMES)}) "
                              "nor an existing path")
-        if path.is_file():
-            if not path.name.endswith((".tar.gz", ".tgz", ".tar")):
-                raise ValueError(f"data: {str(spec)!r} is a file; expected a folder or a .tar.gz of one")
-            path = _extract(path)
-        if not any(path.iterdir()):
-            raise ValueError(f"data: {str(spec)!r} is an empty folder")
-        if (path / "data_batch_1").exists() or ((path / "train").is_file() and (path / "test").is_file()):
-            ds = _cifar(path)
-        else:
-            ds = _image_folder(path, resolution, seed)
+        if path.is_file() and not path.name.endswith((".tar.gz", ".tgz", ".tar")):
+            raise ValueError(f"data: {str(spec)!r} is a file; expected a folder or a .tar.gz of one")
+        try:
+            ds = _from_archive(path, resolution, seed) if path.is_file() else _from_folder(path, str(spec), resolution,
+                                                                                           seed)
+        except OSError as err:
+            raise ValueError(f"data: {str(spec)!r} could not be read ({first_line(err)}); expected a readable "
+                             "dataset folder or archive") from None
     return ds.resized(resolution) if resolution else ds

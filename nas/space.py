@@ -13,7 +13,9 @@ A space file (see ``search_spaces/*.yaml``) has:
 A domain is a value (fixed), a list (categorical choice), ``{low, high, step?, log?}`` (an int
 or float range) or the string ``shared``. Fields a space leaves out keep their defaults.
 Fields a network ignores (``downsample`` of a stage that does not reduce, SE sizes without SE)
-are not sampled. Every problem in a space file is a one-line `ValueError` naming the key.
+are not sampled. Every problem in a space file is a one-line `ValueError` naming the key: each
+choice and range end is checked at load by the config dataclasses' own validation, and each
+``shared`` key must be referred to by some field.
 
 `SearchSpace.sample(trial)` draws a config through an Optuna trial (any sampler, including
 random search); `SearchSpace.params_of(config)` is the inverse, so a config that is a point of
@@ -27,12 +29,12 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
-from .config import BLOCKS, ArchConfig, HeadConfig, StageConfig, StemConfig
-from .errors import first_line
+from .config import BLOCKS, STEMS, ArchConfig, HeadConfig, StageConfig, StemConfig
+from .errors import first_line, read_text
 
 __all__ = ["SPACE_NAMES", "InvalidCandidate", "SearchSpace", "list_spaces", "load_space"]
 
@@ -107,6 +109,49 @@ class Domain:
         return f"a value in [{self.low}, {self.high}]{step}"
 
 
+# the smallest valid stage of each block type: one field at a time is swapped in and validated by StageConfig
+_STAGE_BASE: dict[str, dict[str, Any]] = {"hard": {"growth_rate": 1, "transition": 16}}
+_RESIDUAL_BASE = {"width": 1}
+
+
+def _try(key: str, value: Any, check: Callable[[Any], object]) -> None:
+    try:
+        check(value)
+    except (ValueError, TypeError) as err:
+        msg = str(err)
+        _fail(key, value, msg.split("; expected ", 1)[1] if "; expected " in msg else msg)
+
+
+def _check_domain(key: str, d: Domain, check: Callable[[Any], object]) -> None:
+    """Each value of a choice, or both ends of a range (as the type the sampler draws), must pass ``check``."""
+    if d.kind in ("fixed", "choice"):
+        for v in d.values:
+            _try(key, _thaw(v), check)
+    elif d.kind in ("int", "float"):
+        cast = int if d.kind == "int" else float
+        _try(f"{key}.low", cast(d.low), check)
+        _try(f"{key}.high", cast(d.high), check)
+
+
+def _stem_check(field: str, types: tuple[str, ...]) -> Callable[[Any], object]:
+    """A check that passes when some stem type of ``types`` accepts ``value`` for ``field``."""
+    def check(value: Any) -> object:
+        first: Exception | None = None
+        for t in ((value,) if field == "type" else types):
+            channels = (16,) * STEMS[t] if isinstance(t, str) and t in STEMS else ()
+            try:
+                return StemConfig(**{"type": t, "channels": channels, **({} if field == "type" else {field: value})})
+            except (ValueError, TypeError) as err:
+                first = first or err
+        raise first  # type: ignore[misc]
+    return check
+
+
+def _stage_check(block: str, field: str) -> Callable[[Any], object]:
+    base = {"block": block, **_STAGE_BASE.get(block, _RESIDUAL_BASE)}
+    return lambda value: StageConfig(**{**base, field: value})
+
+
 def _freeze(v: Any) -> Any:
     return tuple(_freeze(x) for x in v) if isinstance(v, list) else v
 
@@ -151,7 +196,10 @@ class SearchSpace:
             if not isinstance(lay, str) or not lay or set(lay) - {".", "R"}:
                 _fail("layouts", lay, "strings of '.' (keep resolution) and 'R' (reduce 2x), e.g. '.R.RR'")
         self.layouts: tuple[str, ...] = tuple(layouts)
-        self.shared = {k: Domain.parse(f"shared.{k}", v) for k, v in (data.get("shared") or {}).items()}
+        raw_shared = data.get("shared") or {}
+        if not isinstance(raw_shared, Mapping):
+            _fail("shared", raw_shared, "a mapping of field names to domains")
+        self.shared = {k: Domain.parse(f"shared.{k}", v) for k, v in raw_shared.items()}
         for k, d in self.shared.items():
             if d.kind == "shared":
                 _fail(f"shared.{k}", "shared", "a domain (a shared value cannot refer to shared)")
@@ -180,6 +228,41 @@ class SearchSpace:
         for d in self._all_domains():
             if d[1].kind == "shared" and d[0].rsplit(".", 1)[-1] not in self.shared:
                 _fail(d[0], "shared", f"a key of 'shared' (it has: {', '.join(self.shared) or 'none'})")
+        self._check_values(raw_shared)
+
+    def _checks(self) -> list[tuple[str, Domain, Callable[[Any], object]]]:
+        """Every domain of the space with the config constructor that must accept its values."""
+        type_domain = self.stem.get("type")
+        searched = isinstance(type_domain, Domain) and type_domain.kind in ("fixed", "choice")
+        types = tuple(_thaw(v) for v in type_domain.values) if searched else tuple(STEMS)
+        found: list[tuple[str, Domain, Callable[[Any], object]]] = []
+        for field, d in self.stem.items():
+            if isinstance(d, dict):
+                for t, sub in d.items():
+                    _try(f"stem.{field}.{t}", t, _stem_check("type", (t,)))
+                    found.append((f"stem.{field}.{t}", sub, _stem_check(field, (t,))))
+            else:
+                found.append((f"stem.{field}", d, _stem_check(field, types)))
+        found += [(f"head.{k}", d, lambda v, k=k: HeadConfig(**{k: v})) for k, d in self.head.items()]
+        for i, (_, per_block) in enumerate(self.stages):
+            for b, fields in per_block.items():
+                found += [(f"stages[{i}].{b}.{k}", d, _stage_check(b, k)) for k, d in fields.items()]
+        return found
+
+    def _check_values(self, raw_shared: Mapping[str, Any]) -> None:
+        """Each choice and range end must be a value its config field accepts; each shared key must be used."""
+        used: dict[str, list[Callable[[Any], object]]] = {}
+        for key, d, check in self._checks():
+            if d.kind == "shared":
+                used.setdefault(key.rsplit(".", 1)[-1], []).append(check)
+            else:
+                _check_domain(key, d, check)
+        for k, d in self.shared.items():
+            if k not in used:
+                _fail(f"shared.{k}", raw_shared[k], "a key that some field refers to with 'shared' (used: "
+                      f"{', '.join(sorted(used)) or 'none'})")
+            for check in used[k]:
+                _check_domain(f"shared.{k}", d, check)
 
     def _parse_fields(self, prefix: str, raw: Any, allowed: set[str], keyed_by: str | None = None) -> dict[str, Any]:
         if not isinstance(raw, Mapping):
@@ -384,8 +467,11 @@ def load_space(spec: str | Path) -> SearchSpace:
     elif not path.exists():
         raise ValueError(f"space: {str(spec)!r} is neither a built-in space ({', '.join(list_spaces())}) "
                          "nor an existing file")
+    elif not path.is_file():
+        raise ValueError(f"space: {str(spec)!r} is a folder; expected a built-in space ({', '.join(list_spaces())}) "
+                         "or a YAML space file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path, "space", "a YAML space file"))
     except yaml.YAMLError as err:
         raise ValueError(f"space {path}: not valid YAML ({first_line(err)})") from None
     try:

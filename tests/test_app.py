@@ -6,6 +6,7 @@ test runs the one real (tiny) search, through the page's demo button.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -218,6 +219,56 @@ def test_too_few_trials_for_importances_is_a_message(url):
     at.radio(key="view").set_value("Trade-offs").run()
     assert_clean(at)
     assert any("need at least 8 completed trials" in i.value for i in at.info)
+
+
+# -- the server's binding -----------------------------------------------------------------------------
+
+
+def _listening(port: int) -> set[ipaddress._BaseAddress]:
+    """Local addresses with a TCP socket in LISTEN state on ``port``, read from /proc/net (Linux)."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, _, hexport = local.partition(":")
+            if state != "0A" or int(hexport, 16) != port or len(addr) != width:
+                continue
+            raw = bytes.fromhex(addr)
+            words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add(ipaddress.ip_address(words))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux's /proc/net")
+def test_streamlit_run_from_the_repo_listens_on_localhost_only(tmp_path):
+    """The README's ``streamlit run app.py`` from the repository root picks up .streamlit/config.toml."""
+    port = _free_port()
+    log = open(tmp_path / "streamlit.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                               "--server.headless", "true"], stdout=log, stderr=subprocess.STDOUT,
+                              cwd=Path(APP).parent)
+    try:
+        deadline = time.monotonic() + 60
+        while not _listening(port) and time.monotonic() < deadline:
+            assert server.poll() is None, (tmp_path / "streamlit.log").read_text()
+            time.sleep(0.2)
+        time.sleep(0.5)  # a second socket (IPv6) may follow the first
+        addresses = _listening(port)
+        assert addresses, (tmp_path / "streamlit.log").read_text()
+        assert all(a.is_loopback for a in addresses), addresses
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+        log.close()
 
 
 # -- a real browser ----------------------------------------------------------------------------------

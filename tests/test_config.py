@@ -173,3 +173,15 @@ def test_fields_a_network_ignores_do_not_change_its_id():
     assert dataclasses.replace(res, weight_factor=1.3, link_rule="dense") == res
     with_se = dataclasses.replace(res, se="mid")
     assert dataclasses.replace(with_se, se_reduction=16) != with_se
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_binary_garbage_names_the_file(tmp_path, suffix):
+    path = tmp_path / f"garbage{suffix}"
+    path.write_bytes(bytes([0xF9, 0x13, 0x00, 0xC3]) * 64)
+    with pytest.raises(ValueError) as err:
+        ArchConfig.load(path)
+    assert str(err.value) == (f"config {str(path)!r}: not UTF-8 text (byte 0xf9 at offset 0); "
+                              "expected a JSON or YAML config file")
+    with pytest.raises(ValueError, match=f"config: {str(tmp_path)!r} does not exist or is not a file"):
+        ArchConfig.load(tmp_path)

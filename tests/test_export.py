@@ -446,11 +446,11 @@ def test_write_is_atomic_when_the_writer_fails_midway(tmp_path):
         yield b"half of a file\n"
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ValueError, match=r"out: .*model\.py' could not be written \(disk full\); nothing was written"):
         export_files.write_atomic(target, failing())
     assert not target.exists() and list(tmp_path.iterdir()) == []
     target.write_text("old content")
-    with pytest.raises(OSError):
+    with pytest.raises(ValueError, match="disk full"):
         export_files.write_atomic(target, failing(), force=True)
     assert target.read_text() == "old content" and list(tmp_path.iterdir()) == [target]
     export_files.write_atomic(target, b"new", force=True)
@@ -471,10 +471,10 @@ def test_export_leaves_nothing_when_a_crash_hits_midway(tmp_path, monkeypatch):
     monkeypatch.setattr(export_files, "_chunks", crash_after_first)
     existing = tmp_path / "hardnet68.py"
     existing.write_text("# the old export\n")
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(ValueError, match="simulated crash"):
         export("hardnet68", "py", existing, force=True, latency="none")
     assert existing.read_text() == "# the old export\n"
-    with pytest.raises(OSError):
+    with pytest.raises(ValueError, match="simulated crash"):
         export("hardnet68", "py", tmp_path / "fresh.py", latency="none")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hardnet68.py"]
 
@@ -646,3 +646,50 @@ def test_latency_is_measured_or_predicted_and_labelled(tmp_path):
     given = export(cfg, "py", tmp_path / "g.py", metadata={"latency_ms": 1.5, "latency_source": "measured",
                                                            "device": "cuda:0 (A100)"})
     assert "Latency: 1.50 ms measured on cuda:0 (A100)" in ast.get_docstring(ast.parse(given.read_text()))
+
+
+def _huge() -> nas.ArchConfig:
+    """Valid, and about 10 G parameters: building it would need about 40 GB before any check."""
+    stages = tuple(nas.StageConfig(block="bottleneck", width=4096, depth=8, downsample="conv" if i else "none")
+                   for i in range(4))
+    return nas.ArchConfig(stem=nas.StemConfig("resnet", (64,)), stages=stages, name="huge")
+
+
+def test_memory_estimate_follows_the_cost_model_and_refuses_before_building(tmp_path, monkeypatch):
+    from nas.export import formats
+
+    small = nas.get_config("hardnet39ds")
+    report = nas.analyze(small, 224)
+    est = formats.memory_estimate(small, "torchscript", 224)
+    assert est > 4 * 4 * report.params and est < 4 * 4 * report.params + 4 * 10 * report.cio
+    assert formats.memory_estimate(small, "onnx", 224) > est > formats.memory_estimate(small, "py", 224)
+    monkeypatch.setattr(formats, "available_memory", lambda: 8 * 2**30)
+    monkeypatch.setattr(formats, "build_for_export", lambda *a, **k: pytest.fail("built the model"))
+    with pytest.raises(ValueError) as err:
+        export(_huge(), "torchscript", tmp_path / "huge.pt", latency="none")
+    msg = str(err.value)
+    assert msg.startswith("config: huge needs about ") and "GiB of memory to export as torchscript (9,884 M " in msg
+    assert "over the limit of 4.0 GiB (half of the 8.0 GiB available)" in msg and "\n" not in msg
+    with pytest.raises(ValueError, match="to export as onnx"):
+        export_bytes(_huge(), "onnx")
+    assert list(tmp_path.iterdir()) == []
+    assert export(_huge(), "json", tmp_path / "huge.json", latency="none").exists()  # builds no model
+    formats.check_memory(nas.get_config("tresnet_xl"), "onnx", 224)  # the largest canonical model fits in 8 GiB
+
+
+def test_available_memory_is_a_positive_byte_count():
+    from nas.export.formats import available_memory
+
+    got = available_memory()
+    assert got is None or got > 2**20
+
+
+def test_an_unwritable_folder_is_found_before_any_work(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(export_files.tempfile, "mkstemp", refuse)
+    with pytest.raises(ValueError) as err:
+        export("hardnet39ds", "py", tmp_path / "a.py", latency="none")
+    assert str(err.value) == (f"out: {str(tmp_path)!r} is not writable (Permission denied); expected a folder this "
+                              "user may write to")

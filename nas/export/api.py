@@ -11,7 +11,7 @@ import torch
 
 from ..config import ArchConfig
 from .files import check_writable, write_atomic
-from .formats import SUFFIXES, build_for_export, check_format, export_bytes, weights_bytes
+from .formats import SUFFIXES, build_for_export, check_format, check_memory, export_bytes, weights_bytes
 from .pyfile import export_resolution
 from .source import config_from_study, load_weights, record_metadata
 
@@ -132,18 +132,21 @@ def export(source: Any, fmt: str, out: str | os.PathLike | None, *, deploy: bool
     weights_path = target.with_suffix(_WEIGHTS_SUFFIX) if weights is not None and fmt not in _EMBEDS_WEIGHTS else None
     check_writable([target] + ([weights_path] if weights_path else []), force)
 
-    state_dict = _state_dict(weights, config)  # before any measurement: a bad checkpoint fails at once
     meta: dict[str, Any] = record_metadata(record) if record else {}
     given = dict(metadata or {})  # the caller's figures win over the trial's and over measuring
     if resolution is not None:
         given["resolution"] = resolution
     res = export_resolution(config, given.get("resolution") or meta.get("resolution"))
     meta["resolution"] = res
-    if fmt in ("py", "onnx", "torchscript") and "latency_ms" not in given:
-        if latency != "auto" or "latency_ms" not in meta:
-            for key in ("latency_ms", "latency_source", "device", "precision", "batch", "latency_resolution"):
-                meta.pop(key, None)
-            meta.update(latency_metadata(config, "measured" if latency == "auto" else latency, res, deploy))
+    measure = fmt in ("py", "onnx", "torchscript") and "latency_ms" not in given and (
+        latency != "auto" or "latency_ms" not in meta)
+    if fmt in _EMBEDS_WEIGHTS or weights is not None or (measure and latency in ("auto", "measured")):
+        check_memory(config, fmt, res, deploy)  # before any model is built
+    state_dict = _state_dict(weights, config)  # before any measurement: a bad checkpoint fails at once
+    if measure:
+        for key in ("latency_ms", "latency_source", "device", "precision", "batch", "latency_resolution"):
+            meta.pop(key, None)
+        meta.update(latency_metadata(config, "measured" if latency == "auto" else latency, res, deploy))
     meta.update(given)
 
     data = export_bytes(config, fmt, deploy=deploy, metadata=meta, state_dict=state_dict)

@@ -26,6 +26,18 @@ def check_writable(paths: Iterable[Path], force: bool) -> None:
             raise ValueError(f"out: {str(path)!r} is a folder; expected a file path")
         if not path.parent.is_dir():
             raise ValueError(f"out: {str(path.parent)!r} does not exist; expected an existing folder")
+        _probe(path.parent)
+
+
+def _probe(folder: Path) -> None:
+    """Create and remove a temporary file in ``folder``: the one honest test of writability (root, ACLs, mounts)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".hardnas-probe.", dir=folder)
+    except OSError as err:
+        raise ValueError(f"out: {str(folder)!r} is not writable ({err.strerror or err}); expected a folder "
+                         "this user may write to") from None
+    os.close(fd)
+    _unlink_quietly(name)
 
 
 def _chunks(data: bytes | Iterable[bytes]) -> Iterable[bytes]:
@@ -45,7 +57,10 @@ def write_atomic(path: Path, data: bytes | Iterable[bytes], *, force: bool = Fal
     """
     path = Path(path)
     check_writable([path], force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _not_written(path, err) from None
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in _chunks(data):
@@ -54,10 +69,18 @@ def write_atomic(path: Path, data: bytes | Iterable[bytes], *, force: bool = Fal
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would surprise whoever reads the export
         os.replace(tmp, path)
+    except OSError as err:
+        _unlink_quietly(tmp)
+        raise _not_written(path, err) from None
     except BaseException:
         _unlink_quietly(tmp)
         raise
     return path
+
+
+def _not_written(path: Path, err: OSError) -> ValueError:
+    return ValueError(f"out: {str(path)!r} could not be written ({err.strerror or err}); nothing was written; "
+                      "expected a writable folder with free space")
 
 
 def _umask() -> int:

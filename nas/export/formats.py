@@ -15,19 +15,23 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import warnings
+from math import prod
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from ..config import ArchConfig
+from ..cost import analyze
 from ..fuse import fuse_model
 from ..model import build_model
 from .pyfile import export_resolution, render_py
 
-__all__ = ["FORMATS", "SUFFIXES", "ExportError", "build_for_export", "check_format", "export_bytes",
-           "weights_bytes"]
+__all__ = ["FORMATS", "SUFFIXES", "ExportError", "available_memory", "build_for_export", "check_format",
+           "check_memory", "export_bytes", "memory_estimate", "weights_bytes"]
 
 #: format -> file suffixes it is written with (the first is the default)
 SUFFIXES: dict[str, tuple[str, ...]] = {
@@ -43,6 +47,10 @@ _ONNX_HINT = "pip install 'hardnas[onnx]'"
 # how far an exported graph may drift from PyTorch, relative to the largest output magnitude
 _ONNX_TOL = 1e-4
 _TS_TOL = 1e-5
+#: copies of the weights an export holds at once: the model, the serialised buffer and its copy, the
+#: reloaded module (onnx: also the parsed and re-serialised proto and onnxruntime's session)
+_WEIGHT_COPIES = {"onnx": 6, "torchscript": 4}
+_MEMORY_FRACTION = 0.5
 
 
 class ExportError(RuntimeError):
@@ -54,6 +62,60 @@ def check_format(fmt: str) -> str:
     if fmt not in SUFFIXES:
         raise ValueError(f"format: {fmt!r} is not allowed; expected one of {', '.join(FORMATS)}")
     return fmt
+
+
+def memory_estimate(config: ArchConfig, fmt: str, resolution: int, deploy: bool = False) -> int:
+    """Peak bytes an export of ``config`` needs, from the cost model: weight copies plus one forward's activations."""
+    report = analyze(config, resolution)
+    copies = _WEIGHT_COPIES.get(fmt, 2) + int(deploy)
+    activations = sum(prod(layer.out_shape) for layer in report.layers)
+    return 4 * (report.params * copies + activations)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: free RAM, capped by its cgroup's and its address-space limits."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except OSError:
+        try:
+            limits.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            pass
+    cap, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    if cap is not None and used is not None:
+        limits.append(max(0, cap - used))
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            limits.append(soft)
+    except (ImportError, ValueError, OSError):
+        pass
+    return min(limits) if limits else None
+
+
+def check_memory(config: ArchConfig, fmt: str, resolution: int, deploy: bool = False) -> None:
+    """Refuse, in one line, an export whose estimated memory exceeds half of what is available now."""
+    available = available_memory()
+    if available is None:
+        return
+    need, limit = memory_estimate(config, fmt, resolution, deploy), int(available * _MEMORY_FRACTION)
+    if need > limit:
+        name, params = config.name or f"arch-{config.arch_id}", analyze(config, resolution).params
+        raise ValueError(f"config: {name} needs about {need / 2**30:,.1f} GiB of memory to export as {fmt} "
+                         f"({params / 1e6:,.0f} M parameters, estimated by the cost model), "
+                         f"over the limit of {limit / 2**30:,.1f} GiB (half of the {available / 2**30:,.1f} GiB "
+                         "available); expected a smaller architecture, or --format json/yaml (they build no model)")
 
 
 def _require_onnx() -> None:
@@ -224,6 +286,7 @@ def export_bytes(config: ArchConfig, fmt: str, *, deploy: bool = False, metadata
             build_for_export(config, state_dict)  # fails early, by name, if the weights do not fit
         return render_py(config, deploy=deploy, metadata=meta).encode()
     resolution = export_resolution(config, meta.get("resolution"))
+    check_memory(config, fmt, resolution, deploy)
     model = build_for_export(config, state_dict, deploy)
     props = {"hardnas_config": config.to_json(indent=None), "hardnas_arch_id": config.arch_id,
              "hardnas_deploy": str(bool(deploy)).lower(),
