@@ -1,6 +1,7 @@
 """Latency benchmarks on this machine, all measured in one run.
 
     python benchmarks/bench_latency.py [--configs 40] [--quick] [--threads N]
+    python benchmarks/bench_latency.py --interference [--rounds 1] [--max-seconds 2]
 
 1. Repeatability: HarDNet68 at 224 measured five times in one process; spread of the medians.
 2. Cost of one measurement (wall seconds, HarDNet68 at 224).
@@ -9,19 +10,30 @@
    calibrated on one half and judged on the other (Kendall tau, share within +-10%).
 4. The HarDNet thesis here: rank correlation of measured latency with CIO, MACs and params.
 5. The seed claim: HarDNet68 / ResNet-50 latency ratio at 224, 512, 1024, eager and deploy.
+
+``--interference`` runs only this section instead:
+
+6. Interference: the 8 canonical networks at 224 measured with and without the canary guard,
+   interleaved, with no extra load, then under 1 and 2 busy processes (``python -c "while True:
+   pass"``, killed by pid); side by side, the share within +-10 % / +-15 % of the no-load median,
+   how many the guard flagged, and the wall time per measurement. Prints figures, asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 
 import nas
-from nas.latency import calibrate, cpu_profile, measure, predict_ms
+from nas.latency import calibrate, measure, predict_ms
+from nas.latency.profiles import load_cpu_profile
 from nas.sampling import random_config
 from nas.stats import kendall_tau, spearman_rho
 
@@ -37,15 +49,20 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="skip the 1024px seed-claim runs")
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds in the fidelity study (>= 2)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for every measurement (default: torch's)")
+    p.add_argument("--interference", action="store_true",
+                   help="only the interference section: canonical networks quiet vs under 1 and 2 busy processes")
     args = p.parse_args()
     if args.threads is not None:
         if args.threads < 1:
             p.error(f"--threads: {args.threads} is not allowed; expected an integer >= 1")
         torch.set_num_threads(args.threads)
-    if args.rounds < 2:
-        p.error(f"--rounds: {args.rounds} is not allowed; expected an integer >= 2")
+    if args.rounds < (1 if args.interference else 2):
+        p.error(f"--rounds: {args.rounds} is not allowed; expected an integer >= 2 (>= 1 with --interference)")
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, device cpu ({nas.latency.devices.device_name(torch.device('cpu'))})")
+    if args.interference:
+        interference_section(args.max_seconds, args.rounds)
+        return
     h68, r50 = nas.get_config("hardnet68"), nas.get_config("resnet50")
 
     section("1-2. repeatability and cost of one measurement (HarDNet68, 224, fp32, batch 1)")
@@ -89,8 +106,10 @@ def main() -> None:
     random.Random(1).shuffle(order)
     half = len(order) // 2
     fit_idx, test_idx = order[:half], order[half:]
-    base = cpu_profile(refresh=True)
-    fitted = calibrate([cfgs[i] for i in fit_idx], [measured[i] for i in fit_idx], base)
+    base = load_cpu_profile(refresh=True).profile
+    cal = calibrate([cfgs[i] for i in fit_idx], [measured[i] for i in fit_idx], base)
+    print(f"  {cal.reason}")
+    fitted = cal.fitted or cal.profile
     for label, prof in (("micro-benchmark profile (uncalibrated)", base), ("calibrated on the other half", fitted)):
         pred = [predict_ms(cfgs[i], prof) for i in test_idx]
         meas = [measured[i] for i in test_idx]
@@ -115,6 +134,71 @@ def main() -> None:
             mode = "deploy" if deploy else "eager "
             print(f"  {res:4d}px {mode}  HarDNet68 {a.median_ms:8.1f} ms  ResNet-50 {b.median_ms:8.1f} ms  "
                   f"ratio {a.median_ms / b.median_ms:.2f}  (IQR {100 * a.rel_iqr:.0f}% / {100 * b.rel_iqr:.0f}%)")
+
+
+def _hogs(n: int) -> list[subprocess.Popen]:
+    """``n`` busy processes that also end themselves after 30 minutes, whatever happens here."""
+    code = "import time\nend = time.time() + 1800\nwhile time.time() < end: pass"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+
+
+def _within(values: list[float], ref: float, tol: float) -> int:
+    return sum(abs(v / ref - 1) <= tol for v in values)
+
+
+def interference_section(max_seconds: float, rounds: int) -> None:
+    """Quiet vs 1 and 2 busy processes, with and without the canary guard, side by side."""
+    section(f"6. interference: 8 canonical networks at 224, guard on vs off, {rounds} round(s) per load")
+    names = nas.list_models()
+    models = {n: nas.build_model(nas.get_config(n)) for n in names}
+    rows: dict[int, dict[str, list]] = {}
+    for hogs in (0, 1, 2):
+        procs = _hogs(hogs)
+        try:
+            time.sleep(0.5 if hogs else 0)
+            load = os.getloadavg()[0]
+            res: dict[str, list] = {"off": [], "on": []}
+            for _ in range(rounds):
+                for n in names:  # interleaved: a burst of host noise hits both modes alike
+                    for mode in ("off", "on"):
+                        t0 = time.perf_counter()
+                        r = measure(models[n], device="cpu", max_seconds=max_seconds, interference=mode == "on")
+                        res[mode].append((n, r, time.perf_counter() - t0))
+            rows[hogs] = res
+        finally:
+            for proc in procs:
+                proc.kill()
+            for proc in procs:
+                proc.wait()
+        flagged = sum(r.disturbed for _, r, _ in res["on"])
+        print(f"  {hogs} busy processes: load average at start {load:.1f}; guard flagged {flagged} of {len(res['on'])}")
+    # the quiet reference: per network, the median of the no-load figures (both modes; clean ones when any)
+    ref = {}
+    for n in names:
+        figs = [r.median_ms for mode in ("off", "on") for m, r, _ in rows[0][mode] if m == n and r.clean]
+        ref[n] = statistics.median(figs or [r.median_ms for mode in ("off", "on") for m, r, _ in rows[0][mode] if m == n])
+    n_clean = sum(any(m == n and r.clean for mode in ("off", "on") for m, r, _ in rows[0][mode]) for n in names)
+    print(f"  no-load reference medians (ms): " + ", ".join(f"{n} {ref[n]:.0f}" for n in names))
+    if n_clean < len(names):
+        print(f"  WARNING: only {n_clean} of {len(names)} references rest on a clean (unflagged, guarded) figure: "
+              f"the machine was already busy without the extra processes, so 'within X%' compares with busy figures")
+    print(f"  {'load':<12} {'mode':<24} {'within 10%':>10} {'within 15%':>10} {'flagged':>8} {'ok@15% (near or flagged)':>25}"
+          f" {'s/measurement':>14}")
+    for hogs, res in rows.items():
+        for mode in ("off", "on"):
+            items = res[mode]
+            total = len(items)
+            used = [(n, r) for n, r, _ in items if not r.disturbed]  # the figures a search would use
+            w10 = sum(abs(r.median_ms / ref[n] - 1) <= 0.10 for n, r in used)
+            w15 = sum(abs(r.median_ms / ref[n] - 1) <= 0.15 for n, r in used)
+            flagged = total - len(used)
+            ok15 = w15 + flagged
+            wall = statistics.median(w for _, _, w in items)
+            label = "guard off (no detection)" if mode == "off" else "guard on (canary)"
+            print(f"  {str(hogs) + ' busy':<12} {label:<24} {w10:>4}/{total:<5} {w15:>4}/{total:<5} {flagged:>8} "
+                  f"{100 * ok15 / total:>23.0f}%  {wall:>12.2f}")
+    print("  within X%: unflagged figures within X% of the no-load median, over all measurements; "
+          "ok@15%: within 15% or flagged disturbed (target under 2 busy processes: >= 90%)")
 
 
 if __name__ == "__main__":

@@ -2,30 +2,41 @@
 
 * `measure` times a model or config on CPU or CUDA (warm-up, synchronisation, medians, spread).
 * `predict` estimates latency on a device profile with a per-layer roofline model.
-* `calibrate` fits a profile's efficiencies to measured latencies.
+* `calibrate` fits a profile's efficiencies to undisturbed measured latencies, robustly and within
+  physical bounds, and accepts the fit only if it predicts held-out measurements better.
 * `LatencyCache` keeps measurements in SQLite so nothing is measured twice.
 
-Every `LatencyResult` says whether it is ``measured`` or ``predicted``.
+Every `LatencyResult` says whether it is ``measured`` or ``predicted``; a measured one timed while
+the device was busy says ``disturbed`` (with ``canary_slowdown``).
 """
 
 from .cache import LatencyCache
 from .devices import PRECISIONS
+from .interference import InterferencePolicy
 from .measure import measure
-from .predict import calibrate, predict, predict_ms
-from .profiles import PROFILES, DeviceProfile, cpu_profile, list_profiles, resolve_profile
+from .predict import CalibrationResult, calibrate, predict, predict_ms
+from .profiles import (BOUNDS, PROFILES, DeviceProfile, ProfileLoad, check_profile, cpu_profile, list_profiles,
+                       load_cpu_profile, resolve_profile, save_profile)
 from .result import LatencyResult
 
 __all__ = [
+    "BOUNDS",
     "PRECISIONS",
     "PROFILES",
+    "CalibrationResult",
     "DeviceProfile",
+    "InterferencePolicy",
     "LatencyCache",
     "LatencyResult",
+    "ProfileLoad",
     "calibrate",
+    "check_profile",
     "cpu_profile",
     "list_profiles",
+    "load_cpu_profile",
     "measure",
     "predict",
     "predict_ms",
     "resolve_profile",
+    "save_profile",
 ]

@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--predict", metavar="DEVICE", default=None,
                    help=f"predict instead of measuring, for one of: {', '.join(list_profiles())}")
     p.add_argument("--no-cache", action="store_true", help="do not read or write runs/latency.db")
+    p.add_argument("--no-guard", action="store_true",
+                   help="time without the interference canary (figures are then never flagged disturbed)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(format="nas.latency: warning: %(message)s", level=logging.WARNING)
@@ -50,12 +52,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache = None if args.no_cache else LatencyCache(runs_dir() / "latency.db")
         result = measure(config, device=args.device, resolution=args.resolution, batch=args.batch,
                          precision=args.precision, channels_last=args.channels_last, deploy=args.deploy,
-                         threads=args.threads, max_seconds=args.max_seconds, cache=cache)
+                         threads=args.threads, max_seconds=args.max_seconds, cache=cache,
+                         interference=not args.no_guard)
     line = result.describe()
     print(json.dumps(result.to_dict(), indent=2) if args.json else f"{config.name or args.model} {line}")
     if not result.ok:
         print(f"nas.latency: error: {result.error}", file=sys.stderr)
         return 1
+    if result.disturbed:
+        print(f"nas.latency: warning: disturbed measurement, not a quiet figure: {result.interference}", file=sys.stderr)
     return 0
 
 

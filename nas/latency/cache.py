@@ -5,6 +5,10 @@ layout + deploy flag. Each row carries a checksum of its payload; a file SQLite 
 wrong schema or a row whose checksum fails means the cache is corrupt: it is reported (logged
 as a warning and counted in `LatencyCache.rebuilt`), moved aside as ``*.corrupt-<time>`` and
 rebuilt empty, never silently used.
+
+Only clean figures measured with the interference guard are kept: `put` refuses a disturbed or
+unguarded result, and `get` treats such a row (or one written before the guard existed) as a
+miss, so a figure timed on a busy machine is never returned as a clean hit.
 """
 
 from __future__ import annotations
@@ -93,12 +97,19 @@ class LatencyCache:
         try:
             if _checksum(payload) != checksum:
                 raise ValueError("checksum mismatch")
-            return LatencyResult.from_dict(json.loads(payload))
+            result = LatencyResult.from_dict(json.loads(payload))
         except (ValueError, TypeError) as err:
             self._rebuild(f"row {key[:12]}: {err}")
             return None
+        if not (result.clean and result.guarded):  # disturbed, or from before the guard: re-measure
+            return None
+        return result
 
     def put(self, key: str, arch_id: str, fingerprint: str, result: LatencyResult) -> None:
+        """Store a clean, guarded measurement; anything else (disturbed, failed, unguarded) is not stored."""
+        if not (result.clean and result.guarded):
+            log.debug("latency cache: not storing %s (disturbed, failed or unguarded)", arch_id)
+            return
         payload = json.dumps(result.to_dict(), sort_keys=True)
         try:
             with self._conn:

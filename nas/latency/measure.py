@@ -6,6 +6,11 @@ events recorded around each forward and read after a synchronisation, autocast f
 channels_last. Both repeat until the relative interquartile range of the runs is at most
 ``target_rel_iqr`` or ``max_seconds`` is spent; a result that hit the cap says so.
 
+Interference guard (on by default, `nas.latency.interference`): a fixed canary is timed between
+windows of runs; windows timed while the canary was slower than its quiet baseline are left out,
+busy spells are waited out (bounded), and a figure that stays disturbed is flagged
+(``disturbed``, ``canary_slowdown``) instead of passed off as the device's latency.
+
 A candidate that fails (out of memory, a shape error...) becomes a result with ``error`` set;
 measurement never raises for a bad model. Bad *arguments* (unknown device, fp16 on CPU, a
 resolution the network cannot take) raise `ValueError`, since those are the caller's to fix.
@@ -27,8 +32,10 @@ from ..config import ArchConfig
 from ..errors import failure_reason
 from ..fuse import fuse_model
 from ..model import build_model
+from . import interference as guard
 from .cache import LatencyCache, cache_key
 from .devices import device_name, fingerprint, resolve_device, resolve_precision
+from .interference import GuardedTiming, InterferencePolicy
 from .result import LatencyResult
 
 __all__ = ["measure"]
@@ -116,6 +123,20 @@ def _time_cpu(model: nn.Module, x: torch.Tensor, precision: str, warmup: int, ti
                     break
 
 
+def _cuda_burst(model: nn.Module, x: torch.Tensor, stream: Any) -> list[float]:
+    """Five runs, each bracketed by events; one synchronisation per burst keeps the launch queue
+    full (like deployment) while every run is timed on the GPU."""
+    events = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(stream)
+        model(x)
+        end.record(stream)
+        events.append((start, end))
+    torch.cuda.synchronize(x.device)
+    return [s.elapsed_time(e) for s, e in events]
+
+
 def _time_cuda(model: nn.Module, x: torch.Tensor, precision: str, warmup: int, timer: _Timer) -> None:
     dtype = _DTYPES.get(precision)
     autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
@@ -127,19 +148,45 @@ def _time_cuda(model: nn.Module, x: torch.Tensor, precision: str, warmup: int, t
         with _gc_paused():
             timer.start = time.perf_counter()
             while True:
-                # a burst of runs, each bracketed by events; one synchronisation per burst keeps
-                # the launch queue full (like deployment) while every run is timed on the GPU
-                events = []
-                for _ in range(5):
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record(stream)
-                    model(x)
-                    end.record(stream)
-                    events.append((start, end))
-                torch.cuda.synchronize(x.device)
-                timer.times_ms.extend(s.elapsed_time(e) for s, e in events)
+                timer.times_ms.extend(_cuda_burst(model, x, stream))
                 if timer.settled():
                     break
+
+
+def _time_guarded(model: nn.Module, x: torch.Tensor, precision: str, warmup: int, policy: InterferencePolicy,
+                  key: str, limits: dict[str, Any]) -> GuardedTiming:
+    """Warm up, then time the candidate in windows bracketed by canary checks (CPU or CUDA alike)."""
+    dev = x.device
+    cuda = dev.type == "cuda"
+    dtype = _DTYPES.get(precision) if cuda else (torch.bfloat16 if precision == "bf16" else None)
+    autocast = torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    canary = guard.make_canary(dev)
+
+    def timed_check(reps: int) -> float:  # the canary always runs in fp32, whatever the candidate's precision
+        with torch.autocast(dev.type, enabled=False):
+            if cuda:
+                return guard.time_canary_cuda(canary, reps, dev)
+            return guard.time_canary_cpu(canary, reps)
+
+    with torch.inference_mode():
+        base = guard.establish(key, timed_check, policy, guard.load_baseline(key))
+        with autocast:
+            for _ in range(warmup):
+                model(x)
+            if cuda:
+                torch.cuda.synchronize(dev)
+                stream = torch.cuda.current_stream(dev)
+                run_once = lambda: _cuda_burst(model, x, stream)  # noqa: E731
+            else:
+                def run_once() -> list[float]:
+                    t0 = time.perf_counter_ns()
+                    model(x)
+                    return [(time.perf_counter_ns() - t0) / 1e6]
+            with _gc_paused():
+                timing = guard.guarded_timing(run_once, lambda: timed_check(base.reps), base.ms, policy,
+                                                     usual_rel_iqr=base.usual_rel_iqr, **limits)
+    guard.record(base, timing)
+    return timing
 
 
 def measure(
@@ -158,13 +205,17 @@ def measure(
     max_runs: int = 2000,
     warmup: int = 3,
     cache: LatencyCache | None = None,
+    interference: InterferencePolicy | bool = True,
 ) -> LatencyResult:
     """Median forward latency of a model (or of the network a config describes) on ``device``.
 
     ``channels_last`` defaults to True on CUDA and False on CPU. ``deploy`` folds BatchNorm into
     the convs first. With a ``cache``, a measurement of the same architecture on the same
-    device fingerprint, shape, precision, layout, deploy flag and torch version is reused.
+    device fingerprint, shape, precision, layout, deploy flag and torch version is reused (only
+    clean, guarded figures are cached). ``interference`` (default on) times a canary between the
+    runs; a result timed on a busy device says so in ``disturbed`` and ``canary_slowdown``.
     """
+    policy = interference if isinstance(interference, InterferencePolicy) else InterferencePolicy(enabled=bool(interference))
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -191,16 +242,17 @@ def measure(
             return LatencyResult.from_dict({**hit.to_dict(), "context": {**hit.context, "cached": True}})
 
     in_ch = config.in_channels if isinstance(config, ArchConfig) else 3
+    limits = dict(target_rel_iqr=target_rel_iqr, max_seconds=max_seconds, min_runs=min_runs, max_runs=max_runs)
     result = _run(model_or_config, dev, in_ch, resolution, batch, precision, channels_last, deploy, threads,
-                  _Timer(target_rel_iqr, max_seconds, min_runs, max_runs), warmup, arch_id, context)
-    if key is not None and result.ok:
+                  limits, policy, warmup, arch_id, context)
+    if key is not None and result.clean and result.guarded:
         cache.put(key, arch_id, context["fingerprint"], result)
     return result
 
 
 def _run(model_or_config: nn.Module | ArchConfig, dev: torch.device, in_ch: int, resolution: int, batch: int,
-         precision: str, channels_last: bool, deploy: bool, threads: int, timer: _Timer, warmup: int,
-         arch_id: str | None, context: dict[str, Any]) -> LatencyResult:
+         precision: str, channels_last: bool, deploy: bool, threads: int, limits: dict[str, Any],
+         policy: InterferencePolicy, warmup: int, arch_id: str | None, context: dict[str, Any]) -> LatencyResult:
     name = str(dev) if dev.type == "cpu" else f"{dev} ({context['device_name']})"
     try:
         model = build_model(model_or_config) if isinstance(model_or_config, ArchConfig) else model_or_config
@@ -210,17 +262,25 @@ def _run(model_or_config: nn.Module | ArchConfig, dev: torch.device, in_ch: int,
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         x = torch.randn(batch, in_ch, resolution, resolution).to(dev, memory_format=fmt)
         model = model.to(dev, memory_format=fmt)
+        timer = _Timer(**limits)
+        timing: GuardedTiming | None = None
         try:
             if dev.type == "cuda":
                 prev = torch.backends.cudnn.benchmark
                 torch.backends.cudnn.benchmark = True
                 try:
-                    _time_cuda(model, x, precision, warmup, timer)
+                    if policy.enabled:
+                        timing = _time_guarded(model, x, precision, warmup, policy, context["fingerprint"], limits)
+                    else:
+                        _time_cuda(model, x, precision, warmup, timer)
                 finally:
                     torch.backends.cudnn.benchmark = prev
             else:
                 with _cpu_threads(threads):
-                    _time_cpu(model, x, precision, warmup, timer)
+                    if policy.enabled:
+                        timing = _time_guarded(model, x, precision, warmup, policy, context["fingerprint"], limits)
+                    else:
+                        _time_cpu(model, x, precision, warmup, timer)
         finally:
             model.train(was_training)
     except Exception as err:  # a failing candidate is a result, never a crash of the caller
@@ -228,7 +288,12 @@ def _run(model_or_config: nn.Module | ArchConfig, dev: torch.device, in_ch: int,
             torch.cuda.empty_cache()
         return LatencyResult(None, "measured", name, error=failure_reason(err),
                              arch_id=arch_id, context=context)
-    med, p10, p90, iqr = _quantiles(timer.times_ms)
-    ci_low, ci_high = _median_ci(timer.times_ms)
-    return LatencyResult(med, "measured", name, p10, p90, iqr, len(timer.times_ms), timer.capped, None, arch_id, context,
-                         ci_low_ms=ci_low, ci_high_ms=ci_high)
+    times, capped = (timer.times_ms, timer.capped) if timing is None else (timing.times_ms, timing.capped)
+    med, p10, p90, iqr = _quantiles(times)
+    ci_low, ci_high = _median_ci(times)
+    extra: dict[str, Any] = {}
+    if timing is not None:
+        extra = dict(disturbed=timing.disturbed, canary_slowdown=timing.slowdown, discarded_runs=timing.discarded,
+                     waited_s=round(timing.waited_s, 3), interference=timing.reason)
+    return LatencyResult(med, "measured", name, p10, p90, iqr, len(times), capped, None, arch_id, context,
+                         ci_low_ms=ci_low, ci_high_ms=ci_high, **extra)

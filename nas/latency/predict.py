@@ -12,26 +12,32 @@ Every op of `nas.analyze`'s per-layer report becomes one kernel:
 
 The result is labelled ``source="predicted"`` and names the profile and where its numbers come
 from. `calibrate` fits the three efficiencies and the overhead of a profile to measured
-latencies (least squares on log latency, Nelder-Mead in four log-parameters).
+latencies (soft-L1 robust least squares on the log ratio, bounded to `BOUNDS`, on undisturbed
+measurements only) and accepts the fit only if it predicts held-out measurements better.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import numbers
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
+from scipy.optimize import least_squares
 
 from ..config import ArchConfig
 from ..cost import analyze
 from .devices import PRECISIONS, bytes_per_element
-from .profiles import DeviceProfile, resolve_profile, save_profile
+from .profiles import BOUNDS, DeviceProfile, check_profile, resolve_profile, save_profile
 from .result import LatencyResult
 
-__all__ = ["calibrate", "predict", "predict_ms"]
+__all__ = ["CalibrationResult", "calibrate", "predict", "predict_ms"]
+
+log = logging.getLogger("nas.latency")
 
 _MEMORY_OPS = {"bn", "act", "concat", "add", "mul", "reduce", "maxpool", "avgpool", "global_pool", "space_to_depth"}
 
@@ -110,73 +116,145 @@ def predict(config: ArchConfig, device: str | DeviceProfile = "cpu", resolution:
     return LatencyResult(ms, "predicted", profile.name, arch_id=config.arch_id, context=context)
 
 
-def _nelder_mead(fn, x0: np.ndarray, steps: float = 0.5, iters: int = 600, tol: float = 1e-10) -> np.ndarray:
-    n = len(x0)
-    simplex = [x0] + [x0 + steps * np.eye(n)[i] for i in range(n)]
-    values = [fn(x) for x in simplex]
-    for _ in range(iters):
-        order = np.argsort(values)
-        simplex, values = [simplex[i] for i in order], [values[i] for i in order]
-        if values[-1] - values[0] < tol:
-            break
-        centroid = np.mean(simplex[:-1], axis=0)
-        reflected = centroid + (centroid - simplex[-1])
-        fr = fn(reflected)
-        if fr < values[0]:
-            expanded = centroid + 2 * (centroid - simplex[-1])
-            fe = fn(expanded)
-            simplex[-1], values[-1] = (expanded, fe) if fe < fr else (reflected, fr)
-        elif fr < values[-2]:
-            simplex[-1], values[-1] = reflected, fr
-        else:
-            contracted = centroid + 0.5 * (simplex[-1] - centroid)
-            fc = fn(contracted)
-            if fc < values[-1]:
-                simplex[-1], values[-1] = contracted, fc
-            else:
-                simplex = [simplex[0] + 0.5 * (s - simplex[0]) for s in simplex]
-                values = [fn(s) for s in simplex]
-    return simplex[int(np.argmin(values))]
+_FITTED = ("overhead_us", "conv_eff", "dwconv_eff", "memory_eff")
 
 
-def calibrate(configs: Sequence[ArchConfig], measured_ms: Sequence[float], device: str | DeviceProfile = "cpu", *,
-              resolution: int = 224, batch: int = 1, precision: str = "fp32", deploy: bool = False,
-              save: bool = False) -> DeviceProfile:
-    """Fit a profile's efficiencies and per-kernel overhead to measured latencies of ``configs``.
+@dataclass(frozen=True)
+class CalibrationResult:
+    """The outcome of `calibrate`: use ``profile`` (the fit when ``accepted``, else the one it would
+    have replaced); ``reason`` is one printable line saying why."""
 
-    Returns a new profile (``source`` says how many configs it was fitted on and the fit's
-    median absolute error); ``save=True`` stores it in runs/ so later predictions use it.
+    accepted: bool
+    reason: str
+    profile: DeviceProfile
+    base: DeviceProfile
+    fitted: DeviceProfile | None = None
+    fit_count: int = 0  # measurements fitted on
+    held_out: int = 0  # newest measurements kept aside to validate the fit
+    excluded: int = 0  # disturbed, failed or predicted figures left out
+    base_error: float | None = None  # median |relative error| on the held-out measurements
+    fitted_error: float | None = None
+    saved: bool = False
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def _stack(feats: Sequence[_Features]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All configs' kernels in one array set (``owner`` maps each kernel to its config)."""
+    flops = np.concatenate([f.flops for f in feats])
+    nbytes = np.concatenate([f.bytes for f in feats])
+    kind = np.concatenate([f.kind for f in feats])
+    owner = np.concatenate([np.full(len(f.kind), i) for i, f in enumerate(feats)])
+    counts = np.array([len(f.kind) for f in feats], float)
+    return flops, nbytes, kind, owner, counts
+
+
+def _log_pred(theta: np.ndarray, stacked: tuple, peak: float, bw: float, n: int) -> np.ndarray:
+    flops, nbytes, kind, owner, counts = stacked
+    ovh, ce, de, me = np.exp(theta)
+    eff = np.where(kind == 0, ce, de)
+    t_compute = np.where(kind == 2, 0.0, flops / (peak * 1e9 * eff))
+    t_memory = nbytes / (bw * 1e9 * me)
+    total = np.bincount(owner, weights=np.maximum(t_compute, t_memory), minlength=n) + ovh * 1e-6 * counts
+    return np.log(total * 1e3)
+
+
+def _median_rel_error(profile: DeviceProfile, configs: Sequence[ArchConfig], ms: np.ndarray, shape: dict) -> float:
+    pred = np.array([predict_ms(c, profile, **shape) for c in configs])
+    return float(np.median(np.abs(pred / ms - 1)))
+
+
+def _clean_inputs(configs: Sequence[ArchConfig], measured: Sequence[float | LatencyResult],
+                  disturbed: Sequence[bool] | None) -> tuple[list[ArchConfig], list[float], int]:
+    if disturbed is not None and len(disturbed) != len(configs):
+        raise ValueError(f"calibrate: {len(disturbed)} disturbed flags for {len(configs)} configs; expected equal counts")
+    keep_c, keep_ms, excluded = [], [], 0
+    for i, (c, m) in enumerate(zip(configs, measured)):
+        if isinstance(m, LatencyResult):
+            if not m.clean or m.source != "measured":
+                excluded += 1
+                continue
+            m = float(m.median_ms)
+        elif isinstance(m, bool) or not (isinstance(m, numbers.Real) and m > 0 and math.isfinite(m)):
+            raise ValueError("calibrate: measured latencies must be positive finite milliseconds")
+        if disturbed is not None and disturbed[i]:
+            excluded += 1
+            continue
+        keep_c.append(c)
+        keep_ms.append(float(m))
+    return keep_c, keep_ms, excluded
+
+
+def calibrate(configs: Sequence[ArchConfig], measured_ms: Sequence[float | LatencyResult],
+              device: str | DeviceProfile = "cpu", *, resolution: int = 224, batch: int = 1, precision: str = "fp32",
+              deploy: bool = False, disturbed: Sequence[bool] | None = None, holdout: float = 0.25,
+              save: bool = False) -> CalibrationResult:
+    """Fit a profile's efficiencies and per-kernel overhead to measured latencies, robustly and within
+    `BOUNDS`, and accept the fit only if it predicts the newest held-out measurements better.
+
+    ``measured_ms`` holds milliseconds or `LatencyResult`s (disturbed, failed or predicted ones are
+    left out, as are those flagged in ``disturbed``). ``save=True`` stores an accepted fit in runs/.
     """
     if len(configs) != len(measured_ms) or len(configs) < 4:
         raise ValueError(f"calibrate: {len(configs)} configs and {len(measured_ms)} latencies given; "
                          "expected equal counts, at least 4")
-    if any(not (m > 0 and math.isfinite(m)) for m in measured_ms):
-        raise ValueError("calibrate: measured latencies must be positive finite milliseconds")
+    if not 0 < holdout < 1:
+        raise ValueError(f"calibrate: holdout {holdout!r} is not allowed; expected a share in (0, 1)")
+    _check(precision, batch)
     base = resolve_profile(device)
-    feats = [_features(c, resolution, batch, precision, deploy, base.channel_block) for c in configs]
-    target = np.log(np.asarray(measured_ms, float))
-    peak, bw = base.peak(precision), base.bandwidth_gbs
+    cfgs, ms, excluded = _clean_inputs(configs, measured_ms, disturbed)
+    n_hold = max(2, round(holdout * len(cfgs)))
+    left_out = f"{excluded} disturbed/failed left out" if excluded else "none left out"
+    if len(cfgs) - n_hold < 4:
+        return CalibrationResult(False, f"calibration rejected: only {len(cfgs)} undisturbed measurements "
+                                        f"({left_out}); need {4 + n_hold} (4 to fit, {n_hold} to validate)",
+                                 base, base, excluded=excluded)
+    fit_c, fit_ms, hold_c, hold_ms = cfgs[:-n_hold], np.array(ms[:-n_hold]), cfgs[-n_hold:], np.array(ms[-n_hold:])
+    shape = dict(resolution=resolution, batch=batch, precision=precision, deploy=deploy)
+    feats = [_features(c, resolution, batch, precision, deploy, base.channel_block) for c in fit_c]
+    stacked = _stack(feats)
+    peak, bw, target = base.peak(precision), base.bandwidth_gbs, np.log(fit_ms)
+    lo = np.log([BOUNDS[k][0] for k in _FITTED])
+    hi = np.log([BOUNDS[k][1] for k in _FITTED])
 
-    def unpack(theta: np.ndarray) -> tuple[float, float, float, float]:
-        return (float(np.exp(theta[0])), float(np.exp(theta[1])), float(np.exp(theta[2])), float(np.exp(theta[3])))
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        return _log_pred(theta, stacked, peak, bw, len(feats)) - target
 
-    def loss(theta: np.ndarray) -> float:
-        ovh, ce, de, me = unpack(theta)
-        pred = np.log([f.time_ms(peak, bw, ovh, ce, de, me) for f in feats])
-        return float(np.mean((pred - target) ** 2))
-
-    theta0 = np.log([max(base.overhead_us, 1e-3), base.conv_eff, base.dwconv_eff, base.memory_eff])
-    best = _nelder_mead(loss, theta0)
-    best = _nelder_mead(loss, best, steps=0.1)  # restart from the optimum: Nelder-Mead stalls otherwise
-    ovh, ce, de, me = unpack(best)
-    pred = np.array([f.time_ms(peak, bw, ovh, ce, de, me) for f in feats])
-    rel = np.abs(pred / np.asarray(measured_ms) - 1)
+    # soft-L1 on the log ratio: quadratic within ~10 %, linear beyond, so a few wild figures pull little
+    starts = [np.clip(np.log([max(getattr(base, k), 1e-12) for k in _FITTED]), lo, hi)]
+    rng = np.random.default_rng(0)
+    starts += [lo + (hi - lo) * rng.uniform(0.2, 0.8, size=4) for _ in range(3)]
+    best = min((least_squares(residuals, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.1, x_scale=1.0)
+                for x0 in starts), key=lambda r: r.cost)
+    values = dict(zip(_FITTED, (float(np.clip(v, BOUNDS[k][0], BOUNDS[k][1])) for k, v in zip(_FITTED, np.exp(best.x)))))
+    fit_rel = np.abs(np.exp(residuals(np.log(list(values.values())))) - 1)
+    outliers = int(np.sum(fit_rel > 0.5))
     fitted = dataclasses.replace(
-        base, overhead_us=ovh, conv_eff=ce, dwconv_eff=de, memory_eff=me,
-        source=f"calibrated on {len(configs)} measured configs (median |error| {100 * np.median(rel):.1f}%)",
-        calibration={"configs": len(configs), "resolution": resolution, "batch": batch, "precision": precision,
-                     "deploy": deploy, "median_abs_rel_error": float(np.median(rel))},
+        base, **values,
+        source=f"calibrated on {len(fit_c)} measured configs (median |error| {100 * np.median(fit_rel):.1f}%, "
+               f"validated on {n_hold} held out)",
+        calibration={"configs": len(fit_c), "held_out": n_hold, "excluded": excluded, "outliers": outliers,
+                     "resolution": resolution, "batch": batch, "precision": precision, "deploy": deploy,
+                     "median_abs_rel_error": float(np.median(fit_rel))},
     )
-    if save:
+    base_err = _median_rel_error(base, hold_c, hold_ms, shape)
+    fit_err = _median_rel_error(fitted, hold_c, hold_ms, shape)
+    problems = check_profile(fitted)
+    counts = f"fitted on {len(fit_c)}, {n_hold} newest held out, {left_out}, {outliers} fit outliers over 50%"
+    if problems:
+        accepted, reason = False, f"calibration rejected: fit implausible ({'; '.join(problems)}); {counts}"
+    elif fit_err < base_err:
+        accepted, reason = True, (f"calibration accepted: held-out median error {100 * fit_err:.1f}% vs "
+                                  f"{100 * base_err:.1f}% for the current profile; {counts}")
+    else:
+        accepted, reason = False, (f"calibration rejected: held-out median error {100 * fit_err:.1f}% is not below "
+                                   f"the current profile's {100 * base_err:.1f}%; {counts}")
+    saved = False
+    if accepted and save:
         save_profile(fitted)
-    return fitted
+        saved = True
+    if not accepted:
+        log.info("%s", reason)
+    return CalibrationResult(accepted, reason, fitted if accepted else base, base, fitted, len(fit_c), n_hold,
+                             excluded, base_err, fit_err, saved)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
+import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,21 @@ import torch
 from ..paths import runs_dir
 from .devices import fingerprint
 
-__all__ = ["PROFILES", "DeviceProfile", "cpu_profile", "list_profiles", "resolve_profile", "save_profile"]
+__all__ = ["BOUNDS", "PROFILES", "DeviceProfile", "ProfileLoad", "check_profile", "cpu_profile", "list_profiles",
+           "load_cpu_profile", "resolve_profile", "save_profile"]
+
+log = logging.getLogger("nas.latency")
+
+#: Physically plausible ranges (inclusive) of every fitted or measured profile parameter. A profile
+#: outside them is refused by `save_profile` and rebuilt when loaded (see docs/latency.md).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "conv_eff": (0.01, 1.0),  # share of the peak a dense conv reaches
+    "dwconv_eff": (0.001, 1.0),  # share of the peak a depthwise conv reaches
+    "memory_eff": (0.01, 1.0),  # share of the bandwidth a memory-bound op reaches
+    "overhead_us": (0.1, 500.0),  # per kernel launched
+    "peak_gflops": (0.1, 1e7),  # every precision's peak
+    "bandwidth_gbs": (0.1, 1e5),
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,32 @@ class DeviceProfile:
     def from_dict(cls, data: dict[str, Any]) -> "DeviceProfile":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _show(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else repr(value)
+
+
+def _within(value: Any, lo: float, hi: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and lo <= value <= hi
+
+
+def check_profile(profile: DeviceProfile) -> list[str]:
+    """What is physically implausible about a profile (empty when every parameter is within `BOUNDS`)."""
+    problems = []
+    for name in ("conv_eff", "dwconv_eff", "memory_eff", "overhead_us", "bandwidth_gbs"):
+        lo, hi = BOUNDS[name]
+        value = getattr(profile, name)
+        if not _within(value, lo, hi):
+            problems.append(f"{name} {_show(value)} outside [{lo:g}, {hi:g}]")
+    lo, hi = BOUNDS["peak_gflops"]
+    peaks = profile.peak_gflops if isinstance(profile.peak_gflops, dict) else {}
+    if "fp32" not in peaks:
+        problems.append("peak_gflops has no fp32 entry")
+    for precision, value in peaks.items():
+        if not _within(value, lo, hi):
+            problems.append(f"peak_gflops[{precision}] {_show(value)} outside [{lo:g}, {hi:g}]")
+    return problems
 
 
 def _gpu(name: str, description: str, fp32: float, fp16: float, bf16: float | None, bw: float, overhead: float,
@@ -102,7 +143,12 @@ def _load_saved() -> dict[str, Any]:
 
 
 def save_profile(profile: DeviceProfile) -> Path:
-    """Persist a measured/calibrated profile under its fingerprint (or its name) in runs/."""
+    """Persist a measured/calibrated profile under its fingerprint (or its name) in runs/.
+
+    Raises ValueError for a profile outside `BOUNDS`: nothing absurd is ever written."""
+    problems = check_profile(profile)
+    if problems:
+        raise ValueError(f"save_profile: {profile.name} not saved, implausible: {'; '.join(problems)}")
     data = _load_saved()
     data[profile.fingerprint or profile.name] = profile.to_dict()
     path = _profiles_file()
@@ -112,13 +158,14 @@ def save_profile(profile: DeviceProfile) -> Path:
     return path
 
 
-def _median_seconds(fn: Any, repeats: int) -> float:
+def _min_seconds(fn: Any, repeats: int) -> float:
+    """The fastest of ``repeats`` runs: a quiet estimate even when other processes compete."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 def _micro_benchmark(threads: int) -> DeviceProfile:
@@ -129,16 +176,16 @@ def _micro_benchmark(threads: int) -> DeviceProfile:
             conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False)
             x = torch.randn(1, 128, 56, 56)
             conv(x)
-            t_conv = _median_seconds(lambda: conv(x), 7)
+            t_conv = _min_seconds(lambda: conv(x), 7)
             gflops = 2 * 128 * 128 * 9 * 56 * 56 / t_conv / 1e9
             a, b = torch.randn(8 * 2**20), torch.randn(8 * 2**20)
             out = torch.empty_like(a)
             torch.add(a, b, out=out)
-            t_add = _median_seconds(lambda: torch.add(a, b, out=out), 9)
+            t_add = _min_seconds(lambda: torch.add(a, b, out=out), 9)
             bandwidth = 3 * a.numel() * 4 / t_add / 1e9
             relu = torch.nn.ReLU()
             tiny = torch.randn(1)
-            t_op = _median_seconds(lambda: [relu(tiny) for _ in range(200)], 5) / 200
+            t_op = _min_seconds(lambda: [relu(tiny) for _ in range(200)], 5) / 200
     finally:
         torch.set_num_threads(before)
     fp = fingerprint(torch.device("cpu"), threads)
@@ -160,19 +207,44 @@ def _simd_channels() -> int:
     return 16 if "avx512f" in flags else 8
 
 
-def cpu_profile(threads: int | None = None, refresh: bool = False) -> DeviceProfile:
-    """This CPU's profile: calibrated if `calibrate(..., save=True)` ran here, else micro-benchmarked (~1 s, cached)."""
+@dataclass(frozen=True)
+class ProfileLoad:
+    """The CPU profile and how it was obtained; ``warning`` says why a saved one was rebuilt."""
+
+    profile: DeviceProfile
+    origin: str  # "saved", "micro-benchmark" (none saved / refresh) or "rebuilt" (the saved one was unusable)
+    warning: str | None = None
+
+
+def load_cpu_profile(threads: int | None = None, refresh: bool = False) -> ProfileLoad:
+    """This CPU's profile, with absurd saved values detected: such a profile is replaced by a fresh
+    micro-benchmark (saved over it) and ``warning`` gives the one-line reason."""
     threads = threads or torch.get_num_threads()
     fp = fingerprint(torch.device("cpu"), threads)
     saved = _load_saved().get(fp)
+    warning = None
     if saved and not refresh:
         try:
-            return DeviceProfile.from_dict(saved)
-        except TypeError:
-            pass
+            profile = DeviceProfile.from_dict(saved)
+            problems = check_profile(profile)
+        except (TypeError, AttributeError, ValueError) as err:
+            problems = [f"unreadable ({type(err).__name__})"]
+        if not problems:
+            return ProfileLoad(profile, "saved")
+        warning = (f"saved CPU profile in {_profiles_file()} is implausible ({'; '.join(problems)}); "
+                   "rebuilt from a fresh micro-benchmark")
+        log.warning("%s", warning)
     profile = _micro_benchmark(threads)
-    save_profile(profile)
-    return profile
+    try:
+        save_profile(profile)
+    except ValueError as err:  # a micro-benchmark outside the bounds is used but never saved
+        log.warning("%s", err)
+    return ProfileLoad(profile, "rebuilt" if warning else "micro-benchmark", warning)
+
+
+def cpu_profile(threads: int | None = None, refresh: bool = False) -> DeviceProfile:
+    """This CPU's profile: calibrated if `calibrate(..., save=True)` ran here, else micro-benchmarked (~1 s, cached)."""
+    return load_cpu_profile(threads, refresh).profile
 
 
 def resolve_profile(name: str | DeviceProfile) -> DeviceProfile:

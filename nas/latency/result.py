@@ -31,6 +31,24 @@ class LatencyResult:
     #: distribution-free 95 % confidence interval of the median (order statistics of the runs)
     ci_low_ms: float | None = None
     ci_high_ms: float | None = None
+    #: interference guard: True when the device stayed busy (the canary ran slow) and the figure is
+    #: not the device's quiet latency; ``canary_slowdown`` is the canary's time over its quiet
+    #: baseline (~1.0 when clean; None when measured without the guard, or predicted)
+    disturbed: bool = False
+    canary_slowdown: float | None = None
+    discarded_runs: int = 0  # runs timed in disturbed windows and left out of a clean figure
+    waited_s: float = 0.0  # time spent waiting for the device to calm down
+    interference: str | None = None  # why the result is disturbed, one line
+
+    @property
+    def guarded(self) -> bool:
+        """Measured with the interference guard (a canary was timed alongside)."""
+        return self.canary_slowdown is not None
+
+    @property
+    def clean(self) -> bool:
+        """A usable figure: no error and not disturbed (a prediction is clean by this definition)."""
+        return self.ok and not self.disturbed
 
     @property
     def ok(self) -> bool:
@@ -75,5 +93,14 @@ class LatencyResult:
             spread += f", median 95% CI {self.ci_low_ms:.3f}-{self.ci_high_ms:.3f} ms"
         cap = ", time cap hit before the spread settled" if self.capped else ""
         cached = ", from cache" if ctx.get("cached") else ""
+        guard = ""
+        if self.disturbed:
+            guard = f"; DISTURBED: {self.interference or 'the device was busy'}; not a quiet figure"
+        elif self.canary_slowdown is not None:
+            guard = f", canary {self.canary_slowdown:.2f}x quiet"
+            if self.discarded_runs:
+                guard += f", {self.discarded_runs} runs timed while busy left out"
+            if self.waited_s:
+                guard += f", waited {self.waited_s:.1f} s for quiet"
         return (f"{self.arch_id or 'model'}: {self.median_ms:.3f} ms measured median on {where} "
-                f"({self.runs} runs, {spread}{cap}{cached})")
+                f"({self.runs} runs, {spread}{cap}{cached}{guard})")
