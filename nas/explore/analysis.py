@@ -80,8 +80,14 @@ def latency_column(df: pd.DataFrame, mode: str, device: str | None = None,
     if mode == "measured":
         ok = df["latency_source"] == "measured"
         lat = df["latency_ms"].where(ok)
-        src = ("measured on " + df["latency_device"].astype(str)).where(ok, "")
-        return lat.astype(float), src
+        src = "measured on " + df["latency_device"].astype(str)
+        if "latency_disturbed" in df:
+            slow = df.get("latency_slowdown", pd.Series(np.nan, index=df.index)).astype(float)
+            flag = df["latency_disturbed"].fillna(False).astype(bool)
+            note = np.where(slow.notna(), " (DISTURBED, reference " + slow.round(2).astype(str) + "x slower)",
+                            " (DISTURBED)")
+            src = src + pd.Series(np.where(flag, note, ""), index=df.index)
+        return lat.astype(float), src.where(ok, "")
     if not device:
         raise ValueError("latency device: missing; expected a device profile name for predicted latency")
     recorded = (df["latency_source"] == "predicted") & (df["latency_device"] == device)

@@ -40,7 +40,7 @@ def metadata_of(row: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     rename = {"number": "trial", "latency_device": "device"}  # the export package's metadata names
     for k in ("study", "number", "arch_id", "name", "accuracy", "latency_ms", "latency_source", "latency_device",
-              "resolution", "proxy", "cio", "macs", "params"):
+              "latency_disturbed", "latency_slowdown", "resolution", "proxy", "cio", "macs", "params"):
         v = row.get(k)
         if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
             continue

@@ -659,10 +659,15 @@ def _latency_line(meta: Mapping[str, Any]) -> str:
         details.append("BN folded")
     extra = f"; {', '.join(details)}" if details else ""
     kind = " (roofline model, not measured)" if source == "predicted" else ""
+    if meta.get("latency_disturbed"):
+        slowdown = meta.get("latency_slowdown")
+        kind += (f" (DISTURBED: other work slowed the reference workload {float(slowdown):.2f}x while measuring)"
+                 if slowdown else " (DISTURBED: other work ran while measuring)")
     return "\n    ".join(textwrap.wrap(f"Latency: {float(ms):.2f} ms {source} {where} {device}{extra}{kind}", 96))
 
 
 _META_SHOWN = {"latency_ms", "latency_source", "device", "latency_device", "latency_note", "precision", "batch",
+               "latency_disturbed", "latency_slowdown",
                "latency_resolution", "latency_deploy", "resolution", "accuracy", "proxy",
                # stated by the docstring already, from the config and the cost model
                "arch_id", "name", "params", "macs", "thop_macs", "cio", "moc", "config"}
