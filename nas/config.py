@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import first_line, read_text
+from .errors import check_size, parse_reason, read_text
 
 __all__ = [
     "ACTIVATIONS",
@@ -399,9 +399,9 @@ class ArchConfig:
     def from_json(cls, text: str) -> "ArchConfig":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"config: not valid JSON ({err})") from None
-        return cls.from_dict(data)
+        except (json.JSONDecodeError, RecursionError, ValueError) as err:  # ValueError: a 5000-digit int
+            raise ValueError(f"config: not valid JSON ({parse_reason(err)})") from None
+        return cls.from_dict(check_size(data, "config", "a JSON config (stem, stages, head)"))
 
     def to_yaml(self) -> str:
         import yaml
@@ -414,9 +414,9 @@ class ArchConfig:
 
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ValueError(f"config: not valid YAML ({first_line(err)})") from None
-        return cls.from_dict(data)
+        except (yaml.YAMLError, RecursionError, ValueError) as err:  # ValueError: a 5000-digit int, a bad date
+            raise ValueError(f"config: not valid YAML ({parse_reason(err)})") from None
+        return cls.from_dict(check_size(data, "config", "a YAML config (stem, stages, head)"))
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON, or YAML when the suffix is .yaml/.yml."""

@@ -153,19 +153,61 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+class _ArrayType:
+    """``numpy.ndarray`` as a pickle names it: only an argument of ``_reconstruct``. Called (or built with
+    NEWOBJ), numpy would allocate an array of any claimed size, so a 100-byte file could take gigabytes."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _Refused("numpy.ndarray called directly (an array of any size, without its data)")
+
+
+_NDARRAY = _ArrayType()
+
+
+def _guarded_rebuilders() -> dict[str, Any]:
+    """numpy's ``_reconstruct`` and ``scalar`` as CIFAR's pickles call them: an empty array whose data the
+    pickle then sets (and pays for in bytes), a scalar with its bytes. Other calls would allocate what a
+    tiny file claims (``_reconstruct(ndarray, (10**9,), ...)``, ``scalar(dtype('V2000000000'))``)."""
+    array, number = np.zeros(1, np.uint8), np.int64(0)
+    reconstruct, scalar = array.__reduce__()[0], number.__reduce__()[0]
+
+    def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        empty = isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape) and 0 in shape
+        if subtype is not _NDARRAY or not empty:
+            raise _Refused(f"numpy _reconstruct of shape {shape!r}" if subtype is _NDARRAY else
+                           "numpy _reconstruct of a type other than numpy.ndarray")
+        return reconstruct(np.ndarray, shape, dtype)
+
+    def _scalar(dtype: Any, *data: Any) -> Any:
+        if len(data) != 1:
+            raise _Refused("numpy scalar without its data")
+        return scalar(dtype, *data)
+
+    return {"_reconstruct": _reconstruct, "scalar": _scalar}
+
+
+def _bytearray(*args: Any) -> bytearray:
+    """``bytearray(data)`` as older protocols pickle one; ``bytearray(n)`` (n zero bytes, any n) is refused."""
+    if args and not isinstance(args[0], (bytes, str)):
+        raise _Refused(f"builtins.bytearray of {type(args[0]).__name__}")
+    return bytearray(*args)
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
-    """Exactly what CIFAR's pickles need: numpy array, scalar and dtype reconstruction, plain containers."""
-    array, scalar = np.zeros(1, np.uint8), np.int64(0)
-    rebuild = {"_reconstruct": array.__reduce__()[0], "scalar": scalar.__reduce__()[0]}
-    found: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+    """Exactly what CIFAR's pickles need: numpy array, scalar and dtype reconstruction, plain containers.
+    Nothing admitted allocates more than the bytes the file itself holds."""
+    array = np.zeros(1, np.uint8)
+    rebuild = _guarded_rebuilders()
+    found: dict[tuple[str, str], Any] = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): np.dtype,
                                          ("_codecs", "encode"): _latin1_encode}
     for package in ("numpy.core", "numpy._core"):
         for name, fn in rebuild.items():
             found[(f"{package}.multiarray", name)] = fn
         found[(f"{package}.numeric", "_frombuffer")] = array.__reduce_ex__(5)[0]
     for module in ("builtins", "__builtin__"):
-        for kind in (set, frozenset, bytearray, complex):
+        for kind in (set, frozenset, complex):
             found[(module, kind.__name__)] = kind
+        found[(module, "bytearray")] = _bytearray
     return found
 
 
@@ -251,14 +293,16 @@ def _python_batch(path: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.ndar
     if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != _IMAGE_BYTES or x.dtype != np.uint8:
         shape = tuple(x.shape) if isinstance(x, np.ndarray) else type(x).__name__
         raise ValueError(f"data: {str(path)!r} has 'data' of {shape}; expected a uint8 array of N x {_IMAGE_BYTES}")
+    if not len(x):
+        raise ValueError(f"data: {str(path)!r} holds no images; expected a batch of at least one image")
     try:
-        labels = np.asarray(y, dtype=np.int64)
+        labels = np.asarray(y)
     except (TypeError, ValueError, OverflowError):
         labels = np.zeros(0, np.int64)
-    if labels.shape != (len(x),):
+    if labels.shape != (len(x),) or labels.dtype.kind not in "iu":  # 0.7 must not silently become class 0
         raise ValueError(f"data: {str(path)!r} has {len(x)} images but labels of another length or kind; "
                          f"expected {len(x)} integer labels")
-    return x, labels
+    return x, labels.astype(np.int64)
 
 
 def _binary_batch(path: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.ndarray]:

@@ -4,8 +4,14 @@ files read with one-line errors."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
-__all__ = ["first_line", "failure_reason", "read_text"]
+#: the most values (and nesting levels) a space or config file may hold once YAML aliases are expanded:
+#: far beyond any real file, far below a "billion laughs" file (a few lines of aliases that expand to 10^9)
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+
+__all__ = ["MAX_DEPTH", "MAX_VALUES", "check_size", "first_line", "failure_reason", "parse_reason", "read_text"]
 
 
 def _message(err: BaseException) -> str:
@@ -33,3 +39,33 @@ def read_text(path: Path, what: str, expected: str) -> str:
     except OSError as err:
         raise ValueError(f"{what} {str(path)!r}: cannot be read ({err.strerror or first_line(err)}); "
                          f"expected {expected}") from None
+
+
+def parse_reason(err: BaseException) -> str:
+    """One line on why JSON/YAML text could not be parsed: nesting too deep for the parser, a number
+    too long for Python, or the parser's own first line."""
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    text = first_line(err)
+    if "integer string conversion" in text:
+        return "an integer has more than 4300 digits"
+    return text
+
+
+def check_size(data: Any, what: str, expected: str) -> Any:
+    """``data`` if, walked as a reader expands it, it holds at most `MAX_VALUES` values nested at most
+    `MAX_DEPTH` deep; else a one-line `ValueError`. YAML aliases repeat a node by reference, so a few
+    lines can stand for billions of values (or a node can contain itself) and any walk over them
+    (validation, ``repr`` in an error) would hang. The walk stops at the limit: it costs at most that."""
+    count, stack = 0, [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES or depth > MAX_DEPTH:
+            raise ValueError(f"{what}: holds more than {MAX_VALUES:,} values or {MAX_DEPTH} levels of nesting once "
+                             f"its YAML anchors/aliases are expanded; expected {expected}")
+        if isinstance(node, Mapping):
+            stack.extend((child, depth + 1) for item in node.items() for child in item)
+        elif isinstance(node, (list, tuple)):
+            stack.extend((child, depth + 1) for child in node)
+    return data

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from .config import BLOCKS, STEMS, ArchConfig, HeadConfig, StageConfig, StemConfig
-from .errors import first_line, read_text
+from .errors import check_size, parse_reason, read_text
 
 __all__ = ["SPACE_NAMES", "InvalidCandidate", "SearchSpace", "list_spaces", "load_space"]
 
@@ -78,15 +78,21 @@ class Domain:
             unknown = set(raw) - {"low", "high", "step", "log"}
             if unknown or "low" not in raw or "high" not in raw:
                 _fail(key, dict(raw), "a list of choices, a value, 'shared' or {low, high, step?, log?}")
-            low, high, step, log = raw["low"], raw["high"], raw.get("step"), bool(raw.get("log", False))
+            low, high, step, log = raw["low"], raw["high"], raw.get("step"), raw.get("log", False)
             nums = [v for v in (low, high, step) if v is not None]
-            if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in nums) or low > high:
-                _fail(key, dict(raw), "numbers with low <= high")
+            if any(isinstance(v, bool) or not isinstance(v, (int, float))
+                   or (isinstance(v, float) and not math.isfinite(v)) for v in nums) \
+                    or not low <= high:
+                _fail(key, dict(raw), "finite numbers with low <= high")
             if step is not None and step <= 0:
                 _fail(f"{key}.step", step, "a positive number")
+            if not isinstance(log, bool):
+                _fail(f"{key}.log", log, "true or false")
             is_int = all(isinstance(v, int) for v in nums)
             if log and step not in (None, 1):
                 _fail(key, dict(raw), "either log or step, not both")
+            if log and low <= 0:
+                _fail(f"{key}.low", low, "a number > 0 with log: true (a log range cannot reach 0)")
             return cls("int" if is_int else "float", (), low, high, step, log)
         return cls("fixed", (_freeze(raw),))
 
@@ -468,12 +474,16 @@ def load_space(spec: str | Path) -> SearchSpace:
         raise ValueError(f"space: {str(spec)!r} is neither a built-in space ({', '.join(list_spaces())}) "
                          "nor an existing file")
     elif not path.is_file():
-        raise ValueError(f"space: {str(spec)!r} is a folder; expected a built-in space ({', '.join(list_spaces())}) "
+        kind = "a folder" if path.is_dir() else "not a regular file (a pipe, socket or device)"
+        raise ValueError(f"space: {str(spec)!r} is {kind}; expected a built-in space ({', '.join(list_spaces())}) "
                          "or a YAML space file")
     try:
         data = yaml.safe_load(read_text(path, "space", "a YAML space file"))
-    except yaml.YAMLError as err:
-        raise ValueError(f"space {path}: not valid YAML ({first_line(err)})") from None
+    except (yaml.YAMLError, RecursionError, ValueError) as err:  # ValueError: a 5000-digit int, a bad date
+        if isinstance(err, ValueError) and str(err).startswith("space "):
+            raise  # read_text's own line
+        raise ValueError(f"space {path}: not valid YAML ({parse_reason(err)}); expected a YAML space file") from None
+    check_size(data, f"space {path}", "a YAML space file (a few hundred values)")
     try:
         return SearchSpace(data, str(path))
     except ValueError as err:

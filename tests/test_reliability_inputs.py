@@ -102,6 +102,47 @@ def _read_only(tmp: Path) -> Path:
     return folder
 
 
+def _cifar_raw(root: Path, raw: dict[str, bytes]) -> Path:
+    """A cifar-10-batches-py folder whose named batches hold ``raw`` bytes (the others are good batches)."""
+    _cifar_py(root)
+    for name, data in raw.items():
+        (root / name).write_bytes(data)
+    return root
+
+
+# a 59-byte pickle asking numpy for a 6 GiB array (no data): numpy.ndarray((2**21, 3072), 'u1') called directly
+_NDARRAY_CLAIM = (b"\x80\x02}q\x00(X\x04\x00\x00\x00datacnumpy\nndarray\nJ\x00\x00\x20\x00M\x00\x0c\x86X\x02\x00\x00\x00"
+                  b"u1\x86RX\x06\x00\x00\x00labelscnumpy\nndarray\nJ\x00\x00\x20\x00\x85X\x02\x00\x00\x00u1\x86Ru.")
+# builtins.bytearray(1 GiB) three times: 3 GiB of zeroed memory held by the loader
+_BYTEARRAY_CLAIM = (b"\x80\x02cbuiltins\nbytearray\nq\x00"
+                    + b"h\x00J\x00\x00\x00\x40\x85R" * 3 + b"\x87.")
+
+
+def _batch(**changes) -> bytes:
+    batch = {"data": np.zeros((8, 3072), np.uint8), "labels": list(range(8))}
+    batch.update(changes)
+    return pickle.dumps(batch)
+
+
+def _text(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
+def _alias_bomb(key: str) -> str:
+    """A 'billion laughs' flow list: ten anchors, each nine aliases of the one before (9^9 values)."""
+    levels = ["&a0 [" + ", ".join(["1"] * 9) + "]"]
+    levels += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    return f"{key}: [{', '.join(levels)}]\n"
+
+
+def _fifo(tmp: Path, name: str) -> Path:
+    path = tmp / name
+    os.mkfifo(path)
+    return path
+
+
 SEARCH = ["-m", "nas.search", "--budget", "30ms", "--latency", "predicted:v100", "--no-progress"]
 EXPORT = ["-m", "nas.export"]
 
@@ -155,6 +196,54 @@ BAD_INPUTS: list[Bad] = [
     Bad("export-torchscript-huge-config",
         lambda t: EXPORT + [str(_huge(t)), "--format", "torchscript", "--latency", "none", "-o", str(t / "h.pt")],
         ("config: huge needs about ", "GiB of memory to export as torchscript", "over the limit of")),
+    # found by QA after the first round: allocation claims, float/empty labels, alias bombs, nesting, special files
+    Bad("data-pickle-ndarray-allocation-claim",
+        lambda t: SEARCH + ["--data", str(_cifar_raw(t / "c10", {"data_batch_1": _NDARRAY_CLAIM}))],
+        ("data_batch_1' is not a plain CIFAR batch", "numpy.ndarray called directly")),
+    Bad("data-pickle-bytearray-allocation-claim",
+        lambda t: SEARCH + ["--data", str(_cifar_raw(t / "c10", {"test_batch": _BYTEARRAY_CLAIM}))],
+        ("test_batch' is not a plain CIFAR batch", "builtins.bytearray of int")),
+    Bad("data-cifar-float-labels",
+        lambda t: SEARCH + ["--data", str(_cifar_raw(t / "c10", {"data_batch_2": _batch(labels=[0.7] * 8)}))],
+        ("data_batch_2' has 8 images but labels of another length or kind; expected 8 integer labels",)),
+    Bad("data-cifar-empty-batch",
+        lambda t: SEARCH + ["--data", str(_cifar_raw(t / "c10", {"data_batch_1": _batch(
+            data=np.zeros((0, 3072), np.uint8), labels=[])}))],
+        ("data_batch_1' holds no images; expected a batch of at least one image",)),
+    Bad("space-yaml-alias-bomb",
+        lambda t: SEARCH + ["--space", str(_text(t, "s.yaml", "layouts: ['.R']\nstages: [{block: hard}]\n"
+                                                  + _alias_bomb("description")))],
+        ("s.yaml: holds more than 100,000 values", "expected a YAML space file")),
+    Bad("space-deep-nesting",
+        lambda t: SEARCH + ["--space", str(_text(t, "s.yaml", "layouts: " + "[" * 20000 + "]" * 20000 + "\n"))],
+        ("s.yaml: not valid YAML (nested too deeply); expected a YAML space file",)),
+    Bad("space-log-range-from-zero",
+        lambda t: SEARCH + ["--space", str(_text(t, "s.yaml", TINY.read_text()
+                                                  + "head:\n  dropout: {low: 0.0, high: 0.5, log: true}\n"))],
+        ("space head.dropout.low: 0.0 is not allowed; expected a number > 0 with log: true",)),
+    Bad("space-step-nan",
+        lambda t: SEARCH + ["--space", str(_text(t, "s.yaml", TINY.read_text()
+                                                  + "head:\n  dropout: {low: 0.0, high: 0.5, step: .nan}\n"))],
+        ("space head.dropout: ", "expected finite numbers with low <= high")),
+    Bad("space-fifo", lambda t: SEARCH + ["--space", str(_fifo(t, "s.yaml"))],
+        ("s.yaml' is not a regular file (a pipe, socket or device); expected a built-in space",)),
+    Bad("config-json-deep-nesting",
+        lambda t: EXPORT + [str(_text(t, "c.json", "[" * 100000 + "]" * 100000)), "-o", str(t / "m.json")],
+        ("c.json: config: not valid JSON (nested too deeply)",)),
+    Bad("config-yaml-5000-digit-int",
+        lambda t: EXPORT + [str(_text(t, "c.yaml", "stages: [{block: hard, depth: " + "9" * 5000 + "}]\n")),
+                            "-o", str(t / "m.json")],
+        ("c.yaml: config: not valid YAML (an integer has more than 4300 digits)",)),
+    Bad("config-yaml-alias-bomb",
+        lambda t: EXPORT + [str(_text(t, "c.yaml", "stages: [{block: hard}]\n" + _alias_bomb("name"))),
+                            "-o", str(t / "m.json")],
+        ("c.yaml: config: holds more than 100,000 values",)),
+    Bad("export-out-parent-is-a-file",
+        lambda t: EXPORT + ["hardnet39ds", "--format", "json", "-o", str(_text(t, "f", "keep") / "m.json")],
+        ("f' is not a folder; expected an existing folder",)),
+    Bad("export-force-over-a-fifo",
+        lambda t: EXPORT + ["hardnet39ds", "--format", "json", "--force", "-o", str(_fifo(t, "m.json"))],
+        ("m.json' is not a regular file (a pipe, socket or device)",)),
 ]
 
 

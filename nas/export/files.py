@@ -24,8 +24,12 @@ def check_writable(paths: Iterable[Path], force: bool) -> None:
             raise ValueError(f"out: {str(path)!r} already exists; pass --force (force=True) to overwrite it")
         if path.is_dir():
             raise ValueError(f"out: {str(path)!r} is a folder; expected a file path")
+        if path.exists() and not path.is_file():  # --force overwrites files, never a pipe, socket or device
+            raise ValueError(f"out: {str(path)!r} is not a regular file (a pipe, socket or device); expected a "
+                             "file path")
         if not path.parent.is_dir():
-            raise ValueError(f"out: {str(path.parent)!r} does not exist; expected an existing folder")
+            what = "is not a folder" if path.parent.exists() else "does not exist"
+            raise ValueError(f"out: {str(path.parent)!r} {what}; expected an existing folder")
         _probe(path.parent)
 
 
