@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from torch import nn
 
 from ..paths import runs_dir
 
-__all__ = ["CanaryBaseline", "GuardedTiming", "InterferencePolicy", "guarded_timing", "load_baseline",
+__all__ = ["CanaryBaseline", "ForeignLoad", "GuardedTiming", "InterferencePolicy", "guarded_timing", "load_baseline",
            "make_canary", "save_baseline"]
 
 CANARY_VERSION = 1
@@ -56,6 +57,7 @@ class InterferencePolicy:
     spread_factor: float = 4.0  # clean runs' rel IQR above this x the device's usual one: disturbed
     spread_floor: float = 0.15  # ... and above this absolute rel IQR
     min_clean: int = 3  # clean runs needed for a clean figure
+    foreign_cores: float = 0.35  # CPU time other processes used during a window, in cores: above it, disturbed
 
 
 @dataclass
@@ -134,6 +136,34 @@ def save_baseline(baseline: CanaryBaseline) -> None:
     tmp.replace(path)
 
 
+class ForeignLoad:
+    """CPU time used by other processes between two calls, in cores (Linux ``/proc/stat`` minus this
+    process's own CPU time); None where ``/proc/stat`` cannot be read. Needs no baseline."""
+
+    def __init__(self) -> None:
+        self._last = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()
+            ticks = [int(v) for v in fields[1:9]]
+        except (OSError, ValueError):
+            return None
+        if len(ticks) < 8 or fields[0] != "cpu":
+            return None
+        busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7]  # user nice system irq softirq steal
+        return busy / os.sysconf("SC_CLK_TCK"), time.process_time(), time.perf_counter()
+
+    def __call__(self) -> float | None:
+        now, last = self._sample(), self._last
+        self._last = now
+        if now is None or last is None or now[2] <= last[2]:
+            return None
+        return max(0.0, (now[0] - last[0]) - (now[1] - last[1])) / (now[2] - last[2])
+
+
 @dataclass
 class GuardedTiming:
     """What `guarded_timing` saw: the runs the figure uses, the discarded ones, and the verdict."""
@@ -147,6 +177,7 @@ class GuardedTiming:
     waits: int
     reason: str | None
     checks_ms: list[float]  # every canary check (ms per canary run)
+    foreign_cores: float | None = None  # median CPU use of other processes over the windows, in cores
 
 
 def _rel_iqr(xs: list[float]) -> float:
@@ -161,14 +192,16 @@ def guarded_timing(run_once: Callable[[], list[float]], check: Callable[[], floa
                    policy: InterferencePolicy, *, target_rel_iqr: float, max_seconds: float, min_runs: int,
                    max_runs: int, usual_rel_iqr: float | None = None,
                    clock: Callable[[], float] = time.perf_counter,
-                   sleep: Callable[[float], None] = time.sleep) -> GuardedTiming:
+                   sleep: Callable[[float], None] = time.sleep,
+                   foreign: Callable[[], float | None] | None = None) -> GuardedTiming:
     """Time windows of ``run_once`` bracketed by canary ``check``s; wait out busy spells; judge.
 
     ``run_once`` returns the times (ms) of one run or one burst; ``check`` one canary check's time
-    per canary run (ms), compared with ``baseline_ms``. Device-independent.
+    per canary run (ms), compared with ``baseline_ms``; ``foreign`` (optional, e.g. `ForeignLoad`)
+    the cores other processes used since its previous call. Device-independent.
     """
-    thr = policy.threshold
-    windows: list[tuple[list[float], float]] = []  # (runs, canary ratio)
+    thr, max_load = policy.threshold, policy.foreign_cores
+    windows: list[tuple[list[float], float, float]] = []  # (runs, canary ratio, foreign cores)
     checks: list[float] = []
 
     def ratio() -> float:
@@ -176,28 +209,36 @@ def guarded_timing(run_once: Callable[[], list[float]], check: Callable[[], floa
         checks.append(c)
         return c / baseline_ms
 
+    def load() -> float:
+        v = foreign() if foreign is not None else None
+        return 0.0 if v is None else v
+
     timed = waited = 0.0
     waits, next_wait, n_runs = 0, policy.first_wait_s, 0
     capped = False
-    prev = ratio()
+    prev, busy = ratio(), 0.0
     while True:
-        while prev > thr and waited + next_wait <= policy.max_wait_s:  # busy: back off, look again
+        while (prev > thr or busy > max_load) and waited + next_wait <= policy.max_wait_s:  # back off, look again
+            load()
             sleep(next_wait)
+            busy = load()  # what the others did while this process slept
             waited += next_wait
             waits += 1
             next_wait *= 2
             prev = ratio()
+        load()
         t0, runs = clock(), []
         while True:
             runs.extend(run_once())
             if clock() - t0 >= policy.window_s or n_runs + len(runs) >= max_runs:
                 break
         timed += clock() - t0
+        busy = load()
         n_runs += len(runs)
         nxt = ratio()
-        windows.append((runs, max(prev, nxt)))
+        windows.append((runs, max(prev, nxt), busy))
         prev = nxt
-        clean = [t for w, r in windows if r <= thr for t in w]
+        clean = [t for w, r, f in windows if r <= thr and f <= max_load for t in w]
         if len(clean) >= max(min_runs, policy.min_clean) and _rel_iqr(clean) <= target_rel_iqr:
             break
         if n_runs >= max_runs:
@@ -210,27 +251,31 @@ def guarded_timing(run_once: Callable[[], list[float]], check: Callable[[], floa
     return _judge(windows, checks, policy, capped, waited, waits, usual_rel_iqr)
 
 
-def _judge(windows: list[tuple[list[float], float]], checks: list[float], policy: InterferencePolicy, capped: bool,
-           waited: float, waits: int, usual_rel_iqr: float | None) -> GuardedTiming:
-    thr = policy.threshold
-    fastest = min(statistics.median(w) for w, _ in windows)
-    ok = [(w, r) for w, r in windows if r <= thr and statistics.median(w) <= thr * fastest]
-    clean = [t for w, _ in ok for t in w]
-    every = [t for w, _ in windows for t in w]
+def _judge(windows: list[tuple[list[float], float, float]], checks: list[float], policy: InterferencePolicy,
+           capped: bool, waited: float, waits: int, usual_rel_iqr: float | None) -> GuardedTiming:
+    thr, max_load = policy.threshold, policy.foreign_cores
+    fastest = min(statistics.median(w) for w, _, _ in windows)
+    ok = [(w, r, f) for w, r, f in windows if r <= thr and f <= max_load and statistics.median(w) <= thr * fastest]
+    clean = [t for w, _, _ in ok for t in w]
+    every = [t for w, _, _ in windows for t in w]
     if len(clean) >= policy.min_clean:
-        slowdown = statistics.median(r for _, r in ok)
-        reason = None
+        slowdown = statistics.median(r for _, r, _ in ok)
+        load = statistics.median(f for _, _, f in ok)
         spread = _rel_iqr(clean)
         if usual_rel_iqr is not None and spread > max(policy.spread_factor * usual_rel_iqr, policy.spread_floor):
             reason = (f"run-to-run spread {100 * spread:.0f}% is over {policy.spread_factor:g}x this device's "
                       f"usual {100 * usual_rel_iqr:.1f}%")
-            return GuardedTiming(every, 0, True, slowdown, capped, waited, waits, reason, checks)
-        return GuardedTiming(clean, len(every) - len(clean), False, slowdown, capped, waited, waits, None, checks)
-    slowdown = statistics.median(r for _, r in windows)
-    busy = sum(r > thr for _, r in windows)
-    reason = (f"canary {slowdown:.2f}x slower than its quiet baseline (median over {len(windows)} windows, "
-              f"{busy} over the {thr:g}x threshold); {len(clean)} clean runs after {waits} waits ({waited:.1f} s)")
-    return GuardedTiming(every, 0, True, slowdown, capped, waited, waits, reason, checks)
+            return GuardedTiming(every, 0, True, slowdown, capped, waited, waits, reason, checks, load)
+        return GuardedTiming(clean, len(every) - len(clean), False, slowdown, capped, waited, waits, None, checks,
+                             load)
+    slowdown = statistics.median(r for _, r, _ in windows)
+    load = statistics.median(f for _, _, f in windows)
+    slow = sum(r > thr for _, r, _ in windows)
+    loaded = sum(f > max_load for _, _, f in windows)
+    reason = (f"canary {slowdown:.2f}x slower than its quiet baseline ({slow} of {len(windows)} windows over the "
+              f"{thr:g}x threshold), other processes used {load:.2f} cores ({loaded} windows over {max_load:g}); "
+              f"{len(clean)} clean runs after {waits} waits ({waited:.1f} s)")
+    return GuardedTiming(every, 0, True, slowdown, capped, waited, waits, reason, checks, load)
 
 
 # --- the canary workload -------------------------------------------------------------------------

@@ -184,7 +184,8 @@ def _time_guarded(model: nn.Module, x: torch.Tensor, precision: str, warmup: int
                     return [(time.perf_counter_ns() - t0) / 1e6]
             with _gc_paused():
                 timing = guard.guarded_timing(run_once, lambda: timed_check(base.reps), base.ms, policy,
-                                                     usual_rel_iqr=base.usual_rel_iqr, **limits)
+                                              usual_rel_iqr=base.usual_rel_iqr,
+                                              foreign=None if cuda else guard.ForeignLoad(), **limits)
     guard.record(base, timing)
     return timing
 
