@@ -7,6 +7,7 @@ throw-away data directory; the test skips with the reason only when no server is
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -60,7 +61,7 @@ def postgres_url() -> Iterator[str]:
         conn.autocommit = True
         conn.cursor().execute("CREATE DATABASE nas")
         conn.close()
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/nas"
+        yield f"postgresql://postgres@127.0.0.1:{port}/nas"  # exactly the README's form
     finally:
         subprocess.run(_as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
                        capture_output=True, timeout=60)
@@ -73,11 +74,27 @@ def _popen(args: list[str], runs: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def _load(name: str, url: str) -> optuna.Study:
+    from nas.search.storage import open_storage_readonly
+
+    return optuna.load_study(study_name=name, storage=open_storage_readonly(url))
+
+
+def test_the_documented_url_works_with_the_extras_driver():
+    from nas.search.storage import normalize_url
+
+    url = "postgresql://user@host/db"
+    have_psycopg3 = importlib.util.find_spec("psycopg") is not None
+    assert normalize_url(url) == (url if have_psycopg3 else "postgresql+psycopg2://user@host/db")
+    assert normalize_url("postgresql+psycopg2://u@h/d") == "postgresql+psycopg2://u@h/d"
+
+
 def test_a_search_writes_its_study_to_postgresql(postgres_url, tmp_path):
     from nas.search.__main__ import main
 
+    assert postgres_url.startswith("postgresql://")
     assert main([*FAST, "--trials", "2", "--storage", postgres_url, "--study-name", "pg-one"]) == 0
-    study = optuna.load_study(study_name="pg-one", storage=postgres_url)
+    study = _load("pg-one", postgres_url)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(done) >= 2 and all("arch_id" in t.user_attrs and "latency_ms" in t.user_attrs for t in done)
 
@@ -91,7 +108,7 @@ def test_two_processes_share_one_postgresql_study(postgres_url, tmp_path):
     procs = [_popen([*FAST, "--trials", "8", *storage], tmp_path / f"w{i}") for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
-    study = optuna.load_study(study_name="pg-shared", storage=postgres_url)
+    study = _load("pg-shared", postgres_url)
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers)) == len(study.trials)
     assert all(t.state.name != "RUNNING" for t in study.trials)

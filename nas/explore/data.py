@@ -110,17 +110,14 @@ def clear_storage_cache() -> None:
 def _storage(url: str) -> Any:
     if url in _STORAGES:
         return _STORAGES[url]
-    path = _file_of(url)
-    if path is not None and path.exists() and path.is_dir():
-        raise StorageError(f"storage {url}: {path} is a folder, expected a database file")
-    from ..search.optuna_backend import make_storage
+    from ..search.storage import open_storage_readonly
 
     try:
-        storage = make_storage(url)
-    except Exception as err:  # bad URL, missing driver, unreachable server, corrupted file
+        storage = open_storage_readonly(url)
+    except Exception as err:  # bad URL, missing driver, unreachable server, not a storage, damaged file
         msg = first_line(err)
         prefix = f"storage: {url!r} "
-        if msg.startswith(prefix):  # make_storage already names the URL
+        if msg.startswith(prefix):  # the opener already names the URL
             msg = msg[len(prefix):]
         raise StorageError(f"storage {url}: {msg}") from None
     _STORAGES[url] = storage
@@ -305,6 +302,7 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     Columns: ``key`` (``study#number``, unique across overlaid studies), ``study``, ``number``,
     ``state``, ``name`` (baseline name or ""), ``baseline``, ``arch_id``, ``config`` (JSON text),
     the numbers in ``_NUMBERS`` (NaN when absent), ``latency_source``/``latency_device``,
+    ``latency_disturbed``/``latency_slowdown`` (a measurement taken while other work ran),
     ``proxy``, ``status``, ``reason``, ``budget_ms``/``resolution``/``batch``/``precision`` of
     the study, ``curve`` (per-epoch proxy accuracy) and `DESIGN_CHOICES`.
     """
@@ -325,6 +323,8 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "config": cfg or "",
             "latency_source": r.get("latency_source") or "",
             "latency_device": r.get("latency_device") or "",
+            "latency_disturbed": bool(r.get("latency_disturbed")),
+            "latency_slowdown": _num(r.get("latency_slowdown")),
             "proxy": r.get("proxy") or settings.get("proxy") or "",
             "status": r.get("status") or "",
             "reason": r.get("reason") or "",
@@ -340,6 +340,6 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         row.update(feats)
         rows.append(row)
     columns = ["key", "study", "number", "state", "name", "baseline", "arch_id", "config", *_NUMBERS,
-               "latency_source", "latency_device", "proxy", "status", "reason", "budget_ms", "resolution", "batch",
+               "latency_source", "latency_device", "latency_disturbed", "latency_slowdown", "proxy", "status", "reason", "budget_ms", "resolution", "batch",
                "precision", "curve", *DESIGN_CHOICES]
     return pd.DataFrame(rows, columns=columns)

@@ -65,14 +65,15 @@ class _Progress:
     def __call__(self) -> int:
         import optuna
 
-        from ..search.optuna_backend import evaluated_count, make_storage
+        from ..search.optuna_backend import evaluated_count
+        from ..search.storage import open_storage_readonly
         from .data import storage_is_missing
 
         try:
             if self.storage is None:
                 if storage_is_missing(self.url):
                     return -1
-                self.storage = make_storage(self.url)
+                self.storage = open_storage_readonly(self.url)
             return evaluated_count(optuna.load_study(study_name=self.study, storage=self.storage))[0]
         except Exception:  # not created yet, or the writer holds the lock this instant
             return -1

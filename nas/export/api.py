@@ -81,8 +81,10 @@ def latency_metadata(config: ArchConfig, latency: str, resolution: int, deploy: 
     device = r.device
     if r.source == "measured" and ctx.get("device_name") and ctx["device_name"] not in device:
         device = f"{device} ({ctx['device_name']}, {ctx.get('threads')} threads)"
-    meta = {"latency_ms": r.median_ms, "latency_source": r.source, "device": device,
+    meta = {"latency_ms": r.corrected_ms, "latency_source": r.source, "device": device,
             "precision": ctx.get("precision"), "batch": ctx.get("batch"), "latency_resolution": resolution}
+    if r.disturbed:
+        meta.update(latency_disturbed=True, latency_slowdown=r.canary_slowdown)
     if deploy:
         meta["latency_deploy"] = True
     return meta

@@ -7,8 +7,9 @@ the search stored them. Every lookup that fails names what was asked for and wha
 
 from __future__ import annotations
 
+import re
+
 import math
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,32 +21,11 @@ from ..errors import first_line
 __all__ = ["config_from_study", "load_weights", "record_metadata"]
 
 
-def _storage_path(url: str) -> Path | None:
-    """The file behind a SQLite or journal URL (None for server databases)."""
-    if url.startswith("journal:"):
-        return Path(url.split(":", 1)[1])
-    if url.endswith((".log", ".jsonl")) and "://" not in url:
-        return Path(url)
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):]).expanduser()
-    return None
-
-
 def _open_storage(url: str) -> Any:
-    """The Optuna storage, refusing a file that does not exist (opening would create an empty one)."""
-    import optuna
+    """The Optuna storage, read-only: a missing, empty, foreign or damaged file is a one-line error."""
+    from ..search.storage import open_storage_readonly
 
-    from ..search.optuna_backend import make_storage
-
-    if not isinstance(url, str) or not url:
-        raise ValueError(f"storage: {url!r} is not allowed; expected a URL such as sqlite:///runs/nas.db or journal:PATH")
-    path = _storage_path(url)
-    if path is not None and not path.is_file():
-        raise ValueError(f"storage: {url!r} is not allowed; {str(path)!r} does not exist (expected the storage "
-                         "a search wrote, e.g. sqlite:///runs/nas.db)")
-    with warnings.catch_warnings():  # Optuna flags heartbeats as experimental on every open
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return make_storage(url)
+    return open_storage_readonly(url)
 
 
 def _ranges(numbers: list[int]) -> str:
@@ -137,6 +117,8 @@ def record_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
     if record.get("latency_ms") is not None:
         meta.update(latency_ms=record["latency_ms"], latency_source=record.get("latency_source"),
                     device=record.get("latency_device"))
+        if record.get("latency_disturbed"):
+            meta.update(latency_disturbed=True, latency_slowdown=record.get("latency_slowdown"))
         for key in ("precision", "batch"):
             if settings.get(key) is not None:
                 meta[key] = settings[key]
@@ -155,6 +137,16 @@ def record_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
     if settings.get("budget_ms") is not None:
         meta["budget_ms"] = settings["budget_ms"]
     return {k: v for k, v in meta.items() if v is not None}
+
+
+def _without_unsafe_advice(err: BaseException) -> str:
+    """Why torch refused the file, without its hint to retry with ``weights_only=False`` (that runs the file's code)."""
+    refused = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(err))
+    if refused:
+        return f"it holds a pickled {refused.group(1)!r}, which is never loaded"
+    text = first_line(err, 400)
+    cut = min((i for i in (text.find("In PyTorch"), text.find("weights_only")) if i >= 0), default=-1)
+    return (text[:cut].rstrip(" .,(`") if cut > 0 else text)[:200] or type(err).__name__
 
 
 def load_weights(path: str | Path, config: ArchConfig) -> dict[str, torch.Tensor]:
@@ -179,7 +171,8 @@ def load_weights(path: str | Path, config: ArchConfig) -> dict[str, torch.Tensor
         else:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"weights: {str(path)!r} could not be read as tensors only ({first_line(err, 200)})") from None
+        raise ValueError(f"weights: {str(path)!r} could not be read as tensors only ({_without_unsafe_advice(err)}); "
+                         "expected a safetensors file or a torch.save file of tensors") from None
     model = build_model(config)
     try:
         flat = unwrap_checkpoint(raw)  # {"state_dict": ...} / {"model": ...} / DataParallel's "module." prefix

@@ -4,7 +4,8 @@ With no other option it searches the hardnet space on this machine: latency meas
 device at hand (the CPU where there is no GPU), accuracy from a short proxy training on the
 embedded digits data, 20 evaluated trials, the canonical configs of the space enqueued first as
 baselines.
-Rerunning the same command resumes the study.
+Rerunning the same command resumes the study. Exit codes: 0 done, 2 usage error, 3 fewer evaluated
+trials than --trials (the last line says why), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..cli import ArgumentParser, run
 from ..paths import runs_dir
-from .settings import SearchSettings, parse_budget, parse_objectives
+from .results import shortfall, trial_records
+from .settings import SearchSettings, check_study_name, parse_budget, parse_objectives
+
+EXIT_SHORT = 3
+"""Exit code of a search that ended with fewer evaluated trials than --trials (2: usage error, 130: interrupted)."""
 
 
 def _positive_int(text: str) -> int:
@@ -74,10 +79,11 @@ def _attach_values(argv: list[str]) -> list[str]:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    from .optuna_backend import request_stop
+    from .optuna_backend import interrupt_now, request_stop
 
     request_stop()
-    raise KeyboardInterrupt
+    if interrupt_now():  # else the search stops at its next safe point, never inside a storage write
+        raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,28 +100,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         proxy_epochs=args.proxy_epochs, objectives=parse_objectives(args.objectives), sampler=args.sampler,
         gate_factor=args.gate_factor, backend=args.backend, workers=args.workers,
     )
+    study_name = check_study_name(args.study_name if args.study_name is not None else settings.default_study_name())
     _validate_early(settings)
     from . import run_search
     from .optuna_backend import default_storage, record_run
 
     storage = args.storage or default_storage()
-    study_name = args.study_name or settings.default_study_name()
     folder = runs_dir() / study_name
-    record_run(folder, settings, storage, study_name)
     interrupted = False
     try:
-        study = run_search(settings, storage, study_name, progress=not args.no_progress, ray_address=args.ray_address)
+        study = run_search(settings, storage, study_name, progress=not args.no_progress, ray_address=args.ray_address,
+                           on_open=lambda _study: record_run(folder, settings, storage, study_name))
     except KeyboardInterrupt:
         interrupted = True
-        from .optuna_backend import make_storage
-        import optuna
-
-        study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
-    _report(study, settings, folder)
+        study = _read_study(storage, study_name)
+    if study is not None:
+        _report(study, settings, folder)
     if interrupted:
         print("nas.search: interrupted; completed trials are saved, rerun the same command to resume", file=sys.stderr)
         return 130
+    short = shortfall(trial_records(study), settings.trials, settings.timeout_s) if study is not None else None
+    if short is not None:
+        print(f"nas.search: fell short: {short}", file=sys.stderr)
+        return EXIT_SHORT
     return 0
+
+
+def _read_study(storage: str, study_name: str) -> Any:
+    """The study as far as it got, read-only; None when the run was stopped before it existed."""
+    import optuna
+
+    from .storage import open_storage_readonly
+
+    try:
+        return optuna.load_study(study_name=study_name, storage=open_storage_readonly(storage))
+    except (KeyError, ValueError):
+        return None
 
 
 def _validate_early(s: SearchSettings) -> None:
@@ -138,16 +158,27 @@ def _validate_early(s: SearchSettings) -> None:
 
 def _report(study, s: SearchSettings, folder: Path) -> None:
     from ..config import ArchConfig
-    from .results import format_table, pareto_front, trial_records, write_front
+    from .results import format_table, is_interrupted, pareto_front, trial_records, write_front
 
     recs = trial_records(study)
     front = pareto_front(recs)
-    baselines = [r for r in recs if r.get("seed")]
-    states = {st: sum(r["state"] == st for r in recs) for st in ("COMPLETE", "PRUNED", "FAIL")}
+    interrupted = [r for r in recs if is_interrupted(r["state"], r)]
+    retried = {r.get("retry_of") for r in recs}
+    baselines = [r for r in recs if r.get("seed") and r["number"] not in retried]
+    states = {st: sum(r["state"] == st for r in recs) for st in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
     gated = sum(1 for r in recs if str(r.get("reason") or "").startswith(("gate", "over budget")))
+    failed = states["FAIL"] - len(interrupted)
+    others = "".join(f", {states[st]} {st.lower()}" for st in ("RUNNING", "WAITING") if states[st])
     print(f"\nstudy {study.study_name}: {len(recs)} trials ({states['COMPLETE']} complete, {states['PRUNED']} pruned "
-          f"of which {gated} rejected before training, {states['FAIL']} failed); budget {s.budget_ms:g} ms "
+          f"of which {gated} rejected before training, {failed} failed, {len(interrupted)} interrupted{others}); "
+          f"budget {s.budget_ms:g} ms "
           f"({'measured on ' + s.device if s.latency_kind == 'measured' else 'predicted for ' + str(s.latency_device)})")
+    if failed:
+        print(f"{failed} failed candidates count toward --trials (each crashed, went NaN or ran out of memory; "
+              "the reasons are in the trials' 'reason')")
+    if interrupted:
+        print(f"{len(interrupted)} interrupted trials (process killed or stopped) do not count; each is run again "
+              "with the same parameters")
     print(format_table(front, f"\nPareto front (feasible: latency <= {s.budget_ms:g} ms; accuracy = "
                               f"{'proxy training on ' + s.data if s.proxy == 'train' else s.zero_cost_metric}):"))
     print(format_table([{**b, "name": f"{b.get('seed')}{'' if b.get('feasible') else ' *'}"} for b in baselines],

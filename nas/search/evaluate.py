@@ -15,14 +15,14 @@ from ..config import ArchConfig
 from ..cost import analyze
 from ..data import Dataset, load_dataset
 from ..errors import failure_reason
-from ..latency import LatencyCache, measure, predict
+from ..latency import LatencyCache, LatencyResult, measure, predict
 from ..latency.predict import predict_ms
 from ..latency.profiles import resolve_profile
 from ..paths import runs_dir
 from ..proxy import ProxyBudget, train_eval, zero_cost
 from .settings import SearchSettings
 
-__all__ = ["evaluate", "objective_values"]
+__all__ = ["evaluate", "measure_settled", "objective_values"]
 
 
 @lru_cache(maxsize=4)
@@ -74,16 +74,21 @@ def _evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, fl
             return done("rejected", f"gate: predicted {gate_ms:.1f} ms on {gate_device} is over "
                                     f"{s.gate_factor:g}x the {s.budget_ms:g} ms budget")
     if s.latency_kind == "measured":
-        lat = measure(config, device=s.device, resolution=s.resolution, batch=s.batch, precision=s.precision,
-                      cache=_cache())
+        lat = measure_settled(config, s)
     else:
         lat = predict(config, s.latency_device, s.resolution, s.batch, s.precision)
     m.update(latency_source=lat.source, latency_device=lat.device, latency_rel_iqr=lat.rel_iqr)
     if not lat.ok:
         return done("failed", f"latency: {lat.error}")
     m["latency_ms"] = lat.median_ms
-    if lat.median_ms > s.budget_ms:
-        return done("rejected", f"over budget: {lat.source} {lat.median_ms:.1f} ms > {s.budget_ms:g} ms")
+    if lat.source == "measured":
+        m.update(latency_disturbed=lat.disturbed, latency_slowdown=lat.canary_slowdown)
+        if lat.disturbed:
+            m.update(latency_ms=lat.corrected_ms, latency_raw_ms=lat.median_ms,
+                     latency_interference=lat.interference)
+    if m["latency_ms"] > s.budget_ms:
+        flag = " (disturbed, corrected for the busy device)" if m.get("latency_disturbed") else ""
+        return done("rejected", f"over budget: {lat.source} {m['latency_ms']:.1f} ms > {s.budget_ms:g} ms{flag}")
 
     data = _dataset(s.data, s.seed)
     try:
@@ -105,6 +110,36 @@ def _evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, fl
     if r.status == "pruned":
         return done("pruned", r.reason)
     return done("ok", None)
+
+
+class _Backoff:
+    """How long to wait before re-measuring a disturbed figure: doubling while disturbed results keep
+    coming (rejections would pile up), from ``first_s`` up to ``max_s``; one re-measurement per candidate."""
+
+    first_s, max_s = 1.0, 8.0
+
+    def __init__(self) -> None:
+        self.streak = 0  # consecutive candidates whose measurement was disturbed
+
+    def wait_s(self) -> float:
+        return min(self.max_s, self.first_s * 2 ** min(self.streak, 3))
+
+
+_BACKOFF = _Backoff()
+
+
+def measure_settled(config: ArchConfig, s: SearchSettings, sleep: Callable[[float], None] = time.sleep) -> LatencyResult:
+    """`measure`, and once more after a back-off when the first result is disturbed (the later one is kept)."""
+    def once() -> LatencyResult:
+        return measure(config, device=s.device, resolution=s.resolution, batch=s.batch, precision=s.precision,
+                       cache=_cache())
+
+    lat = once()
+    if lat.ok and lat.disturbed:
+        sleep(_BACKOFF.wait_s())
+        lat = once()
+    _BACKOFF.streak = _BACKOFF.streak + 1 if lat.ok and lat.disturbed else 0
+    return lat
 
 
 def objective_values(m: dict[str, Any], objectives: tuple[str, ...]) -> list[float]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import socket
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 
@@ -24,6 +24,7 @@ from ..paths import runs_dir
 from ..space import InvalidCandidate, load_space
 from .evaluate import evaluate
 from .optuna_backend import evaluated_count, make_storage, open_study
+from .storage import open_storage_readonly
 from .settings import SearchSettings
 
 __all__ = ["run_ray"]
@@ -40,7 +41,7 @@ def _trainable(config: dict[str, Any]) -> None:
         tune.report({"status": "failed", "reason": config["invalid"]})
         return
     arch = ArchConfig.from_json(config["arch"])
-    study = optuna.load_study(study_name=config["study_name"], storage=make_storage(config["storage"]))
+    study = optuna.load_study(study_name=config["study_name"], storage=open_storage_readonly(config["storage"]))
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if t.user_attrs.get("arch_id") == arch.arch_id:  # evaluated before: never trained twice
             attrs = {k: v for k, v in t.user_attrs.items() if k not in ("config", "seed")}
@@ -134,14 +135,20 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise ValueError(f"ray-address: {address!r} could not be reached ({err.strerror or err}); start a head "
                          f"with `ray start --head` and pass its address, or leave --ray-address out") from None
 
-def run_ray(s: SearchSettings, storage: str, study_name: str, address: str | None = None) -> optuna.Study:
-    """Run (or resume) the search on Ray Tune; returns the Optuna study both backends share."""
+def run_ray(s: SearchSettings, storage: str, study_name: str, address: str | None = None,
+            on_open: Callable[[optuna.Study], None] | None = None) -> optuna.Study:
+    """Run (or resume) the search on Ray Tune; returns the Optuna study both backends share.
+
+    ``on_open`` is called once the storage is open and the settings match the study's.
+    """
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     space = load_space(s.space)
     study = open_study(s, storage, study_name, heartbeat=False)  # validates settings against an existing study
+    if on_open is not None:
+        on_open(study)
     evaluated, _ = evaluated_count(study)
     remaining = s.trials - evaluated
     if remaining <= 0:
@@ -182,4 +189,4 @@ def run_ray(s: SearchSettings, storage: str, study_name: str, address: str | Non
                                   verbose=0),
     )
     tuner.fit()
-    return optuna.load_study(study_name=study_name, storage=make_storage(storage))
+    return optuna.load_study(study_name=study_name, storage=open_storage_readonly(storage))

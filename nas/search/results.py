@@ -11,11 +11,20 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["format_table", "hypervolume", "pareto_front", "trial_records", "write_front"]
+__all__ = ["REJECTION_CAP", "format_table", "shortfall", "hypervolume", "is_interrupted", "pareto_front", "trial_records", "write_front"]
 
 _COLUMNS = ("number", "name", "arch_id", "accuracy", "latency_ms", "latency_source", "cio", "macs", "params", "feasible")
+
+
+def is_interrupted(state: str, attrs: Mapping[str, Any]) -> bool:
+    """A FAIL that is no verdict on the candidate: its process died or was stopped (it is run again)."""
+    return state == "FAIL" and attrs.get("status") != "failed"
+
+
+def _finite_or_none(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def trial_records(study: Any) -> list[dict[str, Any]]:
@@ -29,6 +38,46 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
         rec["feasible"] = bool(t.state.name == "COMPLETE" and lat is not None and (budget is None or lat <= budget))
         out.append(rec)
     return out
+
+
+REJECTION_CAP = 25
+"""A search stops after this many times ``--trials`` finished candidates, evaluated or not."""
+
+
+def shortfall(records: Sequence[dict[str, Any]], trials: int, timeout_s: float | None = None) -> str | None:
+    """One line saying why a search holds fewer than ``trials`` evaluated trials, and what to try; None if it does not."""
+    finished = [r for r in records if r.get("state") in ("COMPLETE", "PRUNED", "FAIL")]
+    interrupted = [r for r in finished if is_interrupted(r["state"], r)]
+    evaluated = [r for r in finished if r.get("status") != "rejected" and r not in interrupted]
+    if len(evaluated) >= trials:
+        return None
+    reason = [str(r.get("reason") or "") for r in finished]
+    gated = sum(x.startswith("gate") for x in reason)
+    over = [r for r, x in zip(finished, reason) if x.startswith("over budget")]
+    busy = sum(1 for r in over if r.get("latency_disturbed"))
+    disturbed = sum(1 for r in finished if r.get("latency_disturbed"))
+    failed = sum(1 for r in finished if r.get("state") == "FAIL" and r not in interrupted)
+    if len(finished) >= REJECTION_CAP * trials:
+        why = f"stopped at the cap of {REJECTION_CAP}x --trials candidates"
+    elif timeout_s is not None:
+        why = f"stopped by --timeout {timeout_s:g} s"
+    else:
+        why = "stopped early"
+    tips = []
+    if gated + len(over) > len(evaluated):
+        measured = [r["latency_ms"] for r in finished if isinstance(r.get("latency_ms"), (int, float))]
+        fastest = f" (the fastest candidate took {min(measured):.1f} ms)" if measured else ""
+        tips.append(f"a larger --budget{fastest} or --gate-factor")
+    if disturbed:
+        tips.append(f"a quieter machine ({disturbed} latencies were measured while other work ran)")
+    if failed:
+        tips.append("the failed trials' reasons")
+    if timeout_s is not None and why.startswith("stopped by"):
+        tips.append("a longer --timeout")
+    tips.append("rerunning the same command, which resumes the study")
+    return (f"{len(evaluated)} of {trials} trials evaluated; {why}: {gated} rejected by the gate, {len(over)} over "
+            f"budget as measured ({busy} of them disturbed), {failed} failed, {len(interrupted)} interrupted. "
+            f"Try {'; '.join(tips)}")
 
 
 def _dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[int]) -> bool:
@@ -102,11 +151,15 @@ def _fmt(v: Any, col: str) -> str:
 def format_table(rows: Sequence[dict[str, Any]], title: str) -> str:
     cols = ("number", "name", "arch_id", "accuracy", "latency_ms", "latency_source", "cio", "macs", "params")
     head = ["#", "name", "arch_id", "accuracy", "latency ms", "source", "CIO", "MACs", "params"]
-    table = [head] + [[_fmt(r.get(c), c) for c in cols] for r in rows]
+    table = [head] + [[_fmt(r.get(c), c) + ("!" if c == "latency_source" and r.get("latency_disturbed") else "")
+                       for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     lines = [title] + ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in table]
     if not rows:
         lines.append("  (none)")
+    if any(r.get("latency_disturbed") for r in rows):
+        lines.append("  ! measured while other work ran (disturbed): scaled back by the reference workload's "
+                     "slowdown; rerun on a quiet machine to confirm")
     return "\n".join(lines)
 
 
@@ -115,16 +168,18 @@ def write_front(folder: Path, front: Sequence[dict[str, Any]], baselines: Sequen
     folder.mkdir(parents=True, exist_ok=True)
     js, cs = folder / "pareto.json", folder / "pareto.csv"
     keep = ("number", "name", "arch_id", "accuracy", "latency_ms", "latency_source", "latency_device", "cio", "macs",
-            "thop_macs", "params", "moc", "feasible", "config", "proxy", "seed")
+            "thop_macs", "params", "moc", "feasible", "config", "proxy", "seed", "latency_disturbed",
+            "latency_slowdown", "latency_raw_ms")
 
     def slim(r: dict[str, Any]) -> dict[str, Any]:
-        d = {k: r.get(k) for k in keep if k in r}
+        d = {k: _finite_or_none(r.get(k)) for k in keep if k in r}
         if isinstance(d.get("config"), str):
             d["config"] = json.loads(d["config"])
         return d
 
     tmp = js.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"front": [slim(r) for r in front], "baselines": [slim(r) for r in baselines]}, indent=2))
+    tmp.write_text(json.dumps({"front": [slim(r) for r in front], "baselines": [slim(r) for r in baselines]},
+                              indent=2, allow_nan=False))
     tmp.replace(js)
     tmp = cs.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any
 from ..latency.devices import PRECISIONS
 from ..latency.profiles import list_profiles, resolve_profile
 
-__all__ = ["OBJECTIVES", "SearchSettings", "parse_budget", "parse_latency", "parse_objectives"]
+__all__ = ["MAX_BUDGET_MS", "OBJECTIVES", "SearchSettings", "check_study_name", "parse_budget", "parse_latency",
+           "parse_objectives"]
 
 #: objective name -> Optuna direction
 OBJECTIVES: dict[str, str] = {
@@ -22,10 +24,13 @@ OBJECTIVES: dict[str, str] = {
     "params": "minimize",
 }
 _UNITS = {"ms": 1.0, "s": 1000.0, "us": 0.001}
+MAX_BUDGET_MS = 3_600_000.0
+"""One hour: a latency budget above it is a typo (and ``1e999ms`` would be infinite)."""
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
 def parse_budget(text: str) -> float:
-    """``30ms``, ``0.03s`` or ``30000us`` -> milliseconds; a bare number or a non-positive value fails."""
+    """``30ms``, ``0.03s`` or ``30000us`` -> milliseconds; finite, above zero and at most one hour."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(ms|s|us)\s*", str(text), re.IGNORECASE)
     if not m:
         raise ValueError(f"budget: {text!r} is not allowed; expected a positive latency with a unit, "
@@ -33,7 +38,21 @@ def parse_budget(text: str) -> float:
     value = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if value <= 0:
         raise ValueError(f"budget: {text!r} is not allowed; expected a latency above zero, e.g. 30ms")
+    if not value <= MAX_BUDGET_MS:
+        raise ValueError(f"budget: {text!r} is not allowed; expected a latency above zero and at most 1 hour "
+                         "(3600s), e.g. 30ms")
     return value
+
+
+def check_study_name(name: str) -> str:
+    """A study name is also the folder ``runs/<name>``: 1-100 letters, digits, ``.``, ``_``, ``+`` or ``-``.
+
+    It starts with a letter or digit and holds no ``..``, so it can never leave ``runs/``.
+    """
+    if not isinstance(name, str) or not _STUDY_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"study-name: {name!r} is not allowed; expected 1-100 letters, digits, '.', '_', '+' or "
+                         "'-', starting with a letter or digit and without '..' (it names the folder runs/<study>)")
+    return name
 
 
 def parse_latency(text: str) -> tuple[str, str | None]:
@@ -90,8 +109,11 @@ class SearchSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: {v!r} is not allowed; expected a positive integer")
-        if self.timeout_s is not None and not self.timeout_s > 0:
-            raise ValueError(f"timeout: {self.timeout_s!r} is not allowed; expected a positive number of seconds")
+        if self.timeout_s is not None and not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
+            raise ValueError(f"timeout: {self.timeout_s!r} is not allowed; expected a positive, finite number of seconds")
+        if not (self.budget_ms > 0 and self.budget_ms <= MAX_BUDGET_MS):
+            raise ValueError(f"budget_ms: {self.budget_ms!r} is not allowed; expected a latency above zero and at "
+                             f"most {MAX_BUDGET_MS:g} ms")
         if self.proxy not in ("train", "zero-cost"):
             raise ValueError(f"proxy: {self.proxy!r} is not allowed; expected train or zero-cost")
         if self.zero_cost_metric not in ("synflow", "naswot", "grad_norm"):
@@ -100,10 +122,10 @@ class SearchSettings:
             raise ValueError(f"sampler: {self.sampler!r} is not allowed; expected tpe, nsga2 or random")
         if self.backend not in ("optuna", "ray"):
             raise ValueError(f"backend: {self.backend!r} is not allowed; expected optuna or ray")
-        if not self.gate_factor >= 1:
-            raise ValueError(f"gate_factor: {self.gate_factor!r} is not allowed; expected a number >= 1")
-        if not self.proxy_epochs > 0:
-            raise ValueError(f"proxy_epochs: {self.proxy_epochs!r} is not allowed; expected a positive number")
+        if not (self.gate_factor >= 1 and math.isfinite(self.gate_factor)):
+            raise ValueError(f"gate_factor: {self.gate_factor!r} is not allowed; expected a finite number >= 1")
+        if not (self.proxy_epochs > 0 and math.isfinite(self.proxy_epochs)):
+            raise ValueError(f"proxy_epochs: {self.proxy_epochs!r} is not allowed; expected a positive, finite number")
         parse_latency(self.latency)
 
     @property
@@ -130,4 +152,5 @@ class SearchSettings:
         budget = f"{self.budget_ms:g}ms"
         where = "measured" if self.latency_kind == "measured" else self.latency_device
         space, data = Path(self.space).stem, Path(self.data).name.split(".")[0]
-        return f"{space}-{budget}-{where}-{self.proxy}-{data}"
+        name = re.sub(r"[^A-Za-z0-9._+-]", "_", f"{space}-{budget}-{where}-{self.proxy}-{data}")
+        return check_study_name(re.sub(r"\.{2,}", ".", name.lstrip("._+-"))[:100] or "study")
