@@ -23,7 +23,6 @@ import textwrap
 from dataclasses import fields
 from typing import Any, Mapping
 
-import black
 import yaml
 
 from ..blocks import plan_for
@@ -33,7 +32,6 @@ from ..layers import se_hidden
 
 __all__ = ["compact_config", "export_resolution", "render_py"]
 
-_BLACK_MODE = black.Mode(line_length=100)
 _STAGE_DEFAULTS = {f.name: f.default for f in fields(StageConfig)}
 _STEM_DEFAULTS = {f.name: f.default for f in fields(StemConfig)}
 
@@ -820,4 +818,6 @@ if __name__ == "__main__":
     if "BlurPool2d" not in p.used:
         header = header.replace("import torch.nn.functional as F\n", "")
     source = header + "\n".join(parts)
-    return black.format_str(source, mode=_BLACK_MODE)
+    import black  # only when a file is written: `import nas.export` does not need it
+
+    return black.format_str(source, mode=black.Mode(line_length=100))
