@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from .blocks import stage_cost
 from .config import ArchConfig
+from .modules import ClassifierHead
 from .stems import stem_cost
 from .tracer import LayerCost, Tracer
 
@@ -131,8 +132,7 @@ def _analyze(config: ArchConfig, resolution: int, batch: int, bytes_per_element:
     x = stem_cost(t, config.stem, x)
     for i, stage in enumerate(config.stages):
         x = stage_cost(t, f"stages.{i}", stage, x)
-    pooled = t.global_pool("head.pool", x)
-    t.linear("head.fc", pooled, config.head.num_classes)
+    ClassifierHead.cost(t, "head", x, x[1], config.head.num_classes, config.head.dropout)
     return CostReport(config.arch_id, resolution, batch, bytes_per_element, tuple(t.layers))
 
 
@@ -149,7 +149,7 @@ def thop_profile(model: Any, resolution: int = 224, batch: int = 1) -> tuple[int
     import thop
     import torch
 
-    from .layers import BlurPool2d
+    from .modules import BlurPool2d
 
     def count_blur(m: BlurPool2d, x: tuple[torch.Tensor], y: torch.Tensor) -> None:
         m.total_ops += torch.DoubleTensor([int(y.numel() * 9)])

@@ -8,25 +8,17 @@ from __future__ import annotations
 
 import copy
 
-import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .layers import ConvNormAct
 
 __all__ = ["fold_bn", "fuse_model"]
 
 
-@torch.no_grad()
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A new conv equal to ``bn(conv(x))`` in eval mode."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
-    fused = fused.to(device=conv.weight.device, dtype=conv.weight.dtype)
-    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.copy_(bn.bias + (bias - bn.running_mean) * scale)
-    return fused
+    """A new conv equal to ``bn(conv(x))`` in eval mode (`torch.nn.utils.fusion.fuse_conv_bn_eval`)."""
+    return fuse_conv_bn_eval(conv.eval(), bn.eval())
 
 
 def fuse_model(model: nn.Module) -> nn.Module:

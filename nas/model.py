@@ -12,25 +12,12 @@ import dataclasses
 import torch
 from torch import nn
 
-from .blocks import _Residual, build_stage
+from .blocks import build_stage
 from .config import ArchConfig
+from .modules import ClassifierHead, init_weights
 from .stems import build_stem
 
 __all__ = ["ClassifierHead", "Net", "build_model"]
-
-
-class ClassifierHead(nn.Module):
-    """Global average pool -> dropout -> linear."""
-
-    def __init__(self, num_features: int, num_classes: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(num_features, num_classes)
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(torch.flatten(self.pool(x), 1))
-        return x if pre_logits else self.fc(x)
 
 
 class Net(nn.Module):
@@ -54,20 +41,7 @@ class Net(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
-        for m in self.modules():
-            if isinstance(m, _Residual):
-                m.zero_init_last()
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))

@@ -16,6 +16,11 @@ Counting conventions (the HarDNet paper's and thop's, kept apart):
 * ``mem``   elements read + written by the memory-bound ops CIO leaves out (norms, activations,
   concatenations, residual adds, pools, SE gating). CIO assumes they are fused away; an eager
   framework runs each as its own kernel, so the latency predictor needs them.
+
+Each record also carries its kernel ``kind`` (`KINDS`) and ``traffic``, the elements the kernel
+moves (a conv: CIO + weights; a linear layer: input + output + weights; a memory-bound op:
+``mem``), so ``bytes`` is known where the op is recorded and the latency predictor classifies
+nothing by name.
 """
 
 from __future__ import annotations
@@ -23,9 +28,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
-__all__ = ["LayerCost", "Shape", "Tracer"]
+__all__ = ["KINDS", "LayerCost", "Shape", "Tracer"]
 
 Shape = tuple[int, int, int, int]
+
+#: kernel kinds: dense conv, depthwise (grouped) conv, matrix multiply (linear layer), a
+#: memory-bound op, and a norm (memory-bound; folded into the conv before it when deployed)
+KINDS: tuple[str, ...] = ("conv", "depthwise", "matmul", "memory", "norm")
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,13 @@ class LayerCost:
     mem: int = 0
     groups: int = 1
     bytes_per_element: int = 4
+    kind: str = "memory"
+    traffic: int = 0
+
+    @property
+    def bytes(self) -> int:
+        """Bytes the kernel moves: ``traffic`` elements at ``bytes_per_element``."""
+        return self.traffic * self.bytes_per_element
 
     @property
     def cio_bytes(self) -> int:
@@ -73,9 +89,10 @@ class Tracer:
         self.layers: list[LayerCost] = []
 
     def _add(self, name: str, op: str, x: tuple[int, ...], y: tuple[int, ...], params: int = 0, macs: int = 0,
-             cio: int = 0, extra: int = 0, mem: int = 0, groups: int = 1) -> None:
-        self.layers.append(
-            LayerCost(name, op, tuple(x), tuple(y), params, macs, cio, extra, mem, groups, self.bytes_per_element))
+             cio: int = 0, extra: int = 0, mem: int = 0, groups: int = 1, kind: str = "memory",
+             traffic: int | None = None) -> None:
+        self.layers.append(LayerCost(name, op, tuple(x), tuple(y), params, macs, cio, extra, mem, groups,
+                                     self.bytes_per_element, kind, mem if traffic is None else traffic))
 
     def conv(self, name: str, x: Shape, cout: int, k: int, stride: int = 1, groups: int = 1, bias: bool = False,
              padding: int | None = None) -> Shape:
@@ -84,11 +101,13 @@ class Tracer:
         y = (n, cout, _conv_out(h, k, stride, p), _conv_out(w, k, stride, p))
         params = cout * (c // groups) * k * k + (cout if bias else 0)
         macs = prod(y) * (c // groups) * k * k
-        self._add(name, "conv", x, y, params, macs, prod(x) + prod(y), groups=groups)
+        cio = prod(x) + prod(y)
+        self._add(name, "conv", x, y, params, macs, cio, groups=groups, kind="depthwise" if groups > 1 else "conv",
+                  traffic=cio + params)
         return y
 
     def bn(self, name: str, x: Shape) -> Shape:
-        self._add(name, "bn", x, x, params=2 * x[1], extra=4 * prod(x), mem=2 * prod(x))
+        self._add(name, "bn", x, x, params=2 * x[1], extra=4 * prod(x), mem=2 * prod(x), kind="norm")
         return x
 
     def maxpool(self, name: str, x: Shape, k: int, stride: int, padding: int = 0) -> Shape:
@@ -114,7 +133,8 @@ class Tracer:
         """Fixed [1,2,1]x[1,2,1]/16 depthwise filter, reflect padding 1, stride 2 (a buffer: no params)."""
         n, c, h, w = x
         y = (n, c, _conv_out(h, 3, 2, 1), _conv_out(w, 3, 2, 1))
-        self._add(name, "blur", x, y, macs=prod(y) * 9, cio=prod(x) + prod(y), groups=c)
+        cio = prod(x) + prod(y)
+        self._add(name, "blur", x, y, macs=prod(y) * 9, cio=cio, groups=c, kind="depthwise", traffic=cio)
         return y
 
     def space_to_depth(self, name: str, x: Shape, block: int) -> Shape:
@@ -131,7 +151,9 @@ class Tracer:
     def linear(self, name: str, x: tuple[int, int], out: int, bias: bool = True) -> tuple[int, int]:
         n, f = x
         y = (n, out)
-        self._add(name, "linear", x, y, params=f * out + (out if bias else 0), macs=n * f * out)
+        params = f * out + (out if bias else 0)
+        self._add(name, "linear", x, y, params=params, macs=n * f * out, kind="matmul",
+                  traffic=prod(x) + prod(y) + params)
         return y
 
     def concat(self, name: str, shapes: list[Shape]) -> Shape:

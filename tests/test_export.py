@@ -245,16 +245,16 @@ def test_only_the_parts_an_architecture_uses_are_generated(sources):
     assert _classes(sources["hardnet68"]) == {"ConvNormAct", "HarDBlock", "Stage", "Stem", "ClassifierHead", "Net"}
     assert _classes(sources["hardnet39ds"]) == {"ConvNormAct", "SeparableLayer", "HarDBlock", "Stage", "Stem",
                                                  "ClassifierHead", "Net"}
-    assert _classes(sources["resnet50"]) == {"ConvNormAct", "Shortcut", "Bottleneck", "Stage", "Stem",
+    assert _classes(sources["resnet50"]) == {"ConvNormAct", "Shortcut", "Residual", "Bottleneck", "Stage", "Stem",
                                               "ClassifierHead", "Net"}
     assert _classes(sources["tresnet_m"]) == {"BlurPool2d", "SpaceToDepth", "ConvNormAct", "SqueezeExcite",
-                                               "Shortcut", "BasicBlock", "Bottleneck", "Stage", "Stem",
+                                               "Shortcut", "Residual", "BasicBlock", "Bottleneck", "Stage", "Stem",
                                                "ClassifierHead", "Net"}
-    # only the activations in use, and only the options in use
-    assert '"relu6": lambda: nn.ReLU6(inplace=True)' in sources["hardnet68"]
-    assert "LeakyReLU" not in sources["hardnet68"] and "groups" not in sources["hardnet68"]
-    assert "nn.ReLU6" not in sources["resnet50"] and "blur" not in sources["resnet50"]
-    assert '"leaky_relu:0.001": lambda: nn.LeakyReLU(0.001, inplace=True)' in sources["tresnet_m"]
+    # only the activations in use; the classes are nas.modules' own source, cost methods left out
+    assert '"relu6": lambda p: nn.ReLU6(inplace=True)' in sources["hardnet68"]
+    assert "LeakyReLU" not in sources["hardnet68"] and "nn.ReLU6" not in sources["resnet50"]
+    assert "nn.LeakyReLU" in sources["tresnet_m"] and 'act="leaky_relu:0.001"' in sources["tresnet_m"]
+    assert all("def cost" not in src and "tracer" not in src for src in sources.values())
     # HarDBlock with its link lists as literal data (HarDNet68's first block)
     assert "links=[[0], [1, 0], [2], [3, 2, 0], [4], [5, 4], [6], [7, 6, 4, 0]]" in sources["hardnet68"]
     assert "widths=[14, 24, 14, 40, 14, 24, 14, 68]" in sources["hardnet68"]

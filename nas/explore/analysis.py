@@ -212,11 +212,12 @@ def _natural(label: Any) -> tuple:
         return (1, 0.0, text)
 
 
-def rank_correlations(x: Sequence[float], y: Sequence[float], kendall_max: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Kendall's tau and Spearman's rho (from `nas.stats`) between two columns, NaN pairs dropped.
+def rank_correlations(x: Sequence[float], y: Sequence[float], kendall_max: int | None = None,
+                      seed: int = 0) -> dict[str, Any]:
+    """Kendall's tau and Spearman's rho (from `nas.stats`, SciPy's) between two columns, NaN pairs dropped.
 
-    Spearman uses every pair; Kendall's tau is O(n^2) in `nas.stats`, so above ``kendall_max``
-    points it is computed on a seeded random sample of that many (``n_tau`` says how many).
+    Both use every pair (SciPy's Kendall tau is O(n log n)); with ``kendall_max`` set, tau is
+    computed on a seeded random sample of that many points (``n_tau`` says how many).
     Fewer than 3 points give NaN for both.
     """
     xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
@@ -226,7 +227,7 @@ def rank_correlations(x: Sequence[float], y: Sequence[float], kendall_max: int =
     if n < 3:
         return {"tau": math.nan, "rho": math.nan, "n": n, "n_tau": n}
     idx = np.arange(n)
-    if n > kendall_max:
+    if kendall_max is not None and n > kendall_max:
         idx = np.sort(np.random.RandomState(seed).choice(n, size=kendall_max, replace=False))
     tau = kendall_tau(xa[idx].tolist(), ya[idx].tolist())
     rho = spearman_rho(xa.tolist(), ya.tolist())

@@ -31,6 +31,7 @@ from scipy.optimize import least_squares
 
 from ..config import ArchConfig
 from ..cost import analyze
+from ..tracer import KINDS
 from .devices import PRECISIONS, bytes_per_element
 from .profiles import BOUNDS, DeviceProfile, check_profile, resolve_profile, save_profile
 from .result import LatencyResult
@@ -39,7 +40,9 @@ __all__ = ["CalibrationResult", "calibrate", "predict", "predict_ms"]
 
 log = logging.getLogger("nas.latency")
 
-_MEMORY_OPS = {"bn", "act", "concat", "add", "mul", "reduce", "maxpool", "avgpool", "global_pool", "space_to_depth"}
+#: the tracer's kernel kinds -> roofline class (0 dense compute, 1 depthwise compute, 2 memory-bound)
+_KIND_CLASS = {"conv": 0, "depthwise": 1, "matmul": 0, "memory": 2, "norm": 2}
+assert set(_KIND_CLASS) == set(KINDS), "every kernel kind needs a roofline class"
 
 
 @dataclass(frozen=True)
@@ -65,28 +68,19 @@ def _padding(channels: int, block: int) -> float:
 @lru_cache(maxsize=4096)
 def _features(config: ArchConfig, resolution: int, batch: int, precision: str, deploy: bool,
               channel_block: int = 1) -> _Features:
-    bpe = bytes_per_element(precision)
-    report = analyze(config, resolution, batch)
+    report = analyze(config, resolution, batch, bytes_per_element(precision))
     flops, nbytes, kind = [], [], []
-    for r in report.layers:
-        if r.op in ("conv", "blur"):
+    for r in report.layers:  # the tracer recorded each kernel's kind and bytes
+        if deploy and r.kind == "norm":
+            continue
+        if r.kind in ("conv", "depthwise"):
             cin, cout = r.in_shape[1], r.out_shape[1]
-            pad = _padding(cout, channel_block) * (1.0 if r.groups > 1 else _padding(cin, channel_block))
+            pad = _padding(cout, channel_block) * (1.0 if r.kind == "depthwise" else _padding(cin, channel_block))
             flops.append(2 * r.macs * pad)
-            nbytes.append((r.cio + r.params) * bpe)
-            kind.append(1 if r.groups > 1 else 0)
-        elif r.op == "linear":
+        else:
             flops.append(2 * r.macs)
-            nbytes.append((math.prod(r.in_shape) + math.prod(r.out_shape) + r.params) * bpe)
-            kind.append(0)
-        elif r.op in _MEMORY_OPS:
-            if deploy and r.op == "bn":
-                continue
-            flops.append(0)
-            nbytes.append(r.mem * bpe)
-            kind.append(2)
-        else:  # a new op kind must be classified here, not silently ignored
-            raise ValueError(f"latency predictor: op {r.op!r} of {r.name} has no roofline class")
+        nbytes.append(r.bytes)
+        kind.append(_KIND_CLASS[r.kind])
     return _Features(np.asarray(flops, float), np.asarray(nbytes, float), np.asarray(kind))
 
 
