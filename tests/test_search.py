@@ -121,11 +121,13 @@ def test_gate_rejects_before_training(monkeypatch, _isolated_runs, capsys):
         raise AssertionError("trained a candidate the gate should have rejected")
 
     monkeypatch.setattr(E, "train_eval", never)
-    assert main([*fast("0.0001ms"), "--trials", "2", "--study-name", "gate"]) == 0
+    assert main([*fast("0.0001ms"), "--trials", "2", "--study-name", "gate"]) == 3  # fell short, and says why
     study = _study(_isolated_runs, "gate")
     assert len(study.trials) == 50  # 25x the requested trials, all rejected cheaply
     assert all(t.state.name == "PRUNED" and t.user_attrs["reason"].startswith("gate: predicted") for t in study.trials)
-    assert "50 pruned of which 50 rejected before training" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "50 pruned of which 50 rejected before training" in out.out
+    assert "fell short: 0 of 2 trials evaluated; stopped at the cap of 25x --trials candidates: 50 rejected" in out.err
 
 
 def test_crashing_candidates_become_failed_trials(monkeypatch, _isolated_runs):
