@@ -149,8 +149,8 @@ def arch_summary(row: pd.Series, lat: float, src: str) -> None:
     c[4].metric("params", _si(row["params"]))
     c[5].metric("MoC", _fmt(row["moc"]))
     recorded = row["latency_source"] or "none"
-    busy = (f" Measured while other work ran (reference workload {_fmt(row['latency_slowdown'])}x slower): "
-            "scaled back by that slowdown, not a quiet figure." if row.get("latency_disturbed") else "")
+    busy = (f" Its measurement was disturbed by other work (reference workload {_fmt(row['latency_slowdown'])}x "
+            "slower), so the search recorded this device's prediction instead." if row.get("latency_disturbed") else "")
     st.caption(f"Latency shown: {src or 'none'}. Recorded by the search: {_fmt(row['latency_ms'], digits=4)} ms, "
                f"{recorded}{' on ' + row['latency_device'] if row['latency_device'] else ''}.{busy}")
 

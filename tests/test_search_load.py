@@ -16,7 +16,7 @@ import pytest
 import nas
 from nas.sampling import random_config
 import nas.search.evaluate as ev
-from nas.latency import LatencyResult, check_profile
+from nas.latency import LatencyResult, check_profile, predict_ms, resolve_profile
 from nas.latency.profiles import DeviceProfile
 from nas.search import SearchSettings
 from nas.search.optuna_backend import _GateCalibration
@@ -49,7 +49,7 @@ def test_shortfall_at_the_cap_counts_every_reason_and_says_what_to_try():
     recs += [_rec(180, "FAIL", status="interrupted")]
     line = shortfall(recs, 7)  # failed candidates count toward --trials, interrupted ones do not
     assert line.startswith("6 of 7 trials evaluated; stopped at the cap of 25x --trials candidates: 159 rejected by "
-                           "the gate, 15 over budget as measured (8 of them disturbed), 5 failed, 1 interrupted")
+                           "the gate, 15 over budget (8 of them while other work ran), 5 failed, 1 interrupted")
     assert "a larger --budget (the fastest candidate took 20.0 ms)" in line
     assert "a quieter machine (8 latencies were measured while other work ran)" in line and "reasons" in line
 
@@ -77,17 +77,21 @@ def test_the_back_off_grows_while_disturbed_results_keep_coming_and_stays_bounde
     assert slept == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]  # one re-measurement per candidate, waits capped
 
 
-def test_a_disturbed_figure_is_corrected_flagged_and_kept_raw(monkeypatch):
+def test_a_disturbed_figure_is_kept_aside_and_the_prediction_decides(monkeypatch):
     monkeypatch.setattr(ev, "measure", lambda *a, **k: _lat(100.0, True, 4.0))
     monkeypatch.setattr(ev, "_BACKOFF", ev._Backoff())
     monkeypatch.setattr(ev.time, "sleep", lambda s: None)
     s = SearchSettings(budget_ms=30.0, proxy="zero-cost", gate_factor=1000.0, resolution=64)
     m = ev.evaluate(CFG, s)
     assert m["status"] == "ok", m.get("reason")
-    assert m["latency_ms"] == pytest.approx(25.0) and m["latency_raw_ms"] == 100.0
-    assert m["latency_disturbed"] is True and m["latency_slowdown"] == 4.0 and "4.00x" in m["latency_interference"]
-    over = ev.evaluate(CFG, SearchSettings(budget_ms=20.0, proxy="zero-cost", gate_factor=1000.0, resolution=64))
-    assert over["status"] == "rejected" and "disturbed" in over["reason"]
+    predicted = predict_ms(CFG, resolve_profile("cpu"), 64)
+    assert m["latency_source"] == "predicted" and m["latency_ms"] == pytest.approx(predicted) and predicted < 30
+    assert m["latency_raw_ms"] == 100.0 and m["latency_disturbed"] is True and m["latency_slowdown"] == 4.0
+    assert "4.00x" in m["latency_interference"]
+    over = ev.evaluate(CFG, SearchSettings(budget_ms=predicted / 2, proxy="zero-cost", gate_factor=1000.0,
+                                           resolution=64))
+    assert over["status"] == "rejected" and over["reason"].startswith("over budget: predicted")
+    assert "disturbed by other work" in over["reason"]
 
 
 def test_clean_figures_are_not_flagged(monkeypatch):

@@ -81,7 +81,7 @@ def latency_metadata(config: ArchConfig, latency: str, resolution: int, deploy: 
     device = r.device
     if r.source == "measured" and ctx.get("device_name") and ctx["device_name"] not in device:
         device = f"{device} ({ctx['device_name']}, {ctx.get('threads')} threads)"
-    meta = {"latency_ms": r.corrected_ms, "latency_source": r.source, "device": device,
+    meta = {"latency_ms": r.median_ms, "latency_source": r.source, "device": device,
             "precision": ctx.get("precision"), "batch": ctx.get("batch"), "latency_resolution": resolution}
     if r.disturbed:
         meta.update(latency_disturbed=True, latency_slowdown=r.canary_slowdown)
@@ -146,7 +146,8 @@ def export(source: Any, fmt: str, out: str | os.PathLike | None, *, deploy: bool
         check_memory(config, fmt, res, deploy)  # before any model is built
     state_dict = _state_dict(weights, config)  # before any measurement: a bad checkpoint fails at once
     if measure:
-        for key in ("latency_ms", "latency_source", "device", "precision", "batch", "latency_resolution"):
+        for key in ("latency_ms", "latency_source", "device", "precision", "batch", "latency_resolution",
+                    "latency_disturbed", "latency_slowdown"):
             meta.pop(key, None)
         meta.update(latency_metadata(config, "measured" if latency == "auto" else latency, res, deploy))
     meta.update(given)

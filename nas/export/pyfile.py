@@ -184,8 +184,9 @@ def _latency_line(meta: Mapping[str, Any]) -> str:
     kind = " (roofline model, not measured)" if source == "predicted" else ""
     if meta.get("latency_disturbed"):
         slowdown = meta.get("latency_slowdown")
-        kind += (f" (DISTURBED: other work slowed the reference workload {float(slowdown):.2f}x while measuring)"
-                 if slowdown else " (DISTURBED: other work ran while measuring)")
+        busy = f", reference workload {float(slowdown):.2f}x slower" if slowdown else ""
+        kind += (f" (DISTURBED: other work ran while measuring{busy}; "
+                 f"{'the measurement was replaced by this prediction' if source == 'predicted' else 'not a quiet figure'})")
     return "\n    ".join(textwrap.wrap(f"Latency: {float(ms):.2f} ms {source} {where} {device}{extra}{kind}", 96))
 
 

@@ -51,14 +51,6 @@ class LatencyResult:
         return self.ok and not self.disturbed
 
     @property
-    def corrected_ms(self) -> float | None:
-        """The figure, scaled back by the canary's slowdown when disturbed (a first-order quiet estimate:
-        both ran interleaved on the same busy device); the median itself when clean."""
-        if not self.ok or not self.disturbed or not self.canary_slowdown or self.canary_slowdown <= 1:
-            return self.median_ms
-        return self.median_ms / self.canary_slowdown
-
-    @property
     def ok(self) -> bool:
         return self.error is None and self.median_ms is not None
 

@@ -76,7 +76,7 @@ def shortfall(records: Sequence[dict[str, Any]], trials: int, timeout_s: float |
         tips.append("a longer --timeout")
     tips.append("rerunning the same command, which resumes the study")
     return (f"{len(evaluated)} of {trials} trials evaluated; {why}: {gated} rejected by the gate, {len(over)} over "
-            f"budget as measured ({busy} of them disturbed), {failed} failed, {len(interrupted)} interrupted. "
+            f"budget ({busy} of them while other work ran), {failed} failed, {len(interrupted)} interrupted. "
             f"Try {'; '.join(tips)}")
 
 
@@ -158,8 +158,8 @@ def format_table(rows: Sequence[dict[str, Any]], title: str) -> str:
     if not rows:
         lines.append("  (none)")
     if any(r.get("latency_disturbed") for r in rows):
-        lines.append("  ! measured while other work ran (disturbed): scaled back by the reference workload's "
-                     "slowdown; rerun on a quiet machine to confirm")
+        lines.append("  ! measured while other work ran (disturbed): the latency shown is this device's prediction "
+                     "(source); rerun on a quiet machine to measure it")
     return "\n".join(lines)
 
 
