@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["REJECTION_CAP", "format_table", "shortfall", "hypervolume", "is_interrupted", "pareto_front", "trial_records", "write_front"]
+__all__ = ["REJECTION_CAP", "format_table", "shortfall", "hypervolume", "is_interrupted", "nondominated", "pareto_front", "trial_records", "write_front"]
 
 _COLUMNS = ("number", "name", "arch_id", "accuracy", "latency_ms", "latency_source", "cio", "macs", "params", "feasible")
 
@@ -80,10 +80,24 @@ def shortfall(records: Sequence[dict[str, Any]], trials: int, timeout_s: float |
             f"Try {'; '.join(tips)}")
 
 
-def _dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[int]) -> bool:
-    better_or_equal = all(s * x >= s * y for x, y, s in zip(a, b, signs))
-    strictly = any(s * x > s * y for x, y, s in zip(a, b, signs))
-    return better_or_equal and strictly
+def nondominated(points: Sequence[Sequence[float]], signs: Sequence[int]) -> list[int]:
+    """Indices (ascending) of the points no other point dominates; ``signs``: +1 maximised, -1 minimised.
+
+    Points are visited best first (lexicographically on the signed objectives), so any dominator
+    of a point comes before it and a point is on the front unless an earlier front point dominates
+    it. In one or two objectives the newest front point alone decides (a sweep: O(n log n),
+    responsive at 10,000 trials); in more, every front point is tried, newest first. Equal points
+    do not dominate each other.
+    """
+    signed = [tuple(s * float(x) for x, s in zip(p, signs)) for p in points]
+    order = sorted(range(len(signed)), key=lambda i: signed[i], reverse=True)
+    front: list[int] = []
+    for i in order:
+        p = signed[i]
+        rivals = front[-1:] if len(signs) <= 2 else reversed(front)
+        if not any(signed[j] != p and all(a >= b for a, b in zip(signed[j], p)) for j in rivals):
+            front.append(i)
+    return sorted(front)
 
 
 def pareto_front(records: Iterable[dict[str, Any]], objectives: Sequence[str] = ("accuracy", "latency_ms", "cio"),
@@ -100,8 +114,7 @@ def pareto_front(records: Iterable[dict[str, Any]], objectives: Sequence[str] = 
         seen.add(r.get("arch_id"))
         pool.append(r)
     signs = [1 if o in maximize else -1 for o in objectives]
-    vecs = [[float(r[o]) for o in objectives] for r in pool]
-    front = [r for i, r in enumerate(pool) if not any(_dominates(vecs[j], vecs[i], signs) for j in range(len(pool)) if j != i)]
+    front = [pool[i] for i in nondominated([[r[o] for o in objectives] for r in pool], signs)]
     key = objectives[1] if len(objectives) > 1 else objectives[0]
     return sorted(front, key=lambda r: r[key])
 
