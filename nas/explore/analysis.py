@@ -18,7 +18,6 @@ import pandas as pd
 
 from ..config import ArchConfig
 from ..errors import first_line
-from ..search.results import pareto_front
 from ..stats import kendall_tau, spearman_rho
 from .data import DESIGN_CHOICES, NUMERIC_CHOICES
 
@@ -122,6 +121,8 @@ def front_mask(df: pd.DataFrame, latency: pd.Series, feasible: pd.Series, by: st
     architecture stands for it, and a point is kept when no feasible point has latency <= and
     accuracy >= with one strictly better.
     """
+    from ..search.results import pareto_front  # lazily: importing nas.search imports optuna
+
     out = pd.Series(False, index=df.index)
     pool = df.loc[feasible, ["arch_id", "accuracy"] + ([by] if by else [])].copy()
     pool["latency_ms"] = latency[feasible].astype(float)
