@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["REJECTION_CAP", "format_table", "shortfall", "hypervolume", "is_interrupted", "nondominated", "pareto_front", "trial_records", "write_front"]
+__all__ = ["REJECTION_CAP", "format_table", "shortfall", "hypervolume", "is_interrupted", "nondominated", "pareto_front", "trial_metadata", "trial_records",
+           "write_front"]
 
 _COLUMNS = ("number", "name", "arch_id", "accuracy", "latency_ms", "latency_source", "cio", "macs", "params", "feasible")
 
@@ -38,6 +39,36 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
         rec["feasible"] = bool(t.state.name == "COMPLETE" and lat is not None and (budget is None or lat <= budget))
         out.append(rec)
     return out
+
+
+def trial_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures of a trial record that belong in an export (its docstring, JSON and ONNX metadata).
+
+    ``record`` is a `trial_records` row with the study's ``settings`` and ``study_name`` added
+    (the export command), or an explorer row (``study``; the study's settings are columns).
+    Missing, empty and NaN values are left out; numpy scalars become Python numbers.
+    """
+    settings = record.get("settings") or {}
+    meta: dict[str, Any] = {"latency_ms": record.get("latency_ms"), "latency_source": record.get("latency_source"),
+                            "device": record.get("latency_device"),
+                            "latency_disturbed": record.get("latency_disturbed"),
+                            "latency_slowdown": record.get("latency_slowdown")}
+    if _present(record.get("latency_ms")):
+        meta.update(precision=settings.get("precision"), batch=settings.get("batch"),
+                    latency_resolution=settings.get("resolution") or None)
+    proxy = record.get("proxy")
+    if proxy == "train" and settings.get("data"):
+        proxy = f"training on {settings['data']}"
+    meta.update(accuracy=record.get("accuracy"), proxy=proxy,
+                resolution=settings.get("resolution") or record.get("resolution"),
+                study=record.get("study_name") or record.get("study"), trial=record.get("number"),
+                budget_ms=settings.get("budget_ms"))
+    meta.update({k: record.get(k) for k in ("arch_id", "name", "cio", "macs", "params")})
+    return {k: v.item() if hasattr(v, "item") else v for k, v in meta.items() if _present(v)}
+
+
+def _present(v: Any) -> bool:
+    return v is not None and v != "" and not (isinstance(v, float) and math.isnan(v))
 
 
 REJECTION_CAP = 25
