@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from .config import BLOCKS, STEMS, ArchConfig, HeadConfig, StageConfig, StemConfig
-from .errors import check_size, parse_reason, read_text
+from .errors import check_size, fail, parse_reason, read_text
 
 __all__ = ["SPACE_NAMES", "InvalidCandidate", "SearchSpace", "list_spaces", "load_space"]
 
@@ -52,7 +52,7 @@ class InvalidCandidate(ValueError):
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"space {key}: {value!r} is not allowed; expected {allowed}")
+    fail(f"space {key}", value, allowed)
 
 
 @dataclass(frozen=True)
