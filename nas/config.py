@@ -17,6 +17,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from .errors import check_choice, check_int, check_size, fail, parse_reason, read_text
@@ -28,6 +29,8 @@ __all__ = [
     "LINK_RULES",
     "SE_PLACEMENTS",
     "SHORTCUTS",
+    "STAGE_DEFAULTS",
+    "STEM_DEFAULTS",
     "STEMS",
     "ArchConfig",
     "HeadConfig",
@@ -246,7 +249,7 @@ class StageConfig:
         unused += ["shortcut", "post_activation"] if self.block == "hard" else ["weight_factor", "link_rule"]
         for name in unused:
             value = getattr(self, name)
-            default = _STAGE_DEFAULTS[name]
+            default = STAGE_DEFAULTS[name]
             # only well-formed values are replaced; a malformed one still fails validation below
             if value != default and (isinstance(value, type(default)) or isinstance(default, float)):
                 object.__setattr__(self, name, default)
@@ -261,7 +264,10 @@ class StageConfig:
         return self.downsample != "none"
 
 
-_STAGE_DEFAULTS = {f.name: f.default for f in fields(StageConfig)}
+STAGE_DEFAULTS: Mapping[str, Any] = MappingProxyType({f.name: f.default for f in fields(StageConfig)})
+"""Each `StageConfig` field's default, read-only: what a stage field left out of a config or a space becomes."""
+STEM_DEFAULTS: Mapping[str, Any] = MappingProxyType({f.name: f.default for f in fields(StemConfig)})
+"""Each `StemConfig` field's default, read-only."""
 
 
 @dataclass(frozen=True)
