@@ -17,9 +17,10 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 
-from .errors import check_size, parse_reason, read_text
+from .errors import check_choice, check_int, check_size, fail, parse_reason, read_text
 
 __all__ = [
     "ACTIVATIONS",
@@ -28,6 +29,8 @@ __all__ = [
     "LINK_RULES",
     "SE_PLACEMENTS",
     "SHORTCUTS",
+    "STAGE_DEFAULTS",
+    "STEM_DEFAULTS",
     "STEMS",
     "ArchConfig",
     "HeadConfig",
@@ -89,33 +92,18 @@ _MAX_BLOCK_DEPTH = 512  # the reference link search looks at 2^0 .. 2^9
 # --- validation helpers ---------------------------------------------------------------------
 
 
-def _fail(name: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{name}: {value!r} is not allowed; expected {allowed}")
-
-
-def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        span = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-        _fail(name, value, span)
-
-
 def _check_float(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
     if not ok:
         left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-        _fail(name, value, f"a number in {left}{lo}, {hi}{right}")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...] | Mapping[str, Any]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        _fail(name, value, "one of " + ", ".join(choices))
+        fail(name, value, f"a number in {left}{lo}, {hi}{right}")
 
 
 def _check_bool(name: str, value: Any) -> None:
     if not isinstance(value, bool):
-        _fail(name, value, "true or false")
+        fail(name, value, "true or false")
 
 
 def parse_activation(spec: str) -> tuple[str, float | None]:
@@ -125,21 +113,21 @@ def parse_activation(spec: str) -> tuple[str, float | None]:
     or a parameter given to an activation that takes none.
     """
     if not isinstance(spec, str):
-        _fail("activation", spec, "a string such as 'relu' or 'leaky_relu:0.001'")
+        fail("activation", spec, "a string such as 'relu' or 'leaky_relu:0.001'")
     name, _, param = spec.partition(":")
     if name not in ACTIVATIONS:
-        _fail("activation", spec, "one of " + ", ".join(ACTIVATIONS) + " (leaky_relu may take ':slope')")
+        fail("activation", spec, "one of " + ", ".join(ACTIVATIONS) + " (leaky_relu may take ':slope')")
     default = ACTIVATIONS[name]
     if not param:
         return name, default
     if default is None:
-        _fail("activation", spec, f"'{name}' without a parameter")
+        fail("activation", spec, f"'{name}' without a parameter")
     try:
         value = float(param)
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or not 0.0 <= value < 1.0:
-        _fail("activation", spec, "a leaky_relu slope in [0, 1), e.g. 'leaky_relu:0.001'")
+        fail("activation", spec, "a leaky_relu slope in [0, 1), e.g. 'leaky_relu:0.001'")
     return name, value
 
 
@@ -161,15 +149,15 @@ class StemConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", _as_int_tuple(self.channels))
-        _check_choice("stem.type", self.type, STEMS)
+        check_choice("stem.type", self.type, STEMS)
         want = STEMS[self.type]
         if len(self.channels) != want:
-            _fail("stem.channels", list(self.channels), f"{want} channel count(s) for a '{self.type}' stem")
+            fail("stem.channels", list(self.channels), f"{want} channel count(s) for a '{self.type}' stem")
         for i, c in enumerate(self.channels):
-            _check_int(f"stem.channels[{i}]", c, 1, 8192)
+            check_int(f"stem.channels[{i}]", c, 1, 8192)
         _check_bool("stem.depthwise", self.depthwise)
         if self.depthwise and self.type != "hardnet":
-            _fail("stem.depthwise", self.depthwise, "false unless stem.type is 'hardnet'")
+            fail("stem.depthwise", self.depthwise, "false unless stem.type is 'hardnet'")
         try:
             parse_activation(self.activation)
         except ValueError as err:
@@ -217,38 +205,38 @@ class StageConfig:
             value = getattr(self, name)
             if isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, name, float(value))
-        _check_choice("block", self.block, BLOCKS)
+        check_choice("block", self.block, BLOCKS)
         hard = self.block == "hard"
-        _check_int("depth", self.depth, 1, _MAX_BLOCK_DEPTH if hard else 256)
-        _check_choice("downsample", self.downsample, DOWNSAMPLERS[self.block])
+        check_int("depth", self.depth, 1, _MAX_BLOCK_DEPTH if hard else 256)
+        check_choice("downsample", self.downsample, DOWNSAMPLERS[self.block])
         for name in ("activation", "post_activation"):
             try:
                 parse_activation(getattr(self, name))
             except ValueError as err:
                 raise ValueError(str(err).replace("activation:", f"{name}:", 1)) from None
-        _check_choice("se", self.se, SE_PLACEMENTS[self.block])
-        _check_int("se_reduction", self.se_reduction, 1, 1024)
-        _check_int("se_min_channels", self.se_min_channels, 1, 8192)
+        check_choice("se", self.se, SE_PLACEMENTS[self.block])
+        check_int("se_reduction", self.se_reduction, 1, 1024)
+        check_int("se_min_channels", self.se_min_channels, 1, 8192)
         _check_bool("keep_base", self.keep_base)
         _check_bool("depthwise", self.depthwise)
-        _check_choice("shortcut", self.shortcut, SHORTCUTS)
+        check_choice("shortcut", self.shortcut, SHORTCUTS)
         _check_float("transition_dropout", self.transition_dropout, 0.0, 1.0, hi_open=True)
         if hard:
-            _check_int("growth_rate", self.growth_rate, 1, 4096)
+            check_int("growth_rate", self.growth_rate, 1, 4096)
             _check_float("weight_factor", self.weight_factor, 0.0, 4.0, lo_open=True)
-            _check_choice("link_rule", self.link_rule, LINK_RULES)
-            _check_int("transition", self.transition, 0, 16384)
+            check_choice("link_rule", self.link_rule, LINK_RULES)
+            check_int("transition", self.transition, 0, 16384)
             if self.se == "transition" and self.transition == 0:
-                _fail("se", self.se, "'output' or 'none' when the stage has no transition conv")
+                fail("se", self.se, "'output' or 'none' when the stage has no transition conv")
             if self.width:
-                _fail("width", self.width, "0 for a 'hard' block (its width follows from growth_rate)")
+                fail("width", self.width, "0 for a 'hard' block (its width follows from growth_rate)")
         else:
-            _check_int("width", self.width, 1, 8192)
+            check_int("width", self.width, 1, 8192)
             for name, empty in (("growth_rate", 0), ("transition", 0), ("keep_base", False), ("depthwise", False)):
                 if getattr(self, name) != empty:
-                    _fail(name, getattr(self, name), f"{empty!r} for a '{self.block}' block")
+                    fail(name, getattr(self, name), f"{empty!r} for a '{self.block}' block")
             if self.transition_dropout:
-                _fail("transition_dropout", self.transition_dropout, f"0.0 for a '{self.block}' block")
+                fail("transition_dropout", self.transition_dropout, f"0.0 for a '{self.block}' block")
         self._normalise_unused()
 
     def _normalise_unused(self) -> None:
@@ -261,7 +249,7 @@ class StageConfig:
         unused += ["shortcut", "post_activation"] if self.block == "hard" else ["weight_factor", "link_rule"]
         for name in unused:
             value = getattr(self, name)
-            default = _STAGE_DEFAULTS[name]
+            default = STAGE_DEFAULTS[name]
             # only well-formed values are replaced; a malformed one still fails validation below
             if value != default and (isinstance(value, type(default)) or isinstance(default, float)):
                 object.__setattr__(self, name, default)
@@ -276,7 +264,10 @@ class StageConfig:
         return self.downsample != "none"
 
 
-_STAGE_DEFAULTS = {f.name: f.default for f in fields(StageConfig)}
+STAGE_DEFAULTS: Mapping[str, Any] = MappingProxyType({f.name: f.default for f in fields(StageConfig)})
+"""Each `StageConfig` field's default, read-only: what a stage field left out of a config or a space becomes."""
+STEM_DEFAULTS: Mapping[str, Any] = MappingProxyType({f.name: f.default for f in fields(StemConfig)})
+"""Each `StemConfig` field's default, read-only."""
 
 
 @dataclass(frozen=True)
@@ -289,7 +280,7 @@ class HeadConfig:
     def __post_init__(self) -> None:
         if isinstance(self.dropout, int) and not isinstance(self.dropout, bool):
             object.__setattr__(self, "dropout", float(self.dropout))
-        _check_int("head.num_classes", self.num_classes, 1, 1_000_000)
+        check_int("head.num_classes", self.num_classes, 1, 1_000_000)
         _check_float("head.dropout", self.dropout, 0.0, 1.0, hi_open=True)
 
 
@@ -305,21 +296,21 @@ class ArchConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.stem, StemConfig):
-            _fail("stem", self.stem, "a StemConfig")
+            fail("stem", self.stem, "a StemConfig")
         if not isinstance(self.head, HeadConfig):
-            _fail("head", self.head, "a HeadConfig")
+            fail("head", self.head, "a HeadConfig")
         stages = tuple(self.stages) if isinstance(self.stages, (list, tuple)) else self.stages
         object.__setattr__(self, "stages", stages)
         if not isinstance(stages, tuple) or not stages:
-            _fail("stages", self.stages, "a non-empty list of stages")
+            fail("stages", self.stages, "a non-empty list of stages")
         for i, s in enumerate(stages):
             if not isinstance(s, StageConfig):
-                _fail(f"stages[{i}]", s, "a StageConfig")
-        _check_int("in_channels", self.in_channels, 1, 64)
+                fail(f"stages[{i}]", s, "a StageConfig")
+        check_int("in_channels", self.in_channels, 1, 64)
         if not isinstance(self.name, str):
-            _fail("name", self.name, "a string")
+            fail("name", self.name, "a string")
         if self.stem.type == "space_to_depth" and self.in_channels * 16 > 8192:
-            _fail("in_channels", self.in_channels, "at most 512 with a space_to_depth stem")
+            fail("in_channels", self.in_channels, "at most 512 with a space_to_depth stem")
 
     # -- derived facts ----------------------------------------------------------------------
 
@@ -338,10 +329,9 @@ class ArchConfig:
 
     def check_resolution(self, resolution: int) -> None:
         """Raise `ValueError` unless ``resolution`` is a positive multiple of `reduction`."""
-        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution <= 0:
-            _fail("resolution", resolution, "a positive integer")
+        check_int("resolution", resolution, expected="a positive integer")
         if resolution % self.reduction:
-            _fail("resolution", resolution, f"a multiple of the network's stride {self.reduction}")
+            fail("resolution", resolution, f"a multiple of the network's stride {self.reduction}")
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -379,12 +369,12 @@ class ArchConfig:
         Stage entries may omit fields (defaults apply), which keeps hand-written configs short.
         """
         if not isinstance(data, Mapping):
-            _fail("config", type(data).__name__, "a mapping with keys stem, stages, head")
+            fail("config", type(data).__name__, "a mapping with keys stem, stages, head")
         _reject_unknown("", data, {f.name for f in fields(cls)})
         stem = _build(StemConfig, "stem", data.get("stem", {}))
         raw_stages = data.get("stages")
         if not isinstance(raw_stages, list) or not raw_stages:
-            _fail("stages", raw_stages, "a non-empty list of stages")
+            fail("stages", raw_stages, "a non-empty list of stages")
         stages = []
         for i, raw in enumerate(raw_stages):
             stages.append(_build(StageConfig, f"stages[{i}]", raw))
@@ -454,12 +444,12 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
 def _reject_unknown(prefix: str, data: Mapping[str, Any], known: set[str]) -> None:
     for key in data:
         if key not in known:
-            _fail(f"{prefix}{key}", data[key], f"no such key; known keys: {', '.join(sorted(known))}")
+            fail(f"{prefix}{key}", data[key], f"no such key; known keys: {', '.join(sorted(known))}")
 
 
 def _build(cls: type, prefix: str, raw: Any) -> Any:
     if not isinstance(raw, Mapping):
-        _fail(prefix, raw, "a mapping")
+        fail(prefix, raw, "a mapping")
     _reject_unknown(f"{prefix}.", raw, {f.name for f in fields(cls)})
     try:
         return cls(**raw)

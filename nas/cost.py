@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from .blocks import stage_cost
 from .config import ArchConfig
+from .errors import check_int
 from .modules import ClassifierHead
 from .stems import stem_cost
 from .tracer import LayerCost, Tracer
@@ -119,9 +120,8 @@ def analyze(config: ArchConfig, resolution: int = 224, batch: int = 1, bytes_per
         hint = " (ArchConfig.from_dict builds one from a dict)" if isinstance(config, Mapping) else ""
         raise ValueError(f"config: {type(config).__name__} is not allowed; expected an ArchConfig{hint}")
     config.check_resolution(resolution)
-    for label, value in (("batch", batch), ("bytes_per_element", bytes_per_element)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{label}: {value!r} is not allowed; expected an integer >= 1")
+    check_int("batch", batch)
+    check_int("bytes_per_element", bytes_per_element)
     return _analyze(config, resolution, batch, bytes_per_element)
 
 

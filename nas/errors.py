@@ -4,14 +4,36 @@ files read with one-line errors."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 #: the most values (and nesting levels) a space or config file may hold once YAML aliases are expanded:
 #: far beyond any real file, far below a "billion laughs" file (a few lines of aliases that expand to 10^9)
 MAX_VALUES = 100_000
 MAX_DEPTH = 64
 
-__all__ = ["MAX_DEPTH", "MAX_VALUES", "check_size", "first_line", "failure_reason", "parse_reason", "read_text"]
+__all__ = ["MAX_DEPTH", "MAX_VALUES", "check_choice", "check_int", "check_size", "fail", "first_line", "failure_reason",
+           "parse_reason", "read_text"]
+
+
+def fail(name: str, value: Any, allowed: str) -> None:
+    """Raise the one-line `ValueError` every argument check uses: ``name: value is not allowed; expected allowed``."""
+    raise ValueError(f"{name}: {value!r} is not allowed; expected {allowed}")
+
+
+def check_int(name: str, value: Any, lo: int = 1, hi: int | None = None, *, expected: str | None = None) -> int:
+    """``value`` if it is an int (not a bool) in [``lo``, ``hi``]; else `fail` with ``expected`` (default:
+    ``an integer >= lo`` or ``an integer in [lo, hi]``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        fail(name, value, expected or (f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"))
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
+    """``value`` if it is one of ``choices`` (names, or a registry's keys); else `fail` listing them."""
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        fail(name, value, "one of " + ", ".join(choices))
+    return value
 
 
 def _message(err: BaseException) -> str:

@@ -14,6 +14,7 @@ from torch import nn
 
 from .blocks import build_stage
 from .config import ArchConfig
+from .errors import check_int
 from .modules import ClassifierHead, init_weights
 from .stems import build_stem
 
@@ -71,8 +72,7 @@ class Net(nn.Module):
         value, so ``arch_id``, `analyze` and exports describe the model as it now is. With 0 it
         keeps the previous value: a `HeadConfig` cannot describe a model without a classifier.
         """
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes: {num_classes!r} is not allowed; expected an integer >= 0")
+        check_int("num_classes", num_classes, 0)
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         if num_classes:
             self.config = self.config.replace(head=dataclasses.replace(self.config.head, num_classes=num_classes))

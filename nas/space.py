@@ -33,8 +33,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from .config import BLOCKS, STEMS, ArchConfig, HeadConfig, StageConfig, StemConfig
-from .errors import check_size, parse_reason, read_text
+from .config import BLOCKS, STAGE_DEFAULTS, STEM_DEFAULTS, STEMS, ArchConfig, HeadConfig, StageConfig, StemConfig
+from .errors import check_size, fail, parse_reason, read_text
 
 __all__ = ["SPACE_NAMES", "InvalidCandidate", "SearchSpace", "list_spaces", "load_space"]
 
@@ -43,8 +43,6 @@ SPACE_NAMES: tuple[str, ...] = ("hardnet", "tresnet", "hybrid")
 _STAGE_FIELDS = {f.name for f in dataclasses.fields(StageConfig)} - {"block"}
 _STEM_FIELDS = {f.name for f in dataclasses.fields(StemConfig)}
 _HEAD_FIELDS = {"dropout"}
-_STAGE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(StageConfig)}
-_STEM_DEFAULTS = {f.name: f.default for f in dataclasses.fields(StemConfig)}
 
 
 class InvalidCandidate(ValueError):
@@ -52,7 +50,7 @@ class InvalidCandidate(ValueError):
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"space {key}: {value!r} is not allowed; expected {allowed}")
+    fail(f"space {key}", value, allowed)
 
 
 @dataclass(frozen=True)
@@ -318,7 +316,7 @@ class SearchSpace:
             return _round(trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log), d.step)
 
         layout = draw("layout", Domain("choice", self.layouts))
-        stem_type = draw("stem.type", self.stem["type"]) if "type" in self.stem else _STEM_DEFAULTS["type"]
+        stem_type = draw("stem.type", self.stem["type"]) if "type" in self.stem else STEM_DEFAULTS["type"]
         stem_kwargs = {"type": stem_type}
         for field, d in self.stem.items():
             if field == "type":
@@ -358,7 +356,7 @@ class SearchSpace:
     @staticmethod
     def _fixed(fields: dict[str, Domain], name: str) -> Any:
         d = fields.get(name)
-        return _thaw(d.values[0]) if d is not None and d.kind == "fixed" else _STAGE_DEFAULTS.get(name)
+        return _thaw(d.values[0]) if d is not None and d.kind == "fixed" else STAGE_DEFAULTS.get(name)
 
     # -- membership ------------------------------------------------------------------------------
 
@@ -396,7 +394,7 @@ class SearchSpace:
         stem = config.stem
         if "type" in self.stem:
             errors.append(take("stem.type", self.stem["type"], stem.type) or "")
-        elif stem.type != _STEM_DEFAULTS["type"]:
+        elif stem.type != STEM_DEFAULTS["type"]:
             errors.append(f"stem.type={stem.type!r} is not searched here")
         for field in ("channels", "depthwise", "activation"):
             d = self.stem.get(field)
@@ -407,7 +405,7 @@ class SearchSpace:
             else:
                 name = f"stem.{field}"
             if d is None:
-                default = _STEM_DEFAULTS[field]
+                default = STEM_DEFAULTS[field]
                 if _freeze(list(value) if isinstance(value, tuple) else value) != _freeze(
                         list(default) if isinstance(default, tuple) else default):
                     errors.append(f"{name}={value!r} is not searched here (fixed at {default!r})")
@@ -435,8 +433,8 @@ class SearchSpace:
                     continue
                 d = fields.get(field)
                 if d is None:
-                    if value != _STAGE_DEFAULTS[field]:
-                        errors.append(f"s{i}.{field}={value!r} is not searched here (fixed at {_STAGE_DEFAULTS[field]!r})")
+                    if value != STAGE_DEFAULTS[field]:
+                        errors.append(f"s{i}.{field}={value!r} is not searched here (fixed at {STAGE_DEFAULTS[field]!r})")
                     continue
                 errors.append(take(f"s{i}.{s.block}.{field}", d, value) or "")
         errors = [e for e in errors if e]

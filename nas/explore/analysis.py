@@ -2,9 +2,8 @@
 rank correlations, design-choice importances and per-stage costs.
 
 All functions take the `records_frame` DataFrame (or plain sequences) and return plain values,
-so they are tested without streamlit. Fronts use an O(n log n) sweep (the app shows 2-D
-accuracy/latency fronts, and must stay responsive at 10,000 trials); it agrees with
-`nas.search.results.pareto_front` on the same two objectives.
+so they are tested without streamlit. Fronts are `nas.search.results.pareto_front` on accuracy and
+latency (best-first sweep: responsive at 10,000 trials).
 """
 
 from __future__ import annotations
@@ -118,27 +117,23 @@ def feasible_mask(df: pd.DataFrame, latency: pd.Series, budget_ms: float | None)
 def front_mask(df: pd.DataFrame, latency: pd.Series, feasible: pd.Series, by: str | None = "study") -> pd.Series:
     """Rows on the accuracy-up / latency-down Pareto front of the feasible rows (per ``by`` group).
 
-    The first trial of each architecture stands for it (dedup, as in `nas.search.results`); a
-    point is kept when no feasible point has latency <= and accuracy >= with one strictly better.
+    The front is `nas.search.results.pareto_front` on the two objectives: the first trial of each
+    architecture stands for it, and a point is kept when no feasible point has latency <= and
+    accuracy >= with one strictly better.
     """
+    from ..search.results import pareto_front  # lazily: importing nas.search imports optuna
+
     out = pd.Series(False, index=df.index)
     pool = df.loc[feasible, ["arch_id", "accuracy"] + ([by] if by else [])].copy()
-    pool["_lat"] = latency[feasible].astype(float)
+    pool["latency_ms"] = latency[feasible].astype(float)
     if pool.empty:
         return out
     groups = pool.groupby(by, sort=False) if by else [(None, pool)]
     for _, g in groups:
-        g = g[~g["arch_id"].duplicated(keep="first")]
-        order = np.lexsort((-g["accuracy"].to_numpy(), g["_lat"].to_numpy()))
-        best_acc, best_lat = -math.inf, math.nan
-        idx = g.index.to_numpy()
-        acc, lat = g["accuracy"].to_numpy(), g["_lat"].to_numpy()
-        for i in order:
-            if acc[i] > best_acc:
-                best_acc, best_lat = acc[i], lat[i]
-                out.at[idx[i]] = True
-            elif acc[i] == best_acc and lat[i] == best_lat:
-                out.at[idx[i]] = True  # an equal point is not dominated
+        recs = [{"row": i, "state": "COMPLETE", "arch_id": a, "accuracy": acc, "latency_ms": lat}
+                for i, a, acc, lat in zip(g.index, g["arch_id"], g["accuracy"], g["latency_ms"])]
+        front = pareto_front(recs, objectives=("accuracy", "latency_ms"), maximize=("accuracy",), feasible_only=False)
+        out.loc[[r["row"] for r in front]] = True
     return out
 
 

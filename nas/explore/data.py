@@ -14,7 +14,6 @@ import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -77,25 +76,15 @@ def resolve_storage_url(argv: Sequence[str] = (), environ: Mapping[str, str] | N
     return args.storage or env.get("NAS_STORAGE") or default_storage_url()
 
 
-def _file_of(url: str) -> Path | None:
-    """The local file behind a sqlite or journal URL (None for server databases)."""
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
-        return None if path in ("", ":memory:") else Path(path).expanduser()
-    if url.startswith("journal:"):
-        return Path(url.split(":", 1)[1]).expanduser()
-    if url.endswith((".log", ".jsonl")) and "://" not in url:
-        return Path(url).expanduser()
-    return None
-
-
 def storage_is_missing(url: str) -> bool:
     """True when the URL names a local file that does not exist yet (no search has written it).
 
     The app treats that as "no runs yet" without creating the file, so a typo in the URL does not
     leave an empty database behind.
     """
-    path = _file_of(url)
+    from ..search.storage import storage_file
+
+    path = storage_file(url)
     return path is not None and not path.exists()
 
 

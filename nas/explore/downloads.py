@@ -7,7 +7,6 @@ and ONNX export takes seconds, so bytes are made only when a download is asked f
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 from ..config import ArchConfig
@@ -36,16 +35,11 @@ def metadata_of(row: Mapping[str, Any]) -> dict[str, Any]:
     """What the search knows about a trial, as JSON-friendly metadata for the exported file.
 
     ``resolution`` (the study's) is also the input size the export package traces ONNX at.
+    One function with the export command's: `nas.search.results.trial_metadata`.
     """
-    out: dict[str, Any] = {}
-    rename = {"number": "trial", "latency_device": "device"}  # the export package's metadata names
-    for k in ("study", "number", "arch_id", "name", "accuracy", "latency_ms", "latency_source", "latency_device",
-              "latency_disturbed", "latency_slowdown", "resolution", "proxy", "cio", "macs", "params"):
-        v = row.get(k)
-        if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
-            continue
-        out[rename.get(k, k)] = v.item() if hasattr(v, "item") else v
-    return out
+    from ..search.results import trial_metadata  # lazily: importing nas.search imports optuna
+
+    return trial_metadata(row)
 
 
 def file_name(config: ArchConfig, fmt: str, stem: str | None = None) -> str:

@@ -88,7 +88,9 @@ def synthetic_study(storage: Any, name: str, n_trials: int, *, seed: int = 0, bu
             state=optuna.trial.TrialState.COMPLETE, values=[m["accuracy"], m["latency_ms"], float(m["cio"])],
             user_attrs=m, system_attrs={"constraints:latency": over}))
     if bulk:
-        _bulk_insert(storage[len("sqlite:///"):], study._study_id, trials)
+        from ..search.storage import storage_file
+
+        _bulk_insert(str(storage_file(storage)), study._study_id, trials)
         return optuna.load_study(study_name=name, storage=storage)
     study.add_trials(trials)
     return study

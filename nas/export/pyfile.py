@@ -18,7 +18,6 @@ import ast
 import inspect
 import math
 import textwrap
-from dataclasses import fields
 from typing import Any, Mapping
 
 import torch
@@ -27,15 +26,13 @@ from torch import nn
 
 from .. import modules
 from ..blocks import stage_recipe
-from ..config import ArchConfig, StageConfig, StemConfig
+from ..config import STAGE_DEFAULTS, ArchConfig, StageConfig
 from ..cost import CostReport, analyze
 from ..recipe import Recipe
 from ..stems import stem_recipe
 
 __all__ = ["compact_config", "export_resolution", "render_py"]
 
-_STAGE_DEFAULTS = {f.name: f.default for f in fields(StageConfig)}
-_STEM_DEFAULTS = {f.name: f.default for f in fields(StemConfig)}
 
 
 # --- the module classes, copied ----------------------------------------------------------------
@@ -125,7 +122,7 @@ def compact_config(config: ArchConfig) -> dict[str, Any]:
     if full["in_channels"] != 3:
         out["in_channels"] = full["in_channels"]
     out["stem"] = full["stem"]
-    out["stages"] = [{k: v for k, v in s.items() if k == "block" or v != _STAGE_DEFAULTS[k]} for s in full["stages"]]
+    out["stages"] = [{k: v for k, v in s.items() if k == "block" or v != STAGE_DEFAULTS[k]} for s in full["stages"]]
     out["head"] = full["head"]
     return out
 

@@ -111,32 +111,10 @@ def _best(records: list[dict], study_name: str, budget_ms: float | None) -> dict
 
 
 def record_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The figures of a trial record that belong in an export's docstring."""
-    settings = record.get("settings") or {}
-    meta: dict[str, Any] = {}
-    if record.get("latency_ms") is not None:
-        meta.update(latency_ms=record["latency_ms"], latency_source=record.get("latency_source"),
-                    device=record.get("latency_device"))
-        if record.get("latency_disturbed"):
-            meta.update(latency_disturbed=True, latency_slowdown=record.get("latency_slowdown"))
-        for key in ("precision", "batch"):
-            if settings.get(key) is not None:
-                meta[key] = settings[key]
-        if settings.get("resolution"):
-            meta["latency_resolution"] = settings["resolution"]
-    if record.get("accuracy") is not None:
-        meta["accuracy"] = record["accuracy"]
-        proxy = record.get("proxy")
-        if proxy == "train" and settings.get("data"):
-            proxy = f"training on {settings['data']}"
-        meta["proxy"] = proxy
-    if settings.get("resolution"):
-        meta["resolution"] = settings["resolution"]
-    meta["study"] = record.get("study_name")
-    meta["trial"] = record.get("number")
-    if settings.get("budget_ms") is not None:
-        meta["budget_ms"] = settings["budget_ms"]
-    return {k: v for k, v in meta.items() if v is not None}
+    """The figures of a trial record that belong in an export's docstring (`nas.search.results.trial_metadata`)."""
+    from ..search.results import trial_metadata
+
+    return trial_metadata(record)
 
 
 def _without_unsafe_advice(err: BaseException) -> str:

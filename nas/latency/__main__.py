@@ -15,6 +15,7 @@ import sys
 from typing import Sequence
 
 from ..cli import ArgumentParser, resolve_config, run
+from ..errors import check_int
 from ..paths import runs_dir
 from .cache import LatencyCache
 from .devices import PRECISIONS
@@ -44,8 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(format="nas.latency: warning: %(message)s", level=logging.WARNING)
     config = resolve_config(args.model)
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"threads: {args.threads} is not allowed; expected an integer >= 1")
+    if args.threads is not None:
+        check_int("threads", args.threads)
     if args.predict:
         result = predict(config, args.predict, args.resolution, args.batch, args.precision, args.deploy)
     else:

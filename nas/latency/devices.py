@@ -7,6 +7,8 @@ import re
 
 import torch
 
+from ..errors import check_choice
+
 __all__ = ["PRECISIONS", "bytes_per_element", "device_name", "fingerprint", "resolve_device", "resolve_precision"]
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
@@ -32,8 +34,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: {precision!r} is not allowed; expected one of {', '.join(PRECISIONS)}")
+    check_choice("precision", precision, PRECISIONS)
     if device.type == "cpu" and precision == "fp16":
         raise ValueError("precision: 'fp16' is not allowed on cpu; expected fp32 or bf16 there (fp16 needs a CUDA device)")
     return precision

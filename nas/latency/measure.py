@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..config import ArchConfig
-from ..errors import failure_reason
+from ..errors import check_int, failure_reason
 from ..fuse import fuse_model
 from ..model import build_model
 from . import interference as guard
@@ -219,13 +219,12 @@ def measure(
     policy = interference if isinstance(interference, InterferencePolicy) else InterferencePolicy(enabled=bool(interference))
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch: {batch!r} is not allowed; expected an integer >= 1")
+    check_int("batch", batch)
     config = model_or_config if isinstance(model_or_config, ArchConfig) else getattr(model_or_config, "config", None)
     if isinstance(config, ArchConfig):
         config.check_resolution(resolution)
-    elif isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-        raise ValueError(f"resolution: {resolution!r} is not allowed; expected a positive integer")
+    else:
+        check_int("resolution", resolution, expected="a positive integer")
     if channels_last is None:
         channels_last = dev.type == "cuda"
     threads = threads or torch.get_num_threads()

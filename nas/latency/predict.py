@@ -31,6 +31,7 @@ from scipy.optimize import least_squares
 
 from ..config import ArchConfig
 from ..cost import analyze
+from ..errors import check_choice, check_int
 from ..tracer import KINDS
 from .devices import PRECISIONS, bytes_per_element
 from .profiles import BOUNDS, DeviceProfile, check_profile, resolve_profile, save_profile
@@ -85,10 +86,8 @@ def _features(config: ArchConfig, resolution: int, batch: int, precision: str, d
 
 
 def _check(precision: str, batch: int) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: {precision!r} is not allowed; expected one of {', '.join(PRECISIONS)}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch: {batch!r} is not allowed; expected an integer >= 1")
+    check_choice("precision", precision, PRECISIONS)
+    check_int("batch", batch)
 
 
 def predict_ms(config: ArchConfig, profile: DeviceProfile, resolution: int = 224, batch: int = 1,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..config import ArchConfig, HeadConfig
 from ..data import Dataset, augment, load_dataset
-from ..errors import failure_reason
+from ..errors import check_int, failure_reason
 from ..latency.devices import resolve_device
 from ..model import build_model
 
@@ -71,9 +71,8 @@ class ProxyBudget:
             if v is not None and not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
                 raise ValueError(f"budget.{name}: {v!r} is not allowed; expected a positive number or None")
         for name in ("steps", "batch_size", "max_train_samples", "max_eval_samples", "resolution"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"budget.{name}: {v!r} is not allowed; expected a positive integer or None")
+            if getattr(self, name) is not None:
+                check_int(f"budget.{name}", getattr(self, name), expected="a positive integer or None")
         if not 0 < self.width_mult <= 4:
             raise ValueError(f"budget.width_mult: {self.width_mult!r} is not allowed; expected a number in (0, 4]")
         if not self.lr > 0:

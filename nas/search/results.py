@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["REJECTION_CAP", "format_table", "shortfall", "hypervolume", "is_interrupted", "pareto_front", "trial_records", "write_front"]
+__all__ = ["REJECTION_CAP", "format_table", "shortfall", "hypervolume", "is_interrupted", "nondominated", "pareto_front", "trial_metadata", "trial_records",
+           "write_front"]
 
 _COLUMNS = ("number", "name", "arch_id", "accuracy", "latency_ms", "latency_source", "cio", "macs", "params", "feasible")
 
@@ -38,6 +39,36 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
         rec["feasible"] = bool(t.state.name == "COMPLETE" and lat is not None and (budget is None or lat <= budget))
         out.append(rec)
     return out
+
+
+def trial_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures of a trial record that belong in an export (its docstring, JSON and ONNX metadata).
+
+    ``record`` is a `trial_records` row with the study's ``settings`` and ``study_name`` added
+    (the export command), or an explorer row (``study``; the study's settings are columns).
+    Missing, empty and NaN values are left out; numpy scalars become Python numbers.
+    """
+    settings = record.get("settings") or {}
+    meta: dict[str, Any] = {"latency_ms": record.get("latency_ms"), "latency_source": record.get("latency_source"),
+                            "device": record.get("latency_device"),
+                            "latency_disturbed": record.get("latency_disturbed"),
+                            "latency_slowdown": record.get("latency_slowdown")}
+    if _present(record.get("latency_ms")):
+        meta.update(precision=settings.get("precision"), batch=settings.get("batch"),
+                    latency_resolution=settings.get("resolution") or None)
+    proxy = record.get("proxy")
+    if proxy == "train" and settings.get("data"):
+        proxy = f"training on {settings['data']}"
+    meta.update(accuracy=record.get("accuracy"), proxy=proxy,
+                resolution=settings.get("resolution") or record.get("resolution"),
+                study=record.get("study_name") or record.get("study"), trial=record.get("number"),
+                budget_ms=settings.get("budget_ms"))
+    meta.update({k: record.get(k) for k in ("arch_id", "name", "cio", "macs", "params")})
+    return {k: v.item() if hasattr(v, "item") else v for k, v in meta.items() if _present(v)}
+
+
+def _present(v: Any) -> bool:
+    return v is not None and v != "" and not (isinstance(v, float) and math.isnan(v))
 
 
 REJECTION_CAP = 25
@@ -80,10 +111,24 @@ def shortfall(records: Sequence[dict[str, Any]], trials: int, timeout_s: float |
             f"Try {'; '.join(tips)}")
 
 
-def _dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[int]) -> bool:
-    better_or_equal = all(s * x >= s * y for x, y, s in zip(a, b, signs))
-    strictly = any(s * x > s * y for x, y, s in zip(a, b, signs))
-    return better_or_equal and strictly
+def nondominated(points: Sequence[Sequence[float]], signs: Sequence[int]) -> list[int]:
+    """Indices (ascending) of the points no other point dominates; ``signs``: +1 maximised, -1 minimised.
+
+    Points are visited best first (lexicographically on the signed objectives), so any dominator
+    of a point comes before it and a point is on the front unless an earlier front point dominates
+    it. In one or two objectives the newest front point alone decides (a sweep: O(n log n),
+    responsive at 10,000 trials); in more, every front point is tried, newest first. Equal points
+    do not dominate each other.
+    """
+    signed = [tuple(s * float(x) for x, s in zip(p, signs)) for p in points]
+    order = sorted(range(len(signed)), key=lambda i: signed[i], reverse=True)
+    front: list[int] = []
+    for i in order:
+        p = signed[i]
+        rivals = front[-1:] if len(signs) <= 2 else reversed(front)
+        if not any(signed[j] != p and all(a >= b for a, b in zip(signed[j], p)) for j in rivals):
+            front.append(i)
+    return sorted(front)
 
 
 def pareto_front(records: Iterable[dict[str, Any]], objectives: Sequence[str] = ("accuracy", "latency_ms", "cio"),
@@ -100,8 +145,7 @@ def pareto_front(records: Iterable[dict[str, Any]], objectives: Sequence[str] = 
         seen.add(r.get("arch_id"))
         pool.append(r)
     signs = [1 if o in maximize else -1 for o in objectives]
-    vecs = [[float(r[o]) for o in objectives] for r in pool]
-    front = [r for i, r in enumerate(pool) if not any(_dominates(vecs[j], vecs[i], signs) for j in range(len(pool)) if j != i)]
+    front = [pool[i] for i in nondominated([[r[o] for o in objectives] for r in pool], signs)]
     key = objectives[1] if len(objectives) > 1 else objectives[0]
     return sorted(front, key=lambda r: r[key])
 

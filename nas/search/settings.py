@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import check_choice, check_int
 from ..latency.devices import PRECISIONS
 from ..latency.profiles import list_profiles, resolve_profile
 
@@ -103,12 +104,9 @@ class SearchSettings:
     workers: int = 1
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision: {self.precision!r} is not allowed; expected one of {', '.join(PRECISIONS)}")
+        check_choice("precision", self.precision, PRECISIONS)
         for name in ("trials", "batch", "resolution", "workers"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: {v!r} is not allowed; expected a positive integer")
+            check_int(name, getattr(self, name), expected="a positive integer")
         if self.timeout_s is not None and not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
             raise ValueError(f"timeout: {self.timeout_s!r} is not allowed; expected a positive, finite number of seconds")
         if not (self.budget_ms > 0 and self.budget_ms <= MAX_BUDGET_MS):
