@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from ..cli import ArgumentParser, run
 from ..paths import runs_dir
-from .results import shortfall, trial_records
+from .results import shortfall
 from .settings import SearchSettings, check_study_name, parse_budget, parse_objectives
 
 EXIT_SHORT = 3
@@ -114,12 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
         study = _read_study(storage, study_name)
-    if study is not None:
-        _report(study, settings, folder)
+    records = _report(study, settings, folder) if study is not None else None
     if interrupted:
         print("nas.search: interrupted; completed trials are saved, rerun the same command to resume", file=sys.stderr)
         return 130
-    short = shortfall(trial_records(study), settings.trials, settings.timeout_s) if study is not None else None
+    short = shortfall(records, settings.trials, settings.timeout_s) if records is not None else None
     if short is not None:
         print(f"nas.search: fell short: {short}", file=sys.stderr)
         return EXIT_SHORT
@@ -156,7 +155,8 @@ def _validate_early(s: SearchSettings) -> None:
                              f"{max(strides.values())} (layout {lay!r} of space {space.name!r} has stride {stride})")
 
 
-def _report(study, s: SearchSettings, folder: Path) -> None:
+def _report(study, s: SearchSettings, folder: Path) -> list[dict[str, Any]]:
+    """Print the summary, the front and the baselines, write the front's files; returns the trial records."""
     from ..config import ArchConfig
     from .results import format_table, is_interrupted, pareto_front, trial_records, write_front
 
@@ -193,6 +193,7 @@ def _report(study, s: SearchSettings, folder: Path) -> None:
         cfg.save(path)
         print(f"best feasible architecture: trial {best['number']} ({best['arch_id']}), accuracy {best['accuracy']:.3f}, "
               f"{best['latency_ms']:.2f} ms -> {path}")
+    return recs
 
 
 def cli() -> None:

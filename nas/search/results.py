@@ -78,8 +78,8 @@ REJECTION_CAP = 25
 def shortfall(records: Sequence[dict[str, Any]], trials: int, timeout_s: float | None = None) -> str | None:
     """One line saying why a search holds fewer than ``trials`` evaluated trials, and what to try; None if it does not."""
     finished = [r for r in records if r.get("state") in ("COMPLETE", "PRUNED", "FAIL")]
-    interrupted = [r for r in finished if is_interrupted(r["state"], r)]
-    evaluated = [r for r in finished if r.get("status") != "rejected" and r not in interrupted]
+    interrupted = {r["number"] for r in finished if is_interrupted(r["state"], r)}
+    evaluated = [r for r in finished if r.get("status") != "rejected" and r["number"] not in interrupted]
     if len(evaluated) >= trials:
         return None
     reason = [str(r.get("reason") or "") for r in finished]
@@ -87,7 +87,7 @@ def shortfall(records: Sequence[dict[str, Any]], trials: int, timeout_s: float |
     over = [r for r, x in zip(finished, reason) if x.startswith("over budget")]
     busy = sum(1 for r in over if r.get("latency_disturbed"))
     disturbed = sum(1 for r in finished if r.get("latency_disturbed"))
-    failed = sum(1 for r in finished if r.get("state") == "FAIL" and r not in interrupted)
+    failed = sum(1 for r in finished if r.get("state") == "FAIL" and r["number"] not in interrupted)
     if len(finished) >= REJECTION_CAP * trials:
         why = f"stopped at the cap of {REJECTION_CAP}x --trials candidates"
     elif timeout_s is not None:
