@@ -1,11 +1,15 @@
 """Shared test helpers: forward-hook counters (the measured side of the cost model), official-layout state dicts,
-fast search arguments, free ports."""
+fast search arguments, free ports, Ray markers."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import socket
+import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -69,3 +73,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray[tune] is not installed (pip install -e '.[ray]')")
+
+
+def _loopback_only_prefix() -> list[str] | None:
+    """A command prefix that runs inside a private network namespace with only loopback up.
+
+    Ray 2.60 binds its services to the machine's first non-loopback address whatever
+    --node-ip-address says; sandboxes that allow loopback traffic only (like this project's CI)
+    must not let it. In a fresh namespace loopback is the only address there is, so Ray uses it.
+    """
+    prefix = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "ns"]
+    try:
+        ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if ok:
+        return prefix
+    return [] if os.environ.get("HARDNAS_TEST_RAY") == "1" else None
+
+
+RAY_PREFIX = _loopback_only_prefix() if HAVE_RAY else None
+needs_ray_network = pytest.mark.skipif(
+    RAY_PREFIX is None,
+    reason="ray[tune] is not installed" if not HAVE_RAY else
+    "Ray binds to the host's network address: needs `unshare --net` (root) for a loopback-only namespace, "
+    "or HARDNAS_TEST_RAY=1 where that is allowed")
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}

@@ -224,7 +224,7 @@ def test_a_crashing_candidate_is_one_line_and_is_not_trained_twice(tmp_path):
 HOLD = """
 import sys, time, optuna
 from nas.search.settings import SearchSettings
-from nas.search.optuna_backend import open_study
+from nas.search.lifecycle import open_study
 from nas.space import load_space
 s = SearchSettings(space=sys.argv[1], resolution=32, latency="predicted:1080ti", budget_ms=5.0, proxy="zero-cost")
 study = open_study(s, sys.argv[2], "twin")
@@ -299,7 +299,7 @@ def test_ctrl_c_is_one_line_and_the_interrupted_trial_is_run_again(tmp_path):
     for t in trials:
         if t.user_attrs.get("status") == "interrupted" and t.params:
             assert [r.params for r in trials if r.user_attrs.get("retry_of") == t.number] == [t.params]
-    from nas.search.optuna_backend import evaluated_count
+    from nas.search.lifecycle import evaluated_count
 
     assert evaluated_count(_load(runs / "nas.db", "intr"))[0] == 4
 
@@ -333,7 +333,7 @@ def test_a_killed_last_trial_does_not_stay_running_on_a_journal(tmp_path):
 
 
 def test_a_killed_seed_is_queued_again_with_its_name(tmp_path):
-    from nas.search.optuna_backend import evaluated_count, open_study
+    from nas.search.lifecycle import evaluated_count, open_study
     from nas.search.settings import SearchSettings
 
     s = SearchSettings(space=_space(tmp_path, ONE, "one"), resolution=32, latency="predicted:1080ti", budget_ms=5.0,
@@ -367,7 +367,7 @@ def test_kill_9_at_random_moments_then_resume_ends_with_exactly_the_trials(tmp_p
     done = _cli(args, runs, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     study = _load(runs / "nas.db", "loop")
-    from nas.search.optuna_backend import evaluated_count
+    from nas.search.lifecycle import evaluated_count
 
     assert evaluated_count(study)[0] == trials
     assert not [t.number for t in study.trials if t.state.name == "RUNNING"]

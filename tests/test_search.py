@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import FAST, fast, free_port
+from helpers import FAST, RAY_ENV, RAY_PREFIX, fast, free_port, needs_ray, needs_ray_network
 
 from nas.search import evaluate as E
 from nas.search.__main__ import main
@@ -53,6 +52,9 @@ def _cli(args: list[str], runs: Path, **kw) -> subprocess.CompletedProcess:
         (["--budget", "30ms", "--device", "cpu", "--precision", "fp16"], "precision: 'fp16' is not allowed on cpu"),
         (["--budget", "30ms", "--storage", "nonsense"], "storage: 'nonsense' is not allowed"),
         (["--budget", "30ms", "--resolution", "100"], "resolution: 100 is not allowed; expected a multiple of 32 (layout"),
+        (["--budget", "30ms", "--gpus-per-trial", "0.5"], "gpus_per_trial: 0.5 is not allowed with --backend optuna"),
+        (["--budget", "30ms", "--backend", "ray", "--gpus-per-trial", "1.5"],
+         "gpus_per_trial: 1.5 is not allowed; expected a fraction of one GPU"),
     ],
 )
 def test_bad_cli_values_are_one_line_exit_2(args, message, tmp_path):
@@ -103,11 +105,11 @@ def test_an_architecture_is_never_evaluated_twice(tmp_path, monkeypatch, _isolat
     calls = []
     real = E.evaluate
 
-    def counting(config, s, on_epoch=None):
+    def counting(config, s, **kw):
         calls.append(config.arch_id)
-        return real(config, s, on_epoch)
+        return real(config, s, **kw)
 
-    monkeypatch.setattr("nas.search.optuna_backend.evaluate", counting)
+    monkeypatch.setattr("nas.search.lifecycle.evaluate", counting)
     assert main(["--space", str(one_point), "--resolution", "64", "--latency", "predicted:v100", "--budget", "1ms",
                  "--proxy", "zero-cost", "--trials", "3", "--no-progress", "--study-name", "dup"]) == 0
     study = _study(_isolated_runs, "dup")
@@ -227,34 +229,6 @@ def test_ctrl_c_stops_cleanly_and_prints_the_front(tmp_path):
     assert (tmp_path / "sigint" / "pareto.json").exists()
 
 
-HAVE_RAY = importlib.util.find_spec("ray") is not None
-needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray[tune] is not installed (pip install -e '.[ray]')")
-
-
-def _loopback_only_prefix() -> list[str] | None:
-    """A command prefix that runs inside a private network namespace with only loopback up.
-
-    Ray 2.60 binds its services to the machine's first non-loopback address whatever
-    --node-ip-address says; sandboxes that allow loopback traffic only (like this project's CI)
-    must not let it. In a fresh namespace loopback is the only address there is, so Ray uses it.
-    """
-    prefix = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "ns"]
-    try:
-        ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        ok = False
-    if ok:
-        return prefix
-    return [] if os.environ.get("HARDNAS_TEST_RAY") == "1" else None
-
-
-RAY_PREFIX = _loopback_only_prefix() if HAVE_RAY else None
-needs_ray_network = pytest.mark.skipif(
-    RAY_PREFIX is None,
-    reason="ray[tune] is not installed" if not HAVE_RAY else
-    "Ray binds to the host's network address: needs `unshare --net` (root) for a loopback-only namespace, "
-    "or HARDNAS_TEST_RAY=1 where that is allowed")
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 def _ray_cli(args: list[str], runs: Path, timeout: float) -> subprocess.CompletedProcess:
@@ -296,6 +270,18 @@ def test_ray_backend_joins_a_running_cluster(tmp_path):
     assert "Connected to Ray cluster" in proc.stderr or "Connecting to existing Ray cluster" in proc.stderr
     study = optuna.load_study(study_name="cluster", storage=f"sqlite:///{tmp_path / 'nas.db'}")
     assert len(study.trials) == 2
+
+
+@pytest.mark.slow
+@needs_ray_network
+def test_a_cuda_search_on_a_ray_cluster_without_gpus_is_one_line_and_records_no_run(tmp_path):
+    proc = _ray_cli([*FAST, "--trials", "1", "--backend", "ray", "--device", "cuda", "--study-name", "gpu"], tmp_path,
+                    timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == ("nas.search: error: device: 'cuda' is not allowed; the Ray cluster "
+                                                    "has no GPU (expected cpu or auto, or --ray-address of a cluster "
+                                                    "with GPUs)")
+    assert not (tmp_path / "gpu" / "runs.jsonl").exists()
 
 
 @needs_ray

@@ -65,7 +65,7 @@ class _Progress:
     def __call__(self) -> int:
         import optuna
 
-        from ..search.optuna_backend import evaluated_count
+        from ..search.lifecycle import evaluated_count
         from ..search.storage import open_storage_readonly
         from .data import storage_is_missing
 

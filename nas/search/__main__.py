@@ -60,6 +60,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--study-name", default=None, help="default: derived from space, budget, latency, proxy and data")
     p.add_argument("--backend", default="optuna", help="optuna or ray")
     p.add_argument("--workers", type=int, default=1, help="parallel trials (ray backend)")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs each Ray trial asks for on CUDA (default 1; a fraction shares a GPU)")
     p.add_argument("--ray-address", default=None, help="join an existing Ray cluster (default: a local one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -79,7 +81,7 @@ def _attach_values(argv: list[str]) -> list[str]:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    from .optuna_backend import interrupt_now, request_stop
+    from .lifecycle import interrupt_now, request_stop
 
     request_stop()
     if interrupt_now():  # else the search stops at its next safe point, never inside a storage write
@@ -98,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed, device=args.device, resolution=args.resolution, batch=args.batch, precision=args.precision,
         latency=args.latency, proxy=args.proxy, zero_cost_metric=args.zero_cost_metric, data=args.data,
         proxy_epochs=args.proxy_epochs, objectives=parse_objectives(args.objectives), sampler=args.sampler,
-        gate_factor=args.gate_factor, backend=args.backend, workers=args.workers,
+        gate_factor=args.gate_factor, backend=args.backend, workers=args.workers, gpus_per_trial=args.gpus_per_trial,
     )
     study_name = check_study_name(args.study_name if args.study_name is not None else settings.default_study_name())
     _validate_early(settings)
@@ -139,12 +141,15 @@ def _read_study(storage: str, study_name: str) -> Any:
 
 def _validate_early(s: SearchSettings) -> None:
     """Fail on bad values before any work: the space, the data, the device."""
+    import torch
+
     from ..data import load_dataset
     from ..latency.devices import resolve_device, resolve_precision
     from ..space import load_space
 
     space = load_space(s.space)
-    dev = resolve_device(s.device)
+    # Ray trials run where the cluster has GPUs: their device is checked against it once Ray is up
+    dev = torch.device("cuda") if s.backend == "ray" and s.device == "cuda" else resolve_device(s.device)
     if s.latency_kind == "measured":
         resolve_precision(s.precision, dev)
     load_dataset(None if s.data == "digits" else s.data, seed=s.seed)

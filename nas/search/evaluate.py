@@ -22,7 +22,10 @@ from ..paths import runs_dir
 from ..proxy import ProxyBudget, train_eval, zero_cost
 from .settings import SearchSettings
 
-__all__ = ["evaluate", "measure_settled", "objective_values"]
+__all__ = ["METRIC_OF", "evaluate", "measure_settled", "objective_values"]
+
+METRIC_OF = {"accuracy": "accuracy", "latency": "latency_ms", "cio": "cio", "macs": "macs", "params": "params"}
+"""The metric that holds each objective's value."""
 
 
 @lru_cache(maxsize=4)
@@ -146,5 +149,4 @@ def measure_settled(config: ArchConfig, s: SearchSettings, sleep: Callable[[floa
 
 
 def objective_values(m: dict[str, Any], objectives: tuple[str, ...]) -> list[float]:
-    key = {"accuracy": "accuracy", "latency": "latency_ms", "cio": "cio", "macs": "macs", "params": "params"}
-    return [float(m[key[o]]) for o in objectives]
+    return [float(m[METRIC_OF[o]]) for o in objectives]

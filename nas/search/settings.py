@@ -102,6 +102,7 @@ class SearchSettings:
     gate_factor: float = 2.0
     backend: str = "optuna"
     workers: int = 1
+    gpus_per_trial: float | None = None
 
     def __post_init__(self) -> None:
         check_choice("precision", self.precision, PRECISIONS)
@@ -120,11 +121,30 @@ class SearchSettings:
             raise ValueError(f"sampler: {self.sampler!r} is not allowed; expected tpe, nsga2 or random")
         if self.backend not in ("optuna", "ray"):
             raise ValueError(f"backend: {self.backend!r} is not allowed; expected optuna or ray")
+        self._check_ray_devices()
         if not (self.gate_factor >= 1 and math.isfinite(self.gate_factor)):
             raise ValueError(f"gate_factor: {self.gate_factor!r} is not allowed; expected a finite number >= 1")
         if not (self.proxy_epochs > 0 and math.isfinite(self.proxy_epochs)):
             raise ValueError(f"proxy_epochs: {self.proxy_epochs!r} is not allowed; expected a positive, finite number")
         parse_latency(self.latency)
+
+    def _check_ray_devices(self) -> None:
+        """``--gpus-per-trial`` (Ray only, not on cpu): a fraction of one GPU or a whole number of them."""
+        g = self.gpus_per_trial
+        if g is not None:
+            if isinstance(g, bool) or not isinstance(g, (int, float)) or not (0 < g and math.isfinite(g)) \
+                    or (g > 1 and g != int(g)):
+                raise ValueError(f"gpus_per_trial: {g!r} is not allowed; expected a fraction of one GPU (0 < g <= 1) "
+                                 "or a whole number of GPUs")
+            if self.backend != "ray":
+                raise ValueError(f"gpus_per_trial: {g!r} is not allowed with --backend {self.backend}; expected it "
+                                 "only with --backend ray")
+            if self.device == "cpu":
+                raise ValueError(f"gpus_per_trial: {g!r} is not allowed with --device cpu; expected --device cuda "
+                                 "or auto")
+        if self.backend == "ray" and re.fullmatch(r"cuda:\d+", str(self.device)):
+            raise ValueError(f"device: {self.device!r} is not allowed with --backend ray; expected cuda (Ray gives "
+                             "each trial its own GPU), cpu or auto")
 
     @property
     def latency_kind(self) -> str:
@@ -141,7 +161,7 @@ class SearchSettings:
     def identity(self) -> dict[str, Any]:
         """The settings that change what a trial's numbers mean (a resumed study must match them)."""
         d = dataclasses.asdict(self)
-        for volatile in ("trials", "timeout_s", "workers", "backend"):
+        for volatile in ("trials", "timeout_s", "workers", "backend", "gpus_per_trial"):
             d.pop(volatile)
         d["objectives"] = list(self.objectives)
         return d
