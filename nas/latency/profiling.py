@@ -197,7 +197,8 @@ def _op_probes(dev: torch.device, precision: str, fmt: torch.memory_format) -> I
         cls = conv_kernel(cin, cout, k, stride, groups, 8, 8).kernel_class
         by_class.setdefault(cls, []).append(lambda shape=shape: conv(*shape))
     by_class["linear"] = [lambda f=f, o=o: linear(f, o) for f, o in _LINEARS]
-    by_class["memory"] = [tiny] + [f for n in reversed(_MEMORY) for f in (lambda n=n: add(n), lambda n=n: cat(n))]
+    largest_first = [f for n in reversed(_MEMORY) for f in (lambda n=n: add(n), lambda n=n: cat(n))]
+    by_class["memory"] = [largest_first[0], tiny, *largest_first[1:]]
     for turn in itertools.zip_longest(*by_class.values()):
         for make in turn:
             if make is not None:
@@ -278,7 +279,7 @@ def _cpu_base(samples: Sequence[ProfileSample], threads: int, fp: str) -> Device
     dense = [k.flops / s.ms / 1e6 for s in samples if not s.network for k in s.kernels if k.flops > 0
              and k.kernel_class in ("conv3x3", "conv1x1", "conv_strided", "linear")]
     memory = [k.bytes / s.ms / 1e6 for s in samples if not s.network for k in s.kernels
-              if k.kernel_class == "memory" and k.bytes >= 2**20]
+              if k.kernel_class == "memory" and k.bytes >= 2**16]
     if not dense or not memory:
         raise RuntimeError("profile_device: too few ops finished to estimate this CPU's peaks; expected a larger budget_s")
     gflops, bandwidth = max(dense), max(memory)
