@@ -20,7 +20,6 @@ a test checks the shipped file equals a fresh fit.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,8 +38,8 @@ __all__ = ["FAMILY_PRIOR", "POOLED_PRIOR", "Figure", "fit_families", "figure_con
            "published_figures", "write_families"]
 
 #: ridge weights (per parameter, on the log scale, against a figure's log residual of weight 1)
-POOLED_PRIOR = 0.05
-FAMILY_PRIOR = 0.5
+POOLED_PRIOR = 0.01
+FAMILY_PRIOR = 0.05
 
 
 @dataclass(frozen=True)
@@ -238,8 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in _rows(shipped_predictions()):
         print(line)
     ratios = [pred / f.ms for f, pred, _ in leave_one_device_out()]
-    within = sum(abs(math.log(r)) <= math.log(1.25) for r in ratios)
-    print(f"leave-one-device-out: {within}/{len(ratios)} within x1.25")
+    within = sum(abs(r - 1) <= 0.25 for r in ratios)
+    print(f"leave-one-device-out: {within}/{len(ratios)} within +-25 % (benchmarks/bench_predict.py has the rest)")
     return 0
 
 

@@ -22,10 +22,15 @@ The time of one kernel (docs/latency.md has the derivation)::
 
     max(FLOPs' / (peak x class_eff [x tensor_eff]), bytes / (bandwidth x memory_eff x occupancy)) + overhead
 
-where FLOPs' counts channels padded to the tensor-core (or SIMD) multiple and divides by the
-share of the GPU's CTA slots the kernel's tiles fill (wave quantisation; small layers at batch 1
-do not fill a big GPU), and occupancy is the share of resident threads a memory-bound kernel's
-elements can keep busy.
+where FLOPs' counts channels padded to the tensor-core (or SIMD) multiple and is divided by the
+GEMM's utilisation on a GPU: the conv library picks the output tile (128x128 down to 32x32) that
+runs fastest given how full the last wave of CTAs is (2 resident per SM), how much of the tile is
+padding and how much less data a smaller tile reuses (`_tile_rate`), so small layers at batch 1
+are not predicted as if they filled the GPU; a GEMV (at most 8 rows: a batch-1 linear layer)
+spreads over every SM. Occupancy is the share of the GPU's resident threads (2048 per SM) a
+kernel's parallel work (its outputs, or half the elements it moves) keeps busy; a depthwise conv's
+compute uses it too. A CPU profile (``sm_count`` 0) has neither: its channels are padded to its
+SIMD width.
 """
 
 from __future__ import annotations
@@ -76,9 +81,18 @@ RUNTIMES: dict[str, Runtime] = {
 }
 assert all(r.fused <= set(KINDS) for r in RUNTIMES.values())
 
-#: GPU implicit-GEMM model: output tile (pixels x output channels), resident tiles per SM, the
-#: smallest K slice split-K hands to one CTA, and resident threads per SM for memory-bound kernels
-TILE_M, TILE_N, CTAS_PER_SM, SPLIT_K_MIN, THREADS_PER_SM = 128, 64, 2, 256, 2048
+#: GPU implicit-GEMM model: the output tiles (pixels x output channels) a conv library chooses
+#: from, resident tiles per SM, and resident threads per SM for memory-bound kernels
+TILES = ((128, 128), (128, 64), (64, 64), (64, 32), (32, 32))
+CTAS_PER_SM, THREADS_PER_SM, GEMV_WIDTH = 2, 2048, 8
+
+
+def _tile_rate(tm: int, tn: int) -> float:
+    """Share of the peak a tile sustains: its data reuse (tm x tn / (tm + tn) FLOPs per element
+    loaded) relative to a 128 x 64 tile's, capped at 1: smaller tiles fill more SMs, each slower."""
+    return min(1.0, (tm * tn / (tm + tn)) / (128 * 64 / 192))
+
+
 #: channel multiple tensor cores need (cuDNN pads other counts up to it)
 TENSOR_ALIGN = {"fp16": 8, "bf16": 8, "tf32": 4}
 
@@ -298,17 +312,23 @@ def prepare(t: Table, profile: "DeviceProfile", samples: int = 1) -> Prepared:
     util = np.ones(n)
     if profile.sm_count > 0:
         threads = profile.sm_count * THREADS_PER_SM
-        occupancy = np.minimum(1.0, np.maximum(t.elements, 1) / threads)
+        bpe = np.array([bytes_per_element(p) for p in t.precision], float)
+        parallel = np.maximum(t.elements, t.bytes / bpe / 2)  # outputs, or half the elements moved (a reduction, a GEMV)
+        occupancy = np.minimum(1.0, np.maximum(parallel, 1) / threads)
         slots = profile.sm_count * CTAS_PER_SM
         m = np.maximum(t.pixels, 1)
-        tiles_m, tiles_n = np.ceil(m / TILE_M), np.ceil(cout_p / TILE_N)
-        tiles = tiles_m * tiles_n
-        depth = cin_p * t.ksq
-        split = np.where(tiles < slots, np.clip(np.floor(slots / tiles), 1, np.maximum(1, depth // SPLIT_K_MIN)), 1)
-        units = tiles * split
-        wave_fill = units / (np.ceil(units / slots) * slots)
-        tile_fill = (m * cout_p) / (tiles_m * TILE_M * tiles_n * TILE_N)
-        util = np.where(dense, wave_fill * tile_fill, np.where(dw, occupancy, 1.0))
+        long, short = np.maximum(m, cout_p), np.minimum(m, cout_p)  # a GEMV (batch-1 linear) tiles its long side
+        best = np.zeros(n)
+        for tm, tn in TILES:  # the library picks the tile that runs the GEMM fastest
+            tiles_m, tiles_n = np.ceil(long / tm), np.ceil(short / tn)
+            tiles = tiles_m * tiles_n
+            wave_fill = tiles / (np.ceil(tiles / slots) * slots)
+            tile_fill = (long * short) / (tiles_m * tm * tiles_n * tn)
+            best = np.maximum(best, wave_fill * tile_fill * _tile_rate(tm, tn))
+        # a matrix-vector product (a batch-1 linear layer, an SE gate's 1x1 convs) runs as a GEMV over every SM
+        best = np.where(short <= GEMV_WIDTH, np.maximum(best, occupancy * short / TILES[-1][1] * _tile_rate(*TILES[-1])),
+                        best)
+        util = np.where(dense, best, np.where(dw, occupancy, 1.0))
     work = flops / (peak * 1e9 * util)
     memory = t.bytes / (profile.bandwidth_gbs * 1e9 * occupancy)
     return Prepared(work, memory, t.cls, tensor, t.runtime, t.owner, samples)
