@@ -5,6 +5,7 @@ Examples::
     python -m nas.latency hardnet68                       # measured on this machine
     python -m nas.latency hardnet68 --deploy --resolution 512
     python -m nas.latency hardnet68 --predict 1080ti --resolution 1024
+    python -m nas.latency hardnet39ds --predict jetson_nano --resolution 320 --runtime tensorrt
     python -m nas.latency --profile --device cuda          # calibrate this GPU's profile (<= 60 s)
     python -m nas.latency --list                            # the device profiles --predict takes
 """
@@ -24,7 +25,7 @@ from ..errors import check_int
 from ..paths import runs_dir
 from .cache import LatencyCache
 from .devices import PRECISIONS
-from .kernels import KERNEL_CLASSES
+from .kernels import KERNEL_CLASSES, RUNTIMES
 from .measure import measure
 from .predict import predict
 from .profiles import list_profiles, resolve_profile
@@ -45,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=2.0, help="time cap for the timed runs (default 2)")
     p.add_argument("--predict", metavar="DEVICE", default=None,
                    help=f"predict instead of measuring, for one of: {', '.join(list_profiles())}")
+    p.add_argument("--runtime", default="pytorch", help=f"with --predict: {' or '.join(RUNTIMES)} (default pytorch: "
+                   "eager, every op a kernel; tensorrt: norms folded, activations/adds fused, concatenations in place)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write runs/latency.db")
     p.add_argument("--no-guard", action="store_true",
                    help="time without the interference canary (figures are then never flagged disturbed)")
@@ -62,11 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _profile(args)
     if args.model is None:
         p.error("NAME|CONFIG is required unless --profile or --list is given")
+    if args.runtime != "pytorch" and not args.predict:
+        p.error(f"--runtime {args.runtime} is only allowed with --predict (measurements run eager PyTorch)")
     config = resolve_config(args.model)
     if args.threads is not None:
         check_int("threads", args.threads)
     if args.predict:
-        result = predict(config, args.predict, args.resolution, args.batch, args.precision, args.deploy)
+        result = predict(config, args.predict, args.resolution, args.batch, args.precision, args.deploy,
+                         runtime=args.runtime)
     else:
         cache = None if args.no_cache else LatencyCache(runs_dir() / "latency.db")
         result = measure(config, device=args.device, resolution=args.resolution, batch=args.batch,

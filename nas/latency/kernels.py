@@ -233,21 +233,21 @@ _RUNTIME_INDEX = {r: i for i, r in enumerate(RUNTIMES)}
 
 def table(groups_of_kernels: Sequence[Sequence[Kernel]]) -> Table:
     """One `Table` of several kernel lists (``owner`` tells them apart)."""
-    rows = [(i, k) for i, ks in enumerate(groups_of_kernels) for k in ks]
-    for _, k in rows:
-        if k.kernel_class not in _CLASS_INDEX:
-            raise ValueError(f"kernel class: {k.kernel_class!r} is not allowed; expected one of "
-                             f"{', '.join(KERNEL_CLASSES)}")
-        _check(k.precision, k.runtime)
-
-    def col(f, dtype=float):
-        return np.fromiter((f(k) for _, k in rows), dtype, len(rows))
-
-    return Table(col(lambda k: _CLASS_INDEX[k.kernel_class], int), col(lambda k: k.flops), col(lambda k: k.bytes),
-                 col(lambda k: k.pixels), col(lambda k: k.cin), col(lambda k: k.cout),
-                 col(lambda k: k.kernel * k.kernel), col(lambda k: k.groups), col(lambda k: k.elements),
-                 tuple(k.precision for _, k in rows), col(lambda k: _RUNTIME_INDEX[k.runtime], int),
-                 np.fromiter((i for i, _ in rows), int, len(rows)))
+    rows, precision = [], []
+    for owner, kernels in enumerate(groups_of_kernels):
+        for k in kernels:
+            if k.kernel_class not in _CLASS_INDEX:
+                raise ValueError(f"kernel class: {k.kernel_class!r} is not allowed; expected one of "
+                                 f"{', '.join(KERNEL_CLASSES)}")
+            if k.runtime not in _RUNTIME_INDEX or k.precision not in PRECISIONS:
+                _check(k.precision, k.runtime)
+            rows.append((_CLASS_INDEX[k.kernel_class], k.flops, k.bytes, k.pixels, k.cin, k.cout, k.kernel * k.kernel,
+                         k.groups, k.elements, _RUNTIME_INDEX[k.runtime], owner))
+            precision.append(k.precision)
+    a = np.array(rows, float).reshape(-1, 11)
+    ints = a[:, [0, 9, 10]].astype(int)
+    return Table(ints[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4], a[:, 5], a[:, 6], a[:, 7], a[:, 8], tuple(precision),
+                 ints[:, 1], ints[:, 2])
 
 
 def _pad(x: np.ndarray, block: np.ndarray | int) -> np.ndarray:

@@ -20,6 +20,7 @@ import logging
 import math
 import numbers
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -28,7 +29,7 @@ from ..config import ArchConfig
 from ..errors import check_choice, check_int
 from .devices import PRECISIONS
 from .fit import fit_profile
-from .kernels import RUNTIMES, evaluate, kernels_of, prepare, profile_parameters, table
+from .kernels import RUNTIMES, Table, evaluate, kernels_of, prepare, profile_parameters, table
 from .profiles import DeviceProfile, check_profile, resolve_profile, save_profile
 from .result import LatencyResult
 
@@ -47,8 +48,13 @@ def predict_ms(config: ArchConfig, profile: DeviceProfile, resolution: int = 224
                precision: str = "fp32", deploy: bool = False, runtime: str = "pytorch") -> float:
     """The predicted latency in ms (the number alone; `predict` wraps it with its context)."""
     _check(precision, batch, runtime)
-    kernels = kernels_of(config, resolution, batch, precision, deploy, runtime)
-    return float(evaluate(prepare(table([kernels]), profile), *profile_parameters(profile))[0])
+    t = _table(config, resolution, batch, precision, deploy, runtime)
+    return float(evaluate(prepare(t, profile), *profile_parameters(profile))[0])
+
+
+@lru_cache(maxsize=4096)
+def _table(config: ArchConfig, resolution: int, batch: int, precision: str, deploy: bool, runtime: str) -> Table:
+    return table([kernels_of(config, resolution, batch, precision, deploy, runtime)])
 
 
 def predict(config: ArchConfig, device: str | DeviceProfile = "cpu", resolution: int = 224, batch: int = 1,
