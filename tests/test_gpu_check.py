@@ -19,7 +19,9 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_check as G  # noqa: E402
-import gpu_check_harness as H  # noqa: E402
+import gpu_check_lib.common as C  # noqa: E402
+import gpu_check_lib.harness as H  # noqa: E402
+import gpu_check_lib.latency as L  # noqa: E402
 
 import nas  # noqa: E402
 import nas.stats  # noqa: E402
@@ -57,14 +59,8 @@ def test_quick_cpu_check_runs_every_section(tmp_path):
     proc, report = _run(["--deadline", "600"], tmp_path / "out", tmp_path / "runs")
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     statuses = _statuses(report)
-    assert set(statuses) == set(G.SECTIONS)
-    has_profiler = hasattr(nas.latency, "profile_device")
-    for name, status in statuses.items():
-        if name == "profile" and not has_profiler:  # until nas.latency.profile_device lands
-            assert status.startswith("error: ImportError"), status
-        else:
-            assert status == "ok", (name, status, proc.stdout[-3000:])
-    assert proc.returncode == (0 if has_profiler else 1)
+    assert statuses == {name: "ok" for name in G.SECTIONS}, proc.stdout[-3000:]
+    assert proc.returncode == 0
     assert report["finished"] is True
     for path, value in _numbers(report):
         assert math.isfinite(value), path
@@ -78,7 +74,9 @@ def test_quick_cpu_check_runs_every_section(tmp_path):
     assert sec["canonical_large"]["precision"] == "bf16" and "fp16 not supported on cpu" in sec["canonical_large"]["note"]
     assert {r["mode"] for r in sec["seed_claim"]["rows"]} == {"eager", "deploy"}
     assert all(r["ratio"] > 0 for r in sec["seed_claim"]["rows"])
+    assert sec["profile"]["profile"]["name"] == "cpu" and sec["profile"]["profile"]["source"].startswith("profiled here")
     assert sec["predict"]["fidelity"] and len(sec["predict"]["predictions"]) >= len(G.QUICK.models) + 2
+    assert {p["label"] for p in sec["predict"]["profiles"]} >= {"local profile (profile_device)"}
     study = sec["search"]["study"]
     assert sec["search"]["returncode"] == 0 and study["evaluated"] >= 1 and study["trials"] >= 2
     rows = {r["variant"]: r for r in sec["export"]["rows"]}
@@ -98,7 +96,7 @@ def test_injected_failure_is_one_line_and_the_rest_runs(tmp_path):
     assert proc.returncode == 1, proc.stderr[-2000:]
     statuses = _statuses(report)
     assert statuses["canonical"] == "error: injected failure (--inject error:canonical)"
-    assert report["sections"]["canonical"]["error_at"].startswith("benchmarks/gpu_check_harness.py:")
+    assert report["sections"]["canonical"]["error_at"].startswith("benchmarks/gpu_check_lib/harness.py:")
     assert statuses["env"] == "ok" and statuses["predict"] == "ok", statuses
     assert all(statuses[n] == H.NOT_SELECTED for n in ("canonical_large", "seed_claim", "profile", "search", "export"))
     measured = {i["model"] for i in report["sections"]["predict"]["result"]["items"]}
@@ -171,26 +169,26 @@ def test_section_status_rules():
 
 
 def test_fidelity_figures():
-    f = G.fidelity([1.0, 2.1, 3.0, 5.0], [1.0, 2.0, 4.0, 4.0])  # ratios 1, 1.05, 0.75, 1.25
+    f = C.fidelity([1.0, 2.1, 3.0, 5.0], [1.0, 2.0, 4.0, 4.0])  # ratios 1, 1.05, 0.75, 1.25
     assert f["n"] == 4 and f["within_10"] == 0.5 and f["within_25"] == 1.0
     assert f["median_abs_err"] == pytest.approx(0.15) and f["median_ratio"] == pytest.approx(1.025)
     assert f["kendall_tau"] == pytest.approx(nas.stats.kendall_tau([1.0, 2.1, 3.0, 5.0], [1.0, 2.0, 4.0, 4.0]))
-    assert G.fidelity([], []) == {"n": 0}
+    assert C.fidelity([], []) == {"n": 0}
 
 
 def test_calibration_on_half_is_judged_on_the_other_half(tmp_path):
     # synthetic clean measurements made by a "true" device 3x slower than the micro-benchmarked profile
     report = H.Report(tmp_path, {}, ["predict"], {"predict"}, lambda d: "", 0.0)
-    sh = G.Shared(torch.device("cpu"), G.FULL, None, tmp_path, report)
+    sh = C.Shared(torch.device("cpu"), G.FULL, None, tmp_path, report)
     base = load_cpu_profile().profile
-    configs = G._random_configs(G.FULL, 14)
+    configs = L._random_configs(G.FULL, 14)
     for i, cfg in enumerate(configs):
         ms = 3.0 * predict_ms(cfg, base, resolution=224) * (1 + 0.02 * ((i % 3) - 1))
         result = LatencyResult(ms, "measured", "cpu", runs=9, canary_slowdown=1.0)
-        sh.measured.append(G.Measured(f"r{i}", "random", cfg, "fp32", 224, result))
+        sh.measured.append(C.Measured(f"r{i}", "random", cfg, "fp32", 224, result))
     sec = H.Section(report, "predict", 60.0)
     profiles = [("local", base)]
-    held_out = G._calibrate_half(sec, sh, base, profiles)
+    held_out = L._calibrate_half(sec, sh, base, profiles)
     cal = sec.result["calibration"]
     assert (cal["fit"], cal["held_out"], len(held_out)) == (7, 7, 7)
     assert cal["accepted"] is True, cal["reason"]

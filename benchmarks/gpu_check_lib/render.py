@@ -1,6 +1,6 @@
 """The Markdown page of a `gpu_check.py` report, rendered from its JSON alone.
 
-    python benchmarks/gpu_check_render.py runs/gpu_check.json > gpu_check.md
+    python benchmarks/gpu_check_lib/render.py runs/gpu_check.json > gpu_check.md
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def _predict(r: dict[str, Any]) -> list[str]:
             for f in r.get("fidelity") or [] if f.get("n")]
     lines += ["", "Held out: the half of the fp32 measurements the calibration did not see; the calibrated "
               "profile's other rows include its fit data.", ""]
-    return lines + _table(["profile", "group", "n", "Kendall τ", "within ±10%", "within ±25%", "median |err|",
+    return lines + _table(["profile", "group", "n", "Kendall τ", "within ±10%", "within ±25%", "median \\|err\\|",
                            "median pred/meas"], rows)
 
 
@@ -140,7 +140,7 @@ def _export(r: dict[str, Any]) -> list[str]:
     rows = [[x["variant"], x["precision"], _ms(x["median_ms"]) + _flag(x), _num(x.get("vs_eager")),
              "–" if x.get("max_abs_diff") is None else f"{x['max_abs_diff']:.1e}"] for x in r.get("rows") or []]
     lines = [f"{r.get('model')} at {r.get('resolution')} px, batch 1, same weights; medians over rounds.", ""]
-    lines += _table(["variant", "precision", "median ms", "/ eager", "max |diff| vs eager"], rows)
+    lines += _table(["variant", "precision", "median ms", "/ eager", "max \\|diff\\| vs eager"], rows)
     lines += [f"- {f['variant']}: export failed: {f['error']}" for f in r.get("failures") or []]
     return lines
 
@@ -186,6 +186,6 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python benchmarks/gpu_check_render.py REPORT.json")
+        sys.exit("usage: python benchmarks/gpu_check_lib/render.py REPORT.json")
     with open(sys.argv[1], encoding="utf-8") as f:
         sys.stdout.write(render_markdown(json.load(f)))
