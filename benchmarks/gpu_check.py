@@ -42,12 +42,14 @@ from nas.paths import runs_dir  # noqa: E402
 SECTIONS: tuple[str, ...] = ("env", "canonical", "canonical_large", "seed_claim", "profile", "predict", "search",
                              "export")
 FULL = Plan(models=tuple(nas.list_models()), resolution=224, large_resolution=1024, seed_resolutions=(512, 1024),
-            random_configs=40, random_caps={"max_width": 128, "max_depth": 16}, search_trials=6, proxy_epochs=4.0,
-            max_seconds=0.5, profile_budget_s=60.0, deadline_s=420.0, export_rounds=2, warmup=3)
+            random_configs=40, random_caps={"max_width": 128, "max_depth": 16}, search_trials=6,
+            search_budget_factor=1.5, proxy_epochs=4.0, max_seconds=0.5, profile_budget_s=60.0, deadline_s=420.0,
+            export_rounds=2, warmup=3)
+# --quick proves the mechanics: a budget no candidate misses, so a noisy machine cannot starve the search
 QUICK = Plan(models=("hardnet68", "resnet50"), resolution=32, large_resolution=64, seed_resolutions=(32, 64),
-             random_configs=2, random_caps={"max_width": 64, "max_depth": 8}, search_trials=2, proxy_epochs=0.1,
-             max_seconds=0.25, profile_budget_s=5.0, deadline_s=240.0, export_rounds=1, warmup=1,
-             policy=InterferencePolicy(max_wait_s=0.3))
+             random_configs=2, random_caps={"max_width": 64, "max_depth": 8}, search_trials=2,
+             search_budget_factor=10.0, proxy_epochs=0.1, max_seconds=0.25, profile_budget_s=5.0, deadline_s=240.0,
+             export_rounds=1, warmup=1, policy=InterferencePolicy(max_wait_s=0.3))
 #: each section's weight in sharing out the time left (None: not time-boxed)
 WEIGHTS: dict[str, float | None] = {"env": None, "canonical": 75, "canonical_large": 40, "seed_claim": 45,
                                     "profile": 60, "predict": 80, "search": 130, "export": 30}

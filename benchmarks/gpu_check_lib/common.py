@@ -32,6 +32,7 @@ class Plan:
     random_configs: int
     random_caps: dict[str, int]
     search_trials: int
+    search_budget_factor: float  # the search's budget: this many times HarDNet68's measured latency
     proxy_epochs: float
     max_seconds: float  # timing cap of one measurement
     profile_budget_s: float

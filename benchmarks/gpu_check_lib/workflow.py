@@ -27,10 +27,6 @@ from nas.paths import runs_dir
 from .common import Shared, package_root, timed
 from .harness import Section, SectionError, failure_line
 
-SEARCH_BUDGET_FACTOR = 1.5
-"""The search's budget: this many times HarDNet68's measured latency at the search resolution."""
-
-
 def _search_budget_ms(sec: Section, sh: Shared) -> float:
     res = sh.plan.resolution
     known = [m.result.median_ms for m in sh.measured
@@ -41,7 +37,7 @@ def _search_budget_ms(sec: Section, sh: Shared) -> float:
         if r is None or not r.ok:
             raise SectionError("no HarDNet68 measurement to set the search budget from")
         known = [r.median_ms]
-    return SEARCH_BUDGET_FACTOR * known[0]
+    return sh.plan.search_budget_factor * known[0]
 
 
 def section_search(sec: Section, sh: Shared) -> None:
@@ -64,7 +60,8 @@ def section_search(sec: Section, sh: Shared) -> None:
            "--study-name", study, "--timeout", f"{max(5.0, 0.75 * sec.left()):.0f}", "--no-progress"]
     sec.set("command", " ".join(cmd[1:]))
     sec.set("budget_ms", budget)
-    sec.set("budget_rule", f"{SEARCH_BUDGET_FACTOR:g} x HarDNet68's measured fp32 latency at {sh.plan.resolution} px")
+    sec.set("budget_rule",
+            f"{sh.plan.search_budget_factor:g} x HarDNet68's measured fp32 latency at {sh.plan.resolution} px")
     env = {**os.environ, "HARDNAS_RUNS": str(runs_dir().resolve()),
            "PYTHONPATH": os.pathsep.join(p for p in (package_root(), os.environ.get("PYTHONPATH")) if p)}
     log_path = sh.out / "gpu_check_search.log"
