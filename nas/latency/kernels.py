@@ -220,7 +220,7 @@ class Table:
     ksq: np.ndarray  # kernel size squared
     groups: np.ndarray
     elements: np.ndarray
-    precision: tuple[str, ...]
+    precision: np.ndarray  # index into PRECISIONS
     runtime: np.ndarray  # index into RUNTIMES
     owner: np.ndarray  # which sample each kernel belongs to (0 for a single list)
 
@@ -229,25 +229,26 @@ class Table:
 
 
 _RUNTIME_INDEX = {r: i for i, r in enumerate(RUNTIMES)}
+_PRECISION_INDEX = {p: i for i, p in enumerate(PRECISIONS)}
+_BYTES = np.array([bytes_per_element(p) for p in PRECISIONS], float)
 
 
 def table(groups_of_kernels: Sequence[Sequence[Kernel]]) -> Table:
     """One `Table` of several kernel lists (``owner`` tells them apart)."""
-    rows, precision = [], []
+    rows = []
     for owner, kernels in enumerate(groups_of_kernels):
         for k in kernels:
             if k.kernel_class not in _CLASS_INDEX:
                 raise ValueError(f"kernel class: {k.kernel_class!r} is not allowed; expected one of "
                                  f"{', '.join(KERNEL_CLASSES)}")
-            if k.runtime not in _RUNTIME_INDEX or k.precision not in PRECISIONS:
+            if k.runtime not in _RUNTIME_INDEX or k.precision not in _PRECISION_INDEX:
                 _check(k.precision, k.runtime)
             rows.append((_CLASS_INDEX[k.kernel_class], k.flops, k.bytes, k.pixels, k.cin, k.cout, k.kernel * k.kernel,
-                         k.groups, k.elements, _RUNTIME_INDEX[k.runtime], owner))
-            precision.append(k.precision)
-    a = np.array(rows, float).reshape(-1, 11)
-    ints = a[:, [0, 9, 10]].astype(int)
-    return Table(ints[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4], a[:, 5], a[:, 6], a[:, 7], a[:, 8], tuple(precision),
-                 ints[:, 1], ints[:, 2])
+                         k.groups, k.elements, _PRECISION_INDEX[k.precision], _RUNTIME_INDEX[k.runtime], owner))
+    a = np.array(rows, float).reshape(-1, 12)
+    ints = a[:, [0, 9, 10, 11]].astype(int)
+    return Table(ints[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4], a[:, 5], a[:, 6], a[:, 7], a[:, 8], ints[:, 1],
+                 ints[:, 2], ints[:, 3])
 
 
 def _pad(x: np.ndarray, block: np.ndarray | int) -> np.ndarray:
@@ -291,14 +292,13 @@ def prepare(t: Table, profile: "DeviceProfile", samples: int = 1) -> Prepared:
     peak = np.empty(n)
     tensor = np.zeros(n, bool)
     align = np.full(n, float(max(1, profile.channel_block)))
-    paths: dict[tuple[int, str], tuple[float, bool]] = {}
-    for i in range(n):
-        key = (int(t.cls[i]), t.precision[i])
-        if key not in paths:
-            paths[key] = compute_path(profile, KERNEL_CLASSES[key[0]], key[1])
-        peak[i], tensor[i] = paths[key]
-        if tensor[i]:
-            align[i] = TENSOR_ALIGN["tf32" if t.precision[i] == "fp32" else t.precision[i]]
+    combo = t.cls * len(PRECISIONS) + t.precision
+    for key in np.unique(combo):  # a handful of (class, precision) pairs
+        on = combo == key
+        precision = PRECISIONS[key % len(PRECISIONS)]
+        peak[on], tensor[on] = compute_path(profile, KERNEL_CLASSES[key // len(PRECISIONS)], precision)
+        if tensor[on][0]:
+            align[on] = TENSOR_ALIGN["tf32" if precision == "fp32" else precision]
     dense = (t.cls != _CLASS_INDEX["dwconv"]) & (t.cls != _CLASS_INDEX["memory"])
     dw = t.cls == _CLASS_INDEX["dwconv"]
     cin = np.maximum(t.cin, 1)
@@ -312,8 +312,7 @@ def prepare(t: Table, profile: "DeviceProfile", samples: int = 1) -> Prepared:
     util = np.ones(n)
     if profile.sm_count > 0:
         threads = profile.sm_count * THREADS_PER_SM
-        bpe = np.array([bytes_per_element(p) for p in t.precision], float)
-        parallel = np.maximum(t.elements, t.bytes / bpe / 2)  # outputs, or half the elements moved (a reduction, a GEMV)
+        parallel = np.maximum(t.elements, t.bytes / _BYTES[t.precision] / 2)  # outputs, or half the elements moved (a reduction, a GEMV)
         occupancy = np.minimum(1.0, np.maximum(parallel, 1) / threads)
         slots = profile.sm_count * CTAS_PER_SM
         m = np.maximum(t.pixels, 1)
