@@ -20,6 +20,7 @@ a test checks the shipped file equals a fresh fit.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,7 +33,8 @@ from ..config import ArchConfig
 from ..registry import get_config
 from .fit import fit_profile
 from .kernels import Kernel, kernels_of
-from .profiles import DATA, DEFAULT_EFFICIENCIES, FITTABLE, PROFILES, DeviceProfile, _families, _refresh, _yaml
+from .profiles import (DATA, DEFAULT_EFFICIENCIES, FITTABLE, PROFILES, DeviceProfile, _refresh, _yaml,
+                       family_efficiencies)
 
 __all__ = ["FAMILY_PRIOR", "POOLED_PRIOR", "Figure", "fit_families", "figure_config", "leave_one_device_out",
            "published_figures", "write_families"]
@@ -130,10 +132,8 @@ def _spec(device: str) -> DeviceProfile:
     return _with(PROFILES[device], DEFAULT_EFFICIENCIES)
 
 
-def _with(profile: DeviceProfile, values: dict[str, float], **more: Any) -> DeviceProfile:
-    import dataclasses
-
-    return dataclasses.replace(profile, **{k: values[k] for k in FITTABLE}, **more)
+def _with(profile: DeviceProfile, values: dict[str, float]) -> DeviceProfile:
+    return dataclasses.replace(profile, **{k: values[k] for k in FITTABLE})
 
 
 def _family_of(device: str) -> str:
@@ -161,14 +161,9 @@ def fit_families(figures: Sequence[Figure]) -> dict[str, dict[str, Any]]:
 
 
 def _resolve(family: str, fitted: dict[str, dict[str, Any]]) -> tuple[dict[str, float], str]:
-    """A family's parameters: its own fit, else the first fitted neighbour, else the pooled fit."""
-    families, seen, current = _families(), [], family
-    while current and current not in seen:
-        seen.append(current)
-        if current in fitted:
-            return {k: fitted[current][k] for k in FITTABLE}, current
-        current = families.get(current, {}).get("neighbour")
-    return {k: fitted["pooled"][k] for k in FITTABLE}, "pooled"
+    """A family's parameters in ``fitted`` and the fit they come from (`family_efficiencies`' rule)."""
+    values, prov = family_efficiencies(family, fitted)
+    return values, prov["efficiencies_from"]
 
 
 def predict_figure(f: Figure, params: dict[str, float]) -> float:

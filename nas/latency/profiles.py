@@ -180,21 +180,27 @@ def _fitted_families() -> dict[str, dict[str, Any]]:
     return _yaml(path, "family efficiencies")["families"] if path.exists() else {}
 
 
-def family_efficiencies(family: str) -> tuple[dict[str, float], dict[str, Any]]:
+def family_efficiencies(family: str, fitted: Mapping[str, Mapping[str, Any]] | None = None
+                        ) -> tuple[dict[str, float], dict[str, Any]]:
     """(efficiency parameters, provenance) of an architecture family: its own fit, else the first
-    neighbour (``devices.yaml``) that has one, else `DEFAULT_EFFICIENCIES`."""
-    families, fitted = _families(), _fitted_families()
+    neighbour (``devices.yaml``) that has one, else the pooled fit of all families, else
+    `DEFAULT_EFFICIENCIES`. ``fitted`` defaults to the shipped families.yaml."""
+    families = _families()
+    fitted = _fitted_families() if fitted is None else fitted
     seen, current = [], family
     while current and current not in seen:
         seen.append(current)
         if current in fitted:
-            entry = fitted[current]
-            prov = {"family": family, "efficiencies_from": current, "fit": entry.get("fit", "")}
+            prov = {"family": family, "efficiencies_from": current, "fit": fitted[current].get("fit", "")}
             if current != family:
                 prov["borrowed"] = (f"{family} has no fitting data; borrows {current}'s efficiencies "
                                     f"(neighbour chain {' -> '.join(seen)})")
-            return {k: float(entry[k]) for k in FITTABLE}, prov
+            return {k: float(fitted[current][k]) for k in FITTABLE}, prov
         current = families.get(current, {}).get("neighbour")
+    if "pooled" in fitted:
+        return {k: float(fitted["pooled"][k]) for k in FITTABLE}, {
+            "family": family, "efficiencies_from": "pooled", "fit": fitted["pooled"].get("fit", ""),
+            "borrowed": f"{family} and its neighbours have no fitting data; the pooled fit of all families"}
     return dict(DEFAULT_EFFICIENCIES), {"family": family, "efficiencies_from": "defaults",
                                         "fit": "none: default efficiencies, not fitted"}
 
