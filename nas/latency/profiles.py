@@ -231,7 +231,7 @@ def profile_from_spec(name: str, spec: Mapping[str, Any], where: str,
                              "source: where the numbers come from)")
     families = _families()
     family = spec.get("family", "")
-    if family and family not in families:
+    if not isinstance(family, str) or (family and family not in families):
         _fail(where, "family", family, "one of " + ", ".join(families))
     peaks = spec["peak_tflops"]
     if not isinstance(peaks, Mapping) or "fp32" not in peaks:
