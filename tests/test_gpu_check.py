@@ -7,8 +7,10 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,6 +127,33 @@ def test_watchdog_ends_a_hung_section_and_keeps_the_report(tmp_path):
     assert _statuses(report)["canonical"] == "pending"
     assert "hard deadline reached" in proc.stdout
     assert "stopped (hard deadline)" in (tmp_path / "out" / "gpu_check.md").read_text()
+
+
+def test_sigterm_writes_the_report_and_exits_130(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "HARDNAS_RUNS": str(tmp_path / "runs"),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(out),
+                             "--sections", "env,canonical", "--inject", "hang:env"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and '"status": "running"' not in _text(out / "gpu_check.json"):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # what `timeout` in gpu_check.sh sends
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stdout[-2000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["stopped"] == "signal 15" and _statuses(report)["env"] == "partial: stopped (signal 15)"
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def test_usage_error_is_one_line_with_exit_code_2(tmp_path):
