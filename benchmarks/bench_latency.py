@@ -32,7 +32,7 @@ import time
 import torch
 
 import nas
-from nas.latency import calibrate, measure, predict_ms
+from nas.latency import KERNEL_CLASSES, calibrate, measure, predict_ms
 from nas.latency.profiles import load_cpu_profile
 from nas.sampling import random_config
 from nas.stats import kendall_tau, spearman_rho
@@ -117,8 +117,8 @@ def main() -> None:
         errs = sorted(abs(p_ / m - 1) for p_, m in zip(pred, meas))
         print(f"  {label:<40} tau {kendall_tau(pred, meas):.3f}  within +-10%: {100 * within:.0f}%  "
               f"median |err| {100 * statistics.median(errs):.1f}%  (held-out n={len(meas)})")
-    print(f"  fitted efficiencies: conv {fitted.conv_eff:.2f}, depthwise {fitted.dwconv_eff:.3f}, "
-          f"memory {fitted.memory_eff:.2f}, overhead {fitted.overhead_us:.1f} us/kernel")
+    effs = ", ".join(f"{c} {fitted.efficiency(c):.3g}" for c in KERNEL_CLASSES)
+    print(f"  fitted efficiencies: {effs}; overhead {fitted.overhead_us:.1f} us/kernel")
     reports = [nas.analyze(c) for c in cfgs]
     for name, values in (("CIO", [r.cio for r in reports]), ("MACs", [r.macs for r in reports]),
                          ("params", [r.params for r in reports])):

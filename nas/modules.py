@@ -171,7 +171,9 @@ class SqueezeExcite(nn.Module):
         n, c, _, _ = x
         t.eltwise(f"{name}.mean", "reduce", x, 1)
         s = t.conv(f"{name}.fc1", (n, c, 1, 1), hidden, 1, bias=True)
-        t.conv(f"{name}.fc2", s, c, 1, bias=True)
+        t.activation(f"{name}.relu", s, "relu")
+        s = t.conv(f"{name}.fc2", s, c, 1, bias=True)
+        t.activation(f"{name}.gate", s, "sigmoid")
         t.eltwise(f"{name}.mul", "mul", x, 2)
         return x
 
@@ -288,7 +290,7 @@ class Residual(nn.Module):
         y = main(x)
         if shortcut != "avgpool" and not keeps_shape:
             Shortcut.cost(t, f"{name}.shortcut", x, cin, cout, stride, shortcut)
-        t.eltwise(f"{name}.add", "add", y, 3)
+        t.eltwise(f"{name}.add", "add", y, 3, kind="pointwise")
         return t.activation(f"{name}.post_act", y, post_act)
 
 

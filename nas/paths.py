@@ -8,8 +8,10 @@ from pathlib import Path
 __all__ = ["runs_dir"]
 
 
-def runs_dir() -> Path:
-    """The output folder for studies, caches, fronts and exports (created on first use)."""
+def runs_dir(create: bool = True) -> Path:
+    """The output folder for studies, caches, fronts and exports (created on first use; a reader
+    passes ``create=False``)."""
     path = Path(os.environ.get("HARDNAS_RUNS", "runs"))
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path

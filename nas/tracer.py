@@ -17,9 +17,10 @@ Counting conventions (the HarDNet paper's and thop's, kept apart):
   concatenations, residual adds, pools, SE gating). CIO assumes they are fused away; an eager
   framework runs each as its own kernel, so the latency predictor needs them.
 
-Each record also carries its kernel ``kind`` (`KINDS`) and ``traffic``, the elements the kernel
+Each record also carries its kernel ``kind`` (`KINDS`), ``traffic``, the elements the kernel
 moves (a conv: CIO + weights; a linear layer: input + output + weights; a memory-bound op:
-``mem``), so ``bytes`` is known where the op is recorded and the latency predictor classifies
+``mem``), and for a conv its ``kernel`` size and ``stride``, so ``bytes`` and the kernel class
+(`nas.latency.kernels`) are known where the op is recorded and the latency predictor classifies
 nothing by name.
 """
 
@@ -33,8 +34,11 @@ __all__ = ["KINDS", "LayerCost", "Shape", "Tracer"]
 Shape = tuple[int, int, int, int]
 
 #: kernel kinds: dense conv, depthwise (grouped) conv, matrix multiply (linear layer), a
-#: memory-bound op, and a norm (memory-bound; folded into the conv before it when deployed)
-KINDS: tuple[str, ...] = ("conv", "depthwise", "matmul", "memory", "norm")
+#: memory-bound op, a norm (memory-bound; folded into the conv before it when deployed), a
+#: pointwise epilogue (activation, residual add: memory-bound in eager PyTorch, fused into the
+#: conv before it by a compiler such as TensorRT) and a concatenation copy (eager PyTorch copies
+#: every input; TensorRT writes the inputs in place)
+KINDS: tuple[str, ...] = ("conv", "depthwise", "matmul", "memory", "norm", "pointwise", "concat")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class LayerCost:
     bytes_per_element: int = 4
     kind: str = "memory"
     traffic: int = 0
+    kernel: int = 0  # a conv's kernel size (0 for other ops)
+    stride: int = 1
 
     @property
     def bytes(self) -> int:
@@ -90,9 +96,11 @@ class Tracer:
 
     def _add(self, name: str, op: str, x: tuple[int, ...], y: tuple[int, ...], params: int = 0, macs: int = 0,
              cio: int = 0, extra: int = 0, mem: int = 0, groups: int = 1, kind: str = "memory",
-             traffic: int | None = None) -> None:
+             traffic: int | None = None, kernel: int = 0, stride: int = 1) -> None:
+        assert kind in KINDS, kind
         self.layers.append(LayerCost(name, op, tuple(x), tuple(y), params, macs, cio, extra, mem, groups,
-                                     self.bytes_per_element, kind, mem if traffic is None else traffic))
+                                     self.bytes_per_element, kind, mem if traffic is None else traffic, kernel,
+                                     stride))
 
     def conv(self, name: str, x: Shape, cout: int, k: int, stride: int = 1, groups: int = 1, bias: bool = False,
              padding: int | None = None) -> Shape:
@@ -103,7 +111,7 @@ class Tracer:
         macs = prod(y) * (c // groups) * k * k
         cio = prod(x) + prod(y)
         self._add(name, "conv", x, y, params, macs, cio, groups=groups, kind="depthwise" if groups > 1 else "conv",
-                  traffic=cio + params)
+                  traffic=cio + params, kernel=k, stride=stride)
         return y
 
     def bn(self, name: str, x: Shape) -> Shape:
@@ -134,7 +142,8 @@ class Tracer:
         n, c, h, w = x
         y = (n, c, _conv_out(h, 3, 2, 1), _conv_out(w, 3, 2, 1))
         cio = prod(x) + prod(y)
-        self._add(name, "blur", x, y, macs=prod(y) * 9, cio=cio, groups=c, kind="depthwise", traffic=cio)
+        self._add(name, "blur", x, y, macs=prod(y) * 9, cio=cio, groups=c, kind="depthwise", traffic=cio, kernel=3,
+                  stride=2)
         return y
 
     def space_to_depth(self, name: str, x: Shape, block: int) -> Shape:
@@ -161,15 +170,16 @@ class Tracer:
         n, _, h, w = shapes[0]
         y = (n, sum(s[1] for s in shapes), h, w)
         if len(shapes) > 1:
-            self._add(name, "concat", y, y, mem=2 * prod(y))
+            self._add(name, "concat", y, y, mem=2 * prod(y), kind="concat")
         return y
 
-    def eltwise(self, name: str, op: str, x: Shape, passes: int) -> Shape:
-        """A memory-bound op touching ``passes`` tensors of ``x``'s size (an add: 2 reads + 1 write)."""
-        self._add(name, op, x, x, mem=passes * prod(x))
+    def eltwise(self, name: str, op: str, x: Shape, passes: int, kind: str = "memory") -> Shape:
+        """A memory-bound op touching ``passes`` tensors of ``x``'s size (an add: 2 reads + 1 write);
+        ``kind="pointwise"`` for one a compiler fuses into the conv that produced ``x``."""
+        self._add(name, op, x, x, mem=passes * prod(x), kind=kind)
         return x
 
     def activation(self, name: str, x: Shape, spec: str | None) -> Shape:
         if spec is not None and not spec.startswith("identity"):
-            self._add(name, "act", x, x, mem=2 * prod(x))
+            self._add(name, "act", x, x, mem=2 * prod(x), kind="pointwise")
         return x

@@ -228,7 +228,8 @@ def test_cpu_profile_is_micro_benchmarked_once_and_cached(_isolated_runs):
 def test_calibration_recovers_a_known_device():
     import dataclasses
 
-    truth = dataclasses.replace(PROFILES["v100"], conv_eff=0.31, dwconv_eff=0.02, memory_eff=0.45, overhead_us=23.0)
+    truth = dataclasses.replace(PROFILES["v100"], conv3x3_eff=0.31, conv1x1_eff=0.25, dwconv_eff=0.02,
+                            memory_eff=0.45, overhead_us=23.0)
     cfgs = [random_config(s, max_width=128, max_depth=12) for s in range(40)] + [nas.get_config("hardnet39ds")]
     measured = [predict_ms(c, truth) for c in cfgs]
     base_err = max(abs(predict_ms(c, PROFILES["v100"]) / m - 1) for c, m in zip(cfgs, measured))

@@ -182,7 +182,8 @@ def test_measure_does_not_cache_a_disturbed_figure(tmp_path, monkeypatch):
 
 # --- calibration that cannot be poisoned --------------------------------------------------------
 
-TRUTH = dataclasses.replace(PROFILES["v100"], conv_eff=0.31, dwconv_eff=0.02, memory_eff=0.45, overhead_us=23.0)
+TRUTH = dataclasses.replace(PROFILES["v100"], conv3x3_eff=0.31, conv1x1_eff=0.25, dwconv_eff=0.02,
+                            memory_eff=0.45, overhead_us=23.0)
 CFGS = [random_config(s, max_width=128, max_depth=12) for s in range(40)]
 
 
@@ -193,7 +194,7 @@ def _clean_ms(noise: float = 0.03) -> list[float]:
 
 def _in_bounds(p) -> bool:
     return not check_profile(p) and all(BOUNDS[k][0] <= getattr(p, k) <= BOUNDS[k][1]
-                                        for k in ("conv_eff", "dwconv_eff", "memory_eff", "overhead_us"))
+                                        for k in ("conv3x3_eff", "dwconv_eff", "memory_eff", "overhead_us"))
 
 
 def test_calibration_with_the_disturbed_mask_ignores_poison():
@@ -232,7 +233,7 @@ def test_calibration_from_latency_results_skips_disturbed_ones():
 
 
 def test_calibration_is_rejected_when_it_does_not_predict_the_newest_better():
-    other = dataclasses.replace(TRUTH, conv_eff=0.05, overhead_us=200.0)
+    other = dataclasses.replace(TRUTH, conv3x3_eff=0.05, conv1x1_eff=0.05, overhead_us=200.0)
     base = PROFILES["v100"]
     ms = [predict_ms(c, other) for c in CFGS[:30]] + [predict_ms(c, base) for c in CFGS[30:]]
     cal = calibrate(CFGS, ms, base, holdout=0.25)
@@ -249,7 +250,7 @@ def test_calibration_bounds_hold_for_impossible_data():
 
 # --- profile files ------------------------------------------------------------------------------
 
-ABSURD = {"conv_eff": 0.011, "dwconv_eff": 3.05e9, "memory_eff": 1.42e10, "overhead_us": 5.4e-9}
+ABSURD = {"conv3x3_eff": 0.011, "dwconv_eff": 3.05e9, "memory_eff": 1.42e10, "overhead_us": 5.4e-9}
 
 
 def test_save_profile_refuses_absurd_values(_isolated_runs):

@@ -33,7 +33,7 @@ def build_parser() -> ArgumentParser:
                         "embedded in onnx/torchscript, written next to py/json/yaml as .safetensors")
     p.add_argument("--latency", default="auto",
                    help="latency in the docstring: auto (a trial's own figure, else measured), measured, "
-                        "predicted:<device> or none")
+                        "predicted:<device> (python -m nas.latency --list; your own: runs/profiles/<device>.yaml) or none")
     p.add_argument("--resolution", type=int, default=None,
                    help="input size of the cost figures, the latency and the traced example (default 224)")
     g = p.add_argument_group("a trial of a study (instead of NAME|CONFIG)")

@@ -1,7 +1,9 @@
 """Latency: measured on the device at hand, predicted for devices you don't have.
 
 * `measure` times a model or config on CPU or CUDA (warm-up, synchronisation, medians, spread).
-* `predict` estimates latency on a device profile with a per-layer roofline model.
+* `predict` estimates latency on a device profile with a per-kernel-class model (`kernels`).
+* `kernels_of` / `conv_kernel` / `linear_kernel` / `memory_kernel` give the `Kernel` records the
+  predictor times (`kernels_ms`); `fit_profile` fits a profile's efficiencies to measured kernels.
 * `calibrate` fits a profile's efficiencies to undisturbed measured latencies, robustly and within
   physical bounds, and accepts the fit only if it predicts held-out measurements better.
 * `LatencyCache` keeps measurements in SQLite so nothing is measured twice.
@@ -14,13 +16,26 @@ from .cache import LatencyCache
 from .devices import PRECISIONS
 from .interference import InterferencePolicy
 from .measure import measure
+from .fit import fit_profile
+from .kernels import (KERNEL_CLASSES, RUNTIMES, Kernel, conv_kernel, kernels_ms, kernels_of, linear_kernel,
+                      memory_kernel)
 from .predict import CalibrationResult, calibrate, predict, predict_ms
 from .profiles import (BOUNDS, PROFILES, DeviceProfile, ProfileLoad, check_profile, cpu_profile, list_profiles,
-                       load_cpu_profile, resolve_profile, save_profile)
+                       load_cpu_profile, resolve_profile, save_profile, user_profiles_dir)
 from .result import LatencyResult
 
 __all__ = [
     "BOUNDS",
+    "KERNEL_CLASSES",
+    "RUNTIMES",
+    "Kernel",
+    "conv_kernel",
+    "fit_profile",
+    "kernels_ms",
+    "kernels_of",
+    "linear_kernel",
+    "memory_kernel",
+    "user_profiles_dir",
     "PRECISIONS",
     "PROFILES",
     "CalibrationResult",

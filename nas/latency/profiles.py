@@ -1,10 +1,19 @@
-"""Device profiles for the roofline predictor: published specs, and this CPU by micro-benchmark.
+"""Device profiles for the latency predictor: published GPUs as data, user files, and this CPU.
 
-A profile holds peak compute per precision, memory bandwidth, a per-kernel overhead and the
-efficiencies the predictor applies (the share of peak a dense conv, a depthwise conv and a
-memory-bound op reach). Published profiles carry spec-sheet peaks with default efficiencies;
-`nas.latency.calibrate` fits the efficiencies to measured latencies. Every profile says where
-its numbers come from in ``source``.
+A `DeviceProfile` holds peak compute per precision, memory bandwidth, SM count, one efficiency
+per kernel class (`nas.latency.kernels.KERNEL_CLASSES`), the tensor-core factor, per-kernel
+overheads per runtime, and where every number comes from (``source``, one line, and
+``provenance``).
+
+* **Published GPUs** (`PROFILES`): spec peaks from ``data/devices.yaml`` (each entry names the
+  vendor document) combined with the efficiencies of the device's architecture family from
+  ``data/families.yaml`` (fitted on the published tables by `nas.latency.families`; a family
+  without fitting data borrows from the neighbour ``devices.yaml`` names, and says so).
+* **Your own GPU**: a YAML file ``runs/profiles/<name>.yaml`` (same keys as a ``devices.yaml``
+  entry; read with the safe loader, checked against `BOUNDS`); its name then works wherever a
+  device profile is taken (``--latency predicted:<name>``, ``--predict <name>``, the app).
+* **This CPU** (``cpu``): a micro-benchmark, replaced by `nas.latency.calibrate`'s fit when one
+  was saved.
 """
 
 from __future__ import annotations
@@ -13,58 +22,106 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
+import yaml
 
+from ..errors import check_size, parse_reason, read_text
 from ..paths import runs_dir
 from .devices import fingerprint
+from .kernels import KERNEL_CLASSES, RUNTIMES
 
-__all__ = ["BOUNDS", "PROFILES", "DeviceProfile", "ProfileLoad", "check_profile", "cpu_profile", "list_profiles",
-           "load_cpu_profile", "resolve_profile", "save_profile"]
+__all__ = ["BOUNDS", "DEFAULT_EFFICIENCIES", "EFFICIENCY_FIELDS", "PROFILES", "DeviceProfile", "ProfileLoad",
+           "check_profile", "cpu_profile", "family_efficiencies", "list_profiles", "load_cpu_profile",
+           "profile_from_spec", "resolve_profile", "save_profile", "user_profiles_dir"]
 
 log = logging.getLogger("nas.latency")
 
+DATA = Path(__file__).parent / "data"
+
 #: Physically plausible ranges (inclusive) of every fitted or measured profile parameter. A profile
-#: outside them is refused by `save_profile` and rebuilt when loaded (see docs/latency.md).
+#: outside them is refused by `save_profile`, rebuilt when loaded and rejected from a user file.
 BOUNDS: dict[str, tuple[float, float]] = {
-    "conv_eff": (0.01, 1.0),  # share of the peak a dense conv reaches
-    "dwconv_eff": (0.001, 1.0),  # share of the peak a depthwise conv reaches
-    "memory_eff": (0.01, 1.0),  # share of the bandwidth a memory-bound op reaches
-    "overhead_us": (0.1, 500.0),  # per kernel launched
+    "conv3x3_eff": (0.01, 3.0),  # effective share of peak: Winograd needs fewer multiplies than counted
+    "conv1x1_eff": (0.01, 1.0),  # share of the peak a dense conv of its class reaches
+    "conv_strided_eff": (0.01, 1.0),
+    "dwconv_eff": (0.001, 1.0),
+    "linear_eff": (0.001, 1.0),
+    "memory_eff": (0.01, 1.0),  # share of the bandwidth a memory-bound kernel reaches
+    "tensor_eff": (0.05, 1.0),  # extra factor on the tensor-core peak (it is harder to reach)
+    "overhead_us": (0.1, 500.0),  # per kernel launched by eager PyTorch
+    "engine_overhead_us": (0.1, 500.0),  # per kernel of a compiled engine (TensorRT)
     "peak_gflops": (0.1, 1e7),  # every precision's peak
     "bandwidth_gbs": (0.1, 1e5),
+    "sm_count": (0, 1000),  # 0: no wave model (a CPU)
+    "channel_block": (1, 128),
 }
+#: kernel class -> its efficiency field
+EFFICIENCY_FIELDS: dict[str, str] = {c: f"{c}_eff" for c in KERNEL_CLASSES}
+#: the parameters `fit_profile` may fit (efficiencies, tensor factor, overheads)
+FITTABLE: tuple[str, ...] = (*EFFICIENCY_FIELDS.values(), "tensor_eff", *(r.overhead for r in RUNTIMES.values()))
+#: efficiencies of a profile nothing was fitted for (the prior of every fit)
+DEFAULT_EFFICIENCIES: dict[str, float] = {
+    "conv3x3_eff": 1.0, "conv1x1_eff": 0.6, "conv_strided_eff": 0.5, "dwconv_eff": 0.1, "linear_eff": 0.3,
+    "memory_eff": 0.7, "tensor_eff": 0.5, "overhead_us": 10.0, "engine_overhead_us": 5.0,
+}
+assert set(DEFAULT_EFFICIENCIES) == set(FITTABLE)
 
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """Roofline parameters of one device."""
+    """Parameters of the latency model for one device (`nas.latency.kernels` says how they are used)."""
 
     name: str
     description: str
-    peak_gflops: dict[str, float]  # precision -> GFLOP/s (one MAC = 2 FLOPs)
+    peak_gflops: dict[str, float]  # precision (fp32, tf32, fp16, bf16) -> GFLOP/s (one MAC = 2 FLOPs)
     bandwidth_gbs: float
-    overhead_us: float  # per kernel launched (framework + launch cost)
-    conv_eff: float = 0.5
-    dwconv_eff: float = 0.1
-    memory_eff: float = 0.7
-    channel_block: int = 8  # channel counts are padded to this multiple (SIMD width / tensor-core tile)
+    overhead_us: float = DEFAULT_EFFICIENCIES["overhead_us"]
+    conv3x3_eff: float = DEFAULT_EFFICIENCIES["conv3x3_eff"]
+    conv1x1_eff: float = DEFAULT_EFFICIENCIES["conv1x1_eff"]
+    conv_strided_eff: float = DEFAULT_EFFICIENCIES["conv_strided_eff"]
+    dwconv_eff: float = DEFAULT_EFFICIENCIES["dwconv_eff"]
+    linear_eff: float = DEFAULT_EFFICIENCIES["linear_eff"]
+    memory_eff: float = DEFAULT_EFFICIENCIES["memory_eff"]
+    tensor_eff: float = DEFAULT_EFFICIENCIES["tensor_eff"]
+    engine_overhead_us: float = DEFAULT_EFFICIENCIES["engine_overhead_us"]
+    sm_count: int = 0  # streaming multiprocessors (0: no wave model)
+    tensor_cores: bool = False
+    channel_block: int = 1  # channel counts are padded to this multiple off tensor cores (CPU: SIMD lanes)
+    family: str = ""
     source: str = "published spec sheet; default efficiencies, not calibrated"
+    provenance: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
     calibration: dict[str, Any] = field(default_factory=dict)
 
     def peak(self, precision: str) -> float:
         return self.peak_gflops.get(precision, self.peak_gflops["fp32"])
 
+    def efficiency(self, kernel_class: str) -> float:
+        return getattr(self, EFFICIENCY_FIELDS[kernel_class])
+
+    def overhead(self, runtime: str) -> float:
+        """Per-kernel overhead in µs under ``runtime`` (a `nas.latency.kernels.RUNTIMES` name)."""
+        return getattr(self, RUNTIMES[runtime].overhead)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DeviceProfile":
+        """A profile from `to_dict`'s output; one saved before issue 14 (one ``conv_eff`` for every
+        dense conv) is read with that value for each dense class."""
+        data = dict(data)
+        legacy = data.pop("conv_eff", None)
+        if legacy is not None:
+            for name in ("conv3x3_eff", "conv1x1_eff", "conv_strided_eff", "linear_eff"):
+                data.setdefault(name, legacy)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -80,7 +137,7 @@ def _within(value: Any, lo: float, hi: float) -> bool:
 def check_profile(profile: DeviceProfile) -> list[str]:
     """What is physically implausible about a profile (empty when every parameter is within `BOUNDS`)."""
     problems = []
-    for name in ("conv_eff", "dwconv_eff", "memory_eff", "overhead_us", "bandwidth_gbs"):
+    for name in (*FITTABLE, "bandwidth_gbs", "sm_count", "channel_block"):
         lo, hi = BOUNDS[name]
         value = getattr(profile, name)
         if not _within(value, lo, hi):
@@ -95,36 +152,181 @@ def check_profile(profile: DeviceProfile) -> list[str]:
     return problems
 
 
-def _gpu(name: str, description: str, fp32: float, fp16: float, bf16: float | None, bw: float, overhead: float,
-         conv_eff: float = 0.5) -> DeviceProfile:
-    peaks = {"fp32": fp32, "fp16": fp16}
-    if bf16:
-        peaks["bf16"] = bf16
-    return DeviceProfile(name, description, peaks, bw, overhead, conv_eff=conv_eff, dwconv_eff=0.05, memory_eff=0.7)
+# --- published GPUs: spec data + family efficiencies ----------------------------------------------
+
+_SPEC_KEYS = {"name", "description", "family", "aliases", "sm_count", "peak_tflops", "bandwidth_gbs", "source",
+              *FITTABLE}
+_PEAK_KEYS = ("fp32", "tf32", "fp16", "bf16")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader when present: same rules, faster
 
 
-# Spec-sheet peaks in GFLOP/s and GB/s. fp16 on Pascal consumer cards runs at fp32 rate in
-# cuDNN (storage-only halving), so it gets the fp32 peak. Ampere/Hopper "fp32" convs use TF32
-# tensor cores by default in PyTorch (cudnn.allow_tf32), hence the TF32 peak there.
-PROFILES: dict[str, DeviceProfile] = {
-    p.name: p
-    for p in (
-        _gpu("gtx1080", "NVIDIA GeForce GTX 1080 (Pascal GP104)", 8_873, 8_873, None, 320, 10),
-        _gpu("gtx1080ti", "NVIDIA GeForce GTX 1080 Ti (Pascal GP102)", 11_340, 11_340, None, 484, 10),
-        _gpu("titanv", "NVIDIA TITAN V (Volta GV100)", 14_900, 110_000, None, 653, 10),
-        _gpu("v100", "NVIDIA Tesla V100 SXM2 (Volta)", 15_700, 125_000, None, 900, 10),
-        _gpu("a100", "NVIDIA A100 SXM4 40GB (Ampere); fp32 convs as TF32", 156_000, 312_000, 312_000, 1_555, 8),
-        _gpu("h100", "NVIDIA H100 SXM5 (Hopper); fp32 convs as TF32", 494_700, 989_400, 989_400, 3_350, 6),
-        _gpu("jetson_nano", "NVIDIA Jetson Nano (Maxwell, 128 cores, shared LPDDR4)", 236, 472, None, 25.6, 40),
-    )
-}
-_ALIASES = {"1080": "gtx1080", "1080ti": "gtx1080ti", "gtx_1080": "gtx1080", "gtx_1080ti": "gtx1080ti",
-            "gtx_1080_ti": "gtx1080ti", "titan_v": "titanv", "nano": "jetson_nano", "jetson": "jetson_nano"}
+def _yaml(path: Path, what: str) -> Any:
+    text = read_text(path, what, "a YAML file")
+    try:
+        data = yaml.load(text, Loader=_SAFE_LOADER)
+    except (yaml.YAMLError, RecursionError, ValueError) as err:
+        raise ValueError(f"{what} {str(path)!r}: not valid YAML ({parse_reason(err)}); expected a YAML mapping") from None
+    return check_size(data, f"{what} {str(path)!r}", "a small YAML mapping")
+
+
+@lru_cache(maxsize=1)
+def _families() -> dict[str, dict[str, Any]]:
+    return _yaml(DATA / "devices.yaml", "device data")["families"]
+
+
+@lru_cache(maxsize=1)
+def _fitted_families() -> dict[str, dict[str, Any]]:
+    path = DATA / "families.yaml"
+    return _yaml(path, "family efficiencies")["families"] if path.exists() else {}
+
+
+def family_efficiencies(family: str, fitted: Mapping[str, Mapping[str, Any]] | None = None
+                        ) -> tuple[dict[str, float], dict[str, Any]]:
+    """(efficiency parameters, provenance) of an architecture family: its own fit, else the first
+    neighbour (``devices.yaml``) that has one, else the pooled fit of all families, else
+    `DEFAULT_EFFICIENCIES`. ``fitted`` defaults to the shipped families.yaml."""
+    families = _families()
+    fitted = _fitted_families() if fitted is None else fitted
+    seen, current = [], family
+    while current and current not in seen:
+        seen.append(current)
+        if current in fitted:
+            prov = {"family": family, "efficiencies_from": current, "fit": fitted[current].get("fit", "")}
+            if current != family:
+                prov["borrowed"] = (f"{family} has no fitting data; borrows {current}'s efficiencies "
+                                    f"(neighbour chain {' -> '.join(seen)})")
+            return {k: float(fitted[current][k]) for k in FITTABLE}, prov
+        current = families.get(current, {}).get("neighbour")
+    if "pooled" in fitted:
+        return {k: float(fitted["pooled"][k]) for k in FITTABLE}, {
+            "family": family, "efficiencies_from": "pooled", "fit": fitted["pooled"].get("fit", ""),
+            "borrowed": f"{family} and its neighbours have no fitting data; the pooled fit of all families"}
+    return dict(DEFAULT_EFFICIENCIES), {"family": family, "efficiencies_from": "defaults",
+                                        "fit": "none: default efficiencies, not fitted"}
+
+
+def _fail(where: str, key: str, value: Any, expected: str) -> None:
+    raise ValueError(f"{where}: {key} {value!r} is not allowed; expected {expected}")
+
+
+def _number(where: str, key: str, value: Any, lo: float, hi: float) -> float:
+    if not _within(value, lo, hi):
+        _fail(where, key, value, f"a number in [{lo:g}, {hi:g}]")
+    return float(value)
+
+
+def profile_from_spec(name: str, spec: Mapping[str, Any], where: str,
+                      efficiencies: Mapping[str, float] | None = None) -> DeviceProfile:
+    """A profile from a ``devices.yaml``-style entry (a package device or a user file), validated:
+    every failure is one line naming ``where``, the key and what is allowed."""
+    if not isinstance(spec, Mapping):
+        _fail(where, "the file", type(spec).__name__, "a YAML mapping of " + ", ".join(sorted(_SPEC_KEYS)))
+    unknown = sorted(set(map(str, spec)) - _SPEC_KEYS)
+    if unknown:
+        _fail(where, "key", unknown[0], "one of " + ", ".join(sorted(_SPEC_KEYS)))
+    for key in ("peak_tflops", "bandwidth_gbs", "source"):
+        if key not in spec:
+            raise ValueError(f"{where}: {key} is missing; expected it (peak_tflops: {{fp32: ...}}, bandwidth_gbs, "
+                             "source: where the numbers come from)")
+    families = _families()
+    family = spec.get("family", "")
+    if not isinstance(family, str) or (family and family not in families):
+        _fail(where, "family", family, "one of " + ", ".join(families))
+    peaks = spec["peak_tflops"]
+    if not isinstance(peaks, Mapping) or "fp32" not in peaks:
+        _fail(where, "peak_tflops", peaks, "a mapping with an fp32 entry (and optionally tf32, fp16, bf16)")
+    for precision in peaks:
+        if precision not in _PEAK_KEYS:
+            _fail(where, "peak_tflops key", precision, "one of " + ", ".join(_PEAK_KEYS))
+    lo, hi = BOUNDS["peak_gflops"]
+    gflops = {str(p): _number(where, f"peak_tflops.{p}", v, lo / 1e3, hi / 1e3) * 1e3 for p, v in peaks.items()}
+    bandwidth = _number(where, "bandwidth_gbs", spec["bandwidth_gbs"], *BOUNDS["bandwidth_gbs"])
+    sm = spec.get("sm_count", 0)
+    if isinstance(sm, bool) or not isinstance(sm, int) or not BOUNDS["sm_count"][0] <= sm <= BOUNDS["sm_count"][1]:
+        _fail(where, "sm_count", sm, "an integer in [0, 1000] (0: no wave model)")
+    source = spec["source"]
+    if not isinstance(source, str) or not source.strip():
+        _fail(where, "source", source, "a non-empty line naming the datasheet or measurement")
+    values, prov = family_efficiencies(family) if family else (dict(DEFAULT_EFFICIENCIES), {
+        "family": "", "efficiencies_from": "defaults", "fit": "none: no family given"})
+    values.update(efficiencies or {})
+    own = {k: _number(where, k, spec[k], *BOUNDS[k]) for k in FITTABLE if k in spec}
+    values.update(own)
+    if own:
+        prov["own"] = f"{', '.join(sorted(own))} given in {where}"
+    prov["spec"] = source
+    eff_line = (prov.get("borrowed") or (f"efficiencies of {family}: {prov['fit']}" if family else prov["fit"]))
+    description = spec.get("description", name)
+    if not isinstance(description, str):
+        _fail(where, "description", description, "a line of text")
+    return DeviceProfile(
+        name=name, description=description, peak_gflops=gflops, bandwidth_gbs=bandwidth, sm_count=sm,
+        tensor_cores=bool(families.get(family, {}).get("tensor_cores", False)), family=family,
+        source=f"published spec ({source}); {eff_line}" + (f"; {prov['own']}" if own else ""),
+        provenance=prov, **values)
+
+
+@lru_cache(maxsize=1)
+def _package_devices() -> tuple[dict[str, DeviceProfile], dict[str, str]]:
+    profiles, aliases = {}, {}
+    for name, spec in _yaml(DATA / "devices.yaml", "device data")["devices"].items():
+        profiles[name] = profile_from_spec(name, spec, f"devices.yaml {name}")
+        for alias in spec.get("aliases", ()):
+            aliases[str(alias)] = name
+    return profiles, aliases
+
+
+def _refresh() -> None:
+    """Forget the cached data files (after `nas.latency.families` rewrote families.yaml)."""
+    for cached in (_families, _fitted_families, _package_devices):
+        cached.cache_clear()
+    PROFILES.clear()
+    PROFILES.update(_package_devices()[0])
+
+
+PROFILES: dict[str, DeviceProfile] = {}
+_refresh()
+
+
+# --- user profiles: runs/profiles/<name>.yaml ------------------------------------------------------
+
+
+def user_profiles_dir() -> Path:
+    """Where a user's own profiles live: ``runs/profiles/`` (``$HARDNAS_RUNS/profiles``)."""
+    return runs_dir(create=False) / "profiles"
+
+
+def _user_files() -> dict[str, Path]:
+    folder = user_profiles_dir()
+    if not folder.is_dir():
+        return {}
+    return {p.stem.lower(): p for p in sorted(folder.iterdir()) if p.suffix in (".yaml", ".yml") and p.is_file()}
+
+
+def _load_user(name: str, path: Path) -> DeviceProfile:
+    where = f"profile file {str(path)!r}"
+    if not _NAME.fullmatch(name):
+        _fail(where, "name", path.stem, "lower-case letters, digits and _ (the file's stem)")
+    if name in PROFILES or name == "cpu" or name in _package_devices()[1]:
+        _fail(where, "name", name, "a name no packaged profile or alias has (see python -m nas.latency --list)")
+    spec = _yaml(path, "profile file")
+    if isinstance(spec, Mapping) and "name" in spec and spec["name"] != name:
+        _fail(where, "name", spec["name"], f"the file's stem {name!r}")
+    if isinstance(spec, Mapping) and "aliases" in spec:
+        _fail(where, "key", "aliases", "no aliases in a user profile (its name is the file's stem)")
+    profile = profile_from_spec(name, spec, where)
+    return dataclasses.replace(profile, source=profile.source.replace("published spec", f"user profile {path.name}", 1),
+                               provenance={**profile.provenance, "file": str(path)})
+
+
+# --- saved (measured / calibrated) profiles in runs/device_profiles.json ---------------------------
 
 
 def list_profiles() -> list[str]:
-    """Names `resolve_profile` accepts (aliases aside): ``cpu`` (this machine) and the published ones."""
-    return ["cpu", *PROFILES]
+    """Names `resolve_profile` accepts (aliases aside): ``cpu`` (this machine), the packaged GPUs and
+    the user's ``runs/profiles/*.yaml``."""
+    return ["cpu", *PROFILES, *(n for n in _user_files() if n not in PROFILES)]
 
 
 def _profiles_file() -> Path:
@@ -158,6 +360,9 @@ def save_profile(profile: DeviceProfile) -> Path:
     return path
 
 
+# --- this CPU -------------------------------------------------------------------------------------
+
+
 def _min_seconds(fn: Any, repeats: int) -> float:
     """The fastest of ``repeats`` runs: a quiet estimate even when other processes compete."""
     times = []
@@ -189,12 +394,12 @@ def _micro_benchmark(threads: int) -> DeviceProfile:
     finally:
         torch.set_num_threads(before)
     fp = fingerprint(torch.device("cpu"), threads)
+    source = "micro-benchmark (3x3 conv GFLOP/s, tensor-add bandwidth, tiny-op overhead); not calibrated"
     return DeviceProfile(
         name="cpu", description=f"this CPU, {threads} threads", peak_gflops={"fp32": gflops, "bf16": gflops},
-        bandwidth_gbs=bandwidth, overhead_us=t_op * 1e6, conv_eff=1.0, dwconv_eff=0.1, memory_eff=1.0,
-        channel_block=_simd_channels(),
-        source="micro-benchmark (3x3 conv GFLOP/s, tensor-add bandwidth, tiny-op overhead); not calibrated",
-        fingerprint=fp,
+        bandwidth_gbs=bandwidth, overhead_us=t_op * 1e6, conv3x3_eff=1.0, conv1x1_eff=1.0, conv_strided_eff=1.0,
+        linear_eff=1.0, dwconv_eff=0.1, memory_eff=1.0, channel_block=_simd_channels(), source=source,
+        provenance={"spec": source, "fit": "none"}, fingerprint=fp,
     )
 
 
@@ -248,14 +453,19 @@ def cpu_profile(threads: int | None = None, refresh: bool = False) -> DeviceProf
 
 
 def resolve_profile(name: str | DeviceProfile) -> DeviceProfile:
-    """A profile by name (``cpu``, ``gtx1080ti``, ``1080ti``, ``v100``, ...) or a profile itself."""
+    """A profile by name (``cpu``, ``gtx1080ti``, ``1080ti``, ``v100``, ``h200``, a ``runs/profiles``
+    file's stem, ...) or a profile itself."""
     if isinstance(name, DeviceProfile):
         return name
     key = str(name).strip().lower().replace("-", "_").replace(" ", "_")
     if key == "cpu":
         return cpu_profile()
-    key = _ALIASES.get(key, key)
-    if key not in PROFILES:
-        raise ValueError(f"device profile: {name!r} is not known; known: {', '.join(list_profiles())} "
-                         f"(aliases: {', '.join(sorted(_ALIASES))})")
-    return PROFILES[key]
+    aliases = _package_devices()[1]
+    key = aliases.get(key, key)
+    if key in PROFILES:
+        return PROFILES[key]
+    users = _user_files()
+    if key in users:
+        return _load_user(key, users[key])
+    raise ValueError(f"device profile: {name!r} is not known; known: {', '.join(list_profiles())} "
+                     f"(aliases: {', '.join(sorted(aliases))}; add your own as {user_profiles_dir()}/<name>.yaml)")

@@ -84,6 +84,8 @@ class LatencyResult:
         where = f"{self.device}, {ctx.get('precision', 'fp32')}, batch x res {shape}"
         if ctx.get("deploy"):
             where += ", BN folded"
+        if ctx.get("runtime", "pytorch") != "pytorch":
+            where += f", {ctx['runtime']} engine"
         if not self.ok:
             return f"{self.arch_id or 'model'}: {self.source} latency failed on {where}: {self.error}"
         if self.source == "predicted":

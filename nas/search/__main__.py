@@ -47,7 +47,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--resolution", type=int, default=224, help="input resolution for latency and cost (default 224)")
     p.add_argument("--batch", type=int, default=1, help="batch size for latency (default 1)")
     p.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16 for latency")
-    p.add_argument("--latency", default="measured", help="measured, or predicted:<device> (e.g. predicted:1080ti)")
+    p.add_argument("--latency", default="measured",
+                   help="measured, or predicted:<device> (e.g. predicted:h200; python -m nas.latency --list shows them, "
+                        "runs/profiles/<device>.yaml adds your own)")
     p.add_argument("--proxy", default="train", help="train (short proxy training) or zero-cost")
     p.add_argument("--zero-cost-metric", default="naswot", help="synflow, naswot or grad_norm (with --proxy zero-cost)")
     p.add_argument("--proxy-epochs", type=float, default=4.0, help="epochs of the training proxy (default 4)")
