@@ -38,3 +38,23 @@ def _isolated_runs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     path = tmp_path_factory.mktemp("runs")
     monkeypatch.setenv("HARDNAS_RUNS", str(path))
     return path
+
+
+class _Load:
+    def __init__(self, cores: float) -> None:
+        self.cores = cores
+
+    def __call__(self) -> float:
+        return self.cores
+
+
+@pytest.fixture
+def quiet_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """profile_device sees no other process on the CPU (for tests of what happens to a quiet profile)."""
+    monkeypatch.setattr("nas.latency.profiling.ForeignLoad", lambda: _Load(0.0))
+
+
+@pytest.fixture
+def busy_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """profile_device sees other processes using 1.5 cores."""
+    monkeypatch.setattr("nas.latency.profiling.ForeignLoad", lambda: _Load(1.5))

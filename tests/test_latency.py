@@ -26,7 +26,7 @@ TINY = random_config(3)  # a small network: fast to time
 FAST = dict(max_seconds=0.3, min_runs=3, warmup=1)
 # cache mechanics must not depend on how busy the test machine is: a guard that never calls a run
 # disturbed (still guarded, so its figures are cacheable)
-CALM = dict(FAST, interference=InterferencePolicy(threshold=float("inf")))
+CALM = dict(FAST, interference=InterferencePolicy(threshold=float("inf"), foreign_cores=float("inf")))
 
 
 def test_measure_cpu_reports_spread_and_context():
@@ -217,12 +217,23 @@ def test_predict_is_labelled_and_behaves_like_a_roofline():
         predict(cfg, "v100", 100)
 
 
-def test_cpu_profile_is_micro_benchmarked_once_and_cached(_isolated_runs):
+def test_cpu_profile_is_profiled_once_and_cached(_isolated_runs, quiet_cpu):
     p = cpu_profile()
     assert p.peak_gflops["fp32"] > 0 and p.bandwidth_gbs > 0 and p.overhead_us > 0
     assert (_isolated_runs / "device_profiles.json").exists()
     assert cpu_profile() == p  # read back, not re-measured
-    assert predict(nas.get_config("resnet50"), "cpu").context["profile_source"].startswith("micro-benchmark")
+    assert predict(nas.get_config("resnet50"), "cpu").context["profile_source"].startswith("profiled here")
+
+
+def test_cpu_profile_taken_while_busy_is_used_but_never_saved(_isolated_runs, busy_cpu):
+    from nas.latency.profiles import _UNSAVED, load_cpu_profile
+
+    _UNSAVED.clear()
+    first = load_cpu_profile()
+    assert first.profile.provenance["disturbed"] and "not saved" in first.warning and "1.50 cores" in first.warning
+    assert not (_isolated_runs / "device_profiles.json").exists()
+    assert load_cpu_profile().profile is first.profile  # not profiled again in this process
+    _UNSAVED.clear()
 
 
 def test_calibration_recovers_a_known_device():

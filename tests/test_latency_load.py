@@ -263,7 +263,7 @@ def test_save_profile_refuses_absurd_values(_isolated_runs):
     assert all(not check_profile(p) for p in PROFILES.values())
 
 
-def test_absurd_profile_file_is_detected_and_rebuilt(_isolated_runs, caplog):
+def test_absurd_profile_file_is_detected_and_rebuilt(_isolated_runs, caplog, quiet_cpu):
     first = load_cpu_profile()
     assert first.origin == "micro-benchmark" and first.warning is None and not check_profile(first.profile)
     path = _isolated_runs / "device_profiles.json"
@@ -275,7 +275,7 @@ def test_absurd_profile_file_is_detected_and_rebuilt(_isolated_runs, caplog):
         loaded = load_cpu_profile()
     assert loaded.origin == "rebuilt" and "implausible" in loaded.warning and "dwconv_eff" in loaded.warning
     assert "\n" not in loaded.warning and "implausible" in caplog.text
-    assert not check_profile(loaded.profile) and loaded.profile.source.startswith("micro-benchmark")
+    assert not check_profile(loaded.profile) and loaded.profile.source.startswith("profiled here")
     assert load_cpu_profile().origin == "saved"  # the rebuilt profile replaced the absurd one
     assert not check_profile(resolve_profile("cpu"))
     data[fp] = {"name": "cpu", "garbage": True}

@@ -22,7 +22,7 @@ def _synthetic(truth: profiles.DeviceProfile):
     return lambda probe, seconds: kernels_ms(probe.kernels, truth)
 
 
-def test_recovers_a_known_device_from_its_timings():
+def test_recovers_a_known_device_from_its_timings(quiet_cpu):
     truth = _truth()
     p = profile_device("cpu", budget_s=30, save=False, timer=_synthetic(truth))
     # peaks are the best the ops showed, so efficiencies are relative to them: compare predicted times
@@ -34,13 +34,13 @@ def test_recovers_a_known_device_from_its_timings():
     assert "profiled here" in p.source and "networks' median |error|" in p.source
 
 
-def test_a_wrong_clock_is_not_hidden_by_the_fit():
+def test_a_wrong_clock_is_not_hidden_by_the_fit(quiet_cpu):
     """Timings no profile can explain (every op 1 ms) leave a large fit error in the source line."""
     p = profile_device("cpu", budget_s=30, save=False, timer=lambda probe, s: 1.0)
     assert p.calibration["median_abs_rel_error"] > 0.2
 
 
-def test_saves_under_the_fingerprint_and_is_found_again(_isolated_runs):
+def test_saves_under_the_fingerprint_and_is_found_again(_isolated_runs, quiet_cpu):
     p = profile_device("cpu", budget_s=30, save=True, timer=_synthetic(_truth()))
     saved = json.loads((_isolated_runs / "device_profiles.json").read_text())
     assert p.fingerprint in saved
@@ -95,3 +95,15 @@ def test_cli_list_profile_and_usage_errors(capsys):
             run(main, "nas.latency", argv)
         assert exc.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_on_a_busy_cpu_the_networks_are_timed_but_left_out_of_the_fit(busy_cpu):
+    truth = _truth()
+    slow_networks = lambda probe, s: kernels_ms(probe.kernels, truth) * (10 if probe.network else 1)  # noqa: E731
+    p = profile_device("cpu", budget_s=30, save=True, timer=slow_networks)
+    assert p.provenance["disturbed"] and "left out (the CPU was busy)" in p.source
+    assert not any(r["network"] for r in p.provenance["samples"])
+    from nas.registry import get_config
+    from nas.latency import predict_ms
+
+    assert predict_ms(get_config("hardnet39ds"), p, 128) == pytest.approx(predict_ms(get_config("hardnet39ds"), truth, 128), rel=0.15)

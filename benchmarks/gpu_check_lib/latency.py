@@ -146,7 +146,7 @@ def section_seed_claim(sec: Section, sh: Shared) -> None:
 
 
 def section_profile(sec: Section, sh: Shared) -> None:
-    from nas.latency.profiling import profile_device  # an ImportError (no profiler in this nas) is this section's line
+    from nas.latency import profile_device  # an ImportError (no profiler in this nas) is this section's line
 
     budget = max(1.0, min(sh.plan.profile_budget_s, 0.85 * sec.left()))
     sec.set("budget_s", round(budget, 1))
@@ -176,7 +176,7 @@ def _random_configs(plan: Plan, count: int) -> list[ArchConfig]:
 def _published(sec: Section, name: str) -> DeviceProfile | None:
     """The published profile `match_published` finds for this device's name, recorded either way."""
     try:
-        from nas.latency.profiling import match_published
+        from nas.latency import match_published
     except ImportError as err:  # lands with profile_device; until then there is no spec-only comparison
         sec.set("published_match", f"unavailable: {failure_line(err)}")
         return None

@@ -6,6 +6,8 @@
   predictor times (`kernels_ms`); `fit_profile` fits a profile's efficiencies to measured kernels.
 * `calibrate` fits a profile's efficiencies to undisturbed measured latencies, robustly and within
   physical bounds, and accepts the fit only if it predicts held-out measurements better.
+* `profile_device` micro-benchmarks the local GPU or CPU into a calibrated profile (``python -m
+  nas.latency --profile``); `local_profile` is that profile, saved or made once.
 * `LatencyCache` keeps measurements in SQLite so nothing is measured twice.
 
 Every `LatencyResult` says whether it is ``measured`` or ``predicted``; a measured one timed while
@@ -14,44 +16,48 @@ the device was busy says ``disturbed`` (with ``canary_slowdown``).
 
 from .cache import LatencyCache
 from .devices import PRECISIONS
-from .interference import InterferencePolicy
-from .measure import measure
 from .fit import fit_profile
+from .interference import InterferencePolicy
 from .kernels import (KERNEL_CLASSES, RUNTIMES, Kernel, conv_kernel, kernels_ms, kernels_of, linear_kernel,
                       memory_kernel)
+from .measure import measure
 from .predict import CalibrationResult, calibrate, predict, predict_ms
 from .profiles import (BOUNDS, PROFILES, DeviceProfile, ProfileLoad, check_profile, cpu_profile, list_profiles,
                        load_cpu_profile, resolve_profile, save_profile, user_profiles_dir)
+from .profiling import local_profile, match_published, profile_device
 from .result import LatencyResult
 
 __all__ = [
     "BOUNDS",
+    "CalibrationResult",
+    "DeviceProfile",
+    "InterferencePolicy",
     "KERNEL_CLASSES",
-    "RUNTIMES",
     "Kernel",
+    "LatencyCache",
+    "LatencyResult",
+    "PRECISIONS",
+    "PROFILES",
+    "ProfileLoad",
+    "RUNTIMES",
+    "calibrate",
+    "check_profile",
     "conv_kernel",
+    "cpu_profile",
     "fit_profile",
     "kernels_ms",
     "kernels_of",
     "linear_kernel",
-    "memory_kernel",
-    "user_profiles_dir",
-    "PRECISIONS",
-    "PROFILES",
-    "CalibrationResult",
-    "DeviceProfile",
-    "InterferencePolicy",
-    "LatencyCache",
-    "LatencyResult",
-    "ProfileLoad",
-    "calibrate",
-    "check_profile",
-    "cpu_profile",
     "list_profiles",
     "load_cpu_profile",
+    "local_profile",
+    "match_published",
     "measure",
+    "memory_kernel",
     "predict",
     "predict_ms",
+    "profile_device",
     "resolve_profile",
     "save_profile",
+    "user_profiles_dir",
 ]

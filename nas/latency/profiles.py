@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -333,6 +332,11 @@ def _profiles_file() -> Path:
     return runs_dir() / "device_profiles.json"
 
 
+def saved_profiles() -> dict[str, Any]:
+    """The measured/calibrated profiles saved here, by fingerprint, as plain data ({} if none)."""
+    return _load_saved()
+
+
 def _load_saved() -> dict[str, Any]:
     path = _profiles_file()
     if not path.exists():
@@ -363,53 +367,9 @@ def save_profile(profile: DeviceProfile) -> Path:
 # --- this CPU -------------------------------------------------------------------------------------
 
 
-def _min_seconds(fn: Any, repeats: int) -> float:
-    """The fastest of ``repeats`` runs: a quiet estimate even when other processes compete."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def _micro_benchmark(threads: int) -> DeviceProfile:
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False)
-            x = torch.randn(1, 128, 56, 56)
-            conv(x)
-            t_conv = _min_seconds(lambda: conv(x), 7)
-            gflops = 2 * 128 * 128 * 9 * 56 * 56 / t_conv / 1e9
-            a, b = torch.randn(8 * 2**20), torch.randn(8 * 2**20)
-            out = torch.empty_like(a)
-            torch.add(a, b, out=out)
-            t_add = _min_seconds(lambda: torch.add(a, b, out=out), 9)
-            bandwidth = 3 * a.numel() * 4 / t_add / 1e9
-            relu = torch.nn.ReLU()
-            tiny = torch.randn(1)
-            t_op = _min_seconds(lambda: [relu(tiny) for _ in range(200)], 5) / 200
-    finally:
-        torch.set_num_threads(before)
-    fp = fingerprint(torch.device("cpu"), threads)
-    source = "micro-benchmark (3x3 conv GFLOP/s, tensor-add bandwidth, tiny-op overhead); not calibrated"
-    return DeviceProfile(
-        name="cpu", description=f"this CPU, {threads} threads", peak_gflops={"fp32": gflops, "bf16": gflops},
-        bandwidth_gbs=bandwidth, overhead_us=t_op * 1e6, conv3x3_eff=1.0, conv1x1_eff=1.0, conv_strided_eff=1.0,
-        linear_eff=1.0, dwconv_eff=0.1, memory_eff=1.0, channel_block=_simd_channels(), source=source,
-        provenance={"spec": source, "fit": "none"}, fingerprint=fp,
-    )
-
-
-def _simd_channels() -> int:
-    """fp32 lanes of the widest vector unit (oneDNN blocks channels by this)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return 8
-    return 16 if "avx512f" in flags else 8
+#: seconds the automatic CPU profile may take (``python -m nas.latency --profile`` takes longer, and better)
+AUTO_CPU_BUDGET_S = 4.0
+_UNSAVED: dict[str, DeviceProfile] = {}  # runs folder|fingerprint -> profiled in this process, not saved (busy CPU)
 
 
 @dataclass(frozen=True)
@@ -422,8 +382,11 @@ class ProfileLoad:
 
 
 def load_cpu_profile(threads: int | None = None, refresh: bool = False) -> ProfileLoad:
-    """This CPU's profile, with absurd saved values detected: such a profile is replaced by a fresh
-    micro-benchmark (saved over it) and ``warning`` gives the one-line reason."""
+    """This CPU's profile: the saved one (calibrated, or profiled before) when plausible, else
+    `nas.latency.profiling.profile_device` in `AUTO_CPU_BUDGET_S` (saved unless other processes
+    competed for the CPU; ``warning`` says why a saved one was rebuilt or a new one not saved)."""
+    from .profiling import profile_device  # profiling builds on this module
+
     threads = threads or torch.get_num_threads()
     fp = fingerprint(torch.device("cpu"), threads)
     saved = _load_saved().get(fp)
@@ -439,16 +402,24 @@ def load_cpu_profile(threads: int | None = None, refresh: bool = False) -> Profi
         warning = (f"saved CPU profile in {_profiles_file()} is implausible ({'; '.join(problems)}); "
                    "rebuilt from a fresh micro-benchmark")
         log.warning("%s", warning)
-    profile = _micro_benchmark(threads)
-    try:
-        save_profile(profile)
-    except ValueError as err:  # a micro-benchmark outside the bounds is used but never saved
-        log.warning("%s", err)
+    memo = f"{_profiles_file()}|{fp}"
+    if memo in _UNSAVED and not refresh:
+        return ProfileLoad(_UNSAVED[memo], "micro-benchmark", "profiled while the CPU was busy; not saved")
+    profile = profile_device("cpu", AUTO_CPU_BUDGET_S, save=False, threads=threads, resolution=64)
+    problems = check_profile(profile)
+    if profile.provenance.get("disturbed") or problems:
+        why = "; ".join(problems) or f"other processes used {profile.provenance['foreign_cores']:.2f} cores"
+        note = f"CPU profile not saved ({why}); used for this process only"
+        log.warning("%s", note)
+        _UNSAVED[memo] = profile
+        return ProfileLoad(profile, "rebuilt" if warning else "micro-benchmark", warning or note)
+    save_profile(profile)
+    _UNSAVED.pop(memo, None)
     return ProfileLoad(profile, "rebuilt" if warning else "micro-benchmark", warning)
 
 
 def cpu_profile(threads: int | None = None, refresh: bool = False) -> DeviceProfile:
-    """This CPU's profile: calibrated if `calibrate(..., save=True)` ran here, else micro-benchmarked (~1 s, cached)."""
+    """This CPU's profile: calibrated if `calibrate(..., save=True)` ran here, else profiled (a few seconds, saved)."""
     return load_cpu_profile(threads, refresh).profile
 
 

@@ -8,8 +8,8 @@ One code path for a CUDA GPU and for this CPU, in a fixed time budget:
 2. **Kernels**: one torch op per sample, a few shapes per kernel class (`KERNEL_CLASSES`: 3x3 and
    1x1 convs, strided and depthwise convs, a linear layer, memory-bound adds and copies) and a
    one-element op for the per-kernel overhead; each becomes the same `Kernel` record the predictor
-   uses (`conv_kernel`, `linear_kernel`, `memory_kernel`), timed as the fastest of a few windows'
-   medians (CUDA events on a GPU).
+   uses (`conv_kernel`, `linear_kernel`, `memory_kernel`), timed as the fastest run on a CPU (the
+   one no other process slowed) and the median of CUDA-event timings on a GPU.
 3. **Networks**: while the budget lasts, a few canonical networks at a small input, so the fit sees
    whole forward passes too (framework gaps between kernels, concatenations).
 4. **Fit**: `fit_profile` fits every class efficiency, the tensor-core factor and the overhead to
@@ -40,7 +40,7 @@ from .devices import PRECISIONS, device_name, fingerprint, resolve_device, resol
 from .fit import fit_profile
 from .interference import ForeignLoad, InterferencePolicy
 from .kernels import Kernel, conv_kernel, kernels_ms, kernels_of, linear_kernel, memory_kernel
-from .profiles import DEFAULT_EFFICIENCIES, PROFILES, DeviceProfile, check_profile, save_profile
+from .profiles import DEFAULT_EFFICIENCIES, PROFILES, DeviceProfile, check_profile, save_profile, saved_profiles
 
 __all__ = ["ProfileSample", "local_profile", "match_published", "profile_device"]
 
@@ -122,18 +122,18 @@ class _Clock:
         return out
 
     def time(self, fn: Callable[[], Any], seconds: float) -> float:
-        """The fastest of up to five windows' medians (a quiet estimate on a shared machine)."""
+        """A GPU: the median of the runs. A CPU: the fastest run, the one no other process slowed
+        (shared CPUs slow runs, never speed them up; the median of a busy spell is 10x off)."""
         for _ in range(2):
             fn()
         if self.cuda:
             torch.cuda.synchronize(self.dev)
         t0 = time.perf_counter()
-        one = max(1e-6, statistics.median(self.runs(fn, 3)) / 1e3)
-        per_window = max(3, min(200, int(seconds / 5 / one)))
-        medians = [statistics.median(self.runs(fn, per_window))]
-        while len(medians) < 5 and time.perf_counter() - t0 < seconds:
-            medians.append(statistics.median(self.runs(fn, per_window)))
-        return min(medians)
+        times = self.runs(fn, 3)
+        per_window = max(3, min(200, int(seconds / 5 / max(1e-6, statistics.median(times) / 1e3))))
+        while len(times) < 5 * per_window and time.perf_counter() - t0 < seconds:
+            times += self.runs(fn, per_window)
+        return statistics.median(times) if self.cuda else min(times)
 
 
 @contextlib.contextmanager
@@ -337,7 +337,7 @@ def profile_device(device: str | torch.device = "cuda", budget_s: float = 60.0, 
     time_probe = timer or (lambda probe, seconds: clock.time(probe.run, seconds))
     start = time.perf_counter()
     deadline = start + budget_s
-    foreign = ForeignLoad() if dev.type == "cpu" and timer is None else None
+    foreign = ForeignLoad() if dev.type == "cpu" else None
     loads: list[float] = []
     fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
     samples: list[ProfileSample] = []
@@ -366,6 +366,12 @@ def profile_device(device: str | torch.device = "cuda", budget_s: float = 60.0, 
         raise RuntimeError(f"profile_device: no sample finished within budget_s {budget_s:g}; expected a larger budget")
     base = base or _cpu_base(samples, threads, fp)
     elapsed = time.perf_counter() - start
+    busy = statistics.median(loads) if loads else None
+    disturbed = busy is not None and busy > InterferencePolicy().foreign_cores
+    timed = len(samples)
+    if disturbed and any(not s.network for s in samples):
+        # a whole forward pass has no undisturbed run on a busy CPU (a 1 ms op has): fit the ops alone
+        samples = [s for s in samples if not s.network]
     n_net = sum(s.network for s in samples)
     # whole networks are what the profile predicts: together they weigh as much as all the single ops
     weights = [(len(samples) - n_net) / n_net if s.network and n_net else 1.0 for s in samples]
@@ -374,9 +380,9 @@ def profile_device(device: str | torch.device = "cuda", budget_s: float = 60.0, 
              "fitted_ms": round(kernels_ms(s.kernels, fitted), 5)} for s in samples]
     nets = [r for r in rows if r["network"]]
     net_err = statistics.median(abs(r["fitted_ms"] / r["measured_ms"] - 1) for r in nets) if nets else None
-    busy = statistics.median(loads) if loads else None
-    disturbed = busy is not None and busy > InterferencePolicy().foreign_cores
     what = f"{len(samples) - len(nets)} ops and {len(nets)} networks in {elapsed:.0f} s ({', '.join(precs)})"
+    if timed > len(samples):
+        what += f"; {timed - len(samples)} networks timed but left out (the CPU was busy)"
     net_line = f"; networks' median |error| {100 * net_err:.1f}%" if net_err is not None else ""
     source = (f"profiled here ({device_name(dev)}): {what}; fit median |error| "
               f"{100 * fitted.calibration['median_abs_rel_error']:.1f}%{net_line}; base: {base.source}")
@@ -418,9 +424,7 @@ def local_profile(device: str | torch.device = "cuda", budget_s: float = 60.0, r
 
 
 def _saved(fp: str) -> DeviceProfile | None:
-    from .profiles import _load_saved
-
-    data = _load_saved().get(fp)
+    data = saved_profiles().get(fp)
     if not data:
         return None
     try:

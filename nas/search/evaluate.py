@@ -16,8 +16,10 @@ from ..cost import analyze
 from ..data import Dataset, load_dataset
 from ..errors import failure_reason
 from ..latency import LatencyCache, LatencyResult, measure, predict
+from ..latency.devices import resolve_device
 from ..latency.predict import predict_ms
-from ..latency.profiles import resolve_profile
+from ..latency.profiles import DeviceProfile, resolve_profile
+from ..latency.profiling import local_profile
 from ..paths import runs_dir
 from ..proxy import ProxyBudget, train_eval, zero_cost
 from .settings import SearchSettings
@@ -55,6 +57,15 @@ def evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, flo
         return m
 
 
+def _gate_profile(s: SearchSettings) -> DeviceProfile:
+    """The profile the gate (and a disturbed measurement) predicts with: the chosen published one, this
+    CPU's, or the measuring GPU's own (`local_profile`: saved, else profiled once in about a minute)."""
+    if s.latency_kind == "predicted":
+        return resolve_profile(s.latency_device)
+    dev = resolve_device(s.device)
+    return resolve_profile("cpu") if dev.type == "cpu" else local_profile(dev)
+
+
 def _evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, float], bool | None] | None,
               m: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
@@ -67,15 +78,12 @@ def _evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, fl
         m.update(status=status, reason=reason, wall_s=time.perf_counter() - start)
         return m
 
-    gate_device = s.latency_device if s.latency_kind == "predicted" else "cpu"
-    if s.latency_kind == "measured" and not str(s.device).startswith("cpu") and s.device != "auto":
-        gate_device = None  # no profile of the measuring GPU: the gate stays open
-    if gate_device is not None:
-        gate_ms = predict_ms(config, resolve_profile(gate_device), s.resolution, s.batch, s.precision)
-        m["gate_predicted_ms"] = gate_ms
-        if gate_ms > s.gate_factor * s.budget_ms:
-            return done("rejected", f"gate: predicted {gate_ms:.1f} ms on {gate_device} is over "
-                                    f"{s.gate_factor:g}x the {s.budget_ms:g} ms budget")
+    gate = _gate_profile(s)
+    gate_ms = predict_ms(config, gate, s.resolution, s.batch, s.precision)
+    m["gate_predicted_ms"] = gate_ms
+    if gate_ms > s.gate_factor * s.budget_ms:
+        return done("rejected", f"gate: predicted {gate_ms:.1f} ms on {gate.name} is over "
+                                f"{s.gate_factor:g}x the {s.budget_ms:g} ms budget")
     if s.latency_kind == "measured":
         lat = measure_settled(config, s)
         if lat.ok:
@@ -84,8 +92,7 @@ def _evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, fl
             # a figure timed while other work ran can be 100x off (thread stalls grow with the network, so no
             # slowdown factor corrects it): keep it aside and decide on this device's prediction, labelled so
             m.update(latency_raw_ms=lat.median_ms, latency_interference=lat.interference)
-            if gate_device is not None:
-                lat = predict(config, gate_device, s.resolution, s.batch, s.precision)
+            lat = predict(config, gate, s.resolution, s.batch, s.precision)
     else:
         lat = predict(config, s.latency_device, s.resolution, s.batch, s.precision)
     m.update(latency_source=lat.source, latency_device=lat.device, latency_rel_iqr=lat.rel_iqr)
