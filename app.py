@@ -21,6 +21,7 @@ from nas.explore import data as D
 from nas.explore import demo
 from nas.explore import downloads as X
 from nas.explore import figures as F
+from nas.explore import profiles as P
 from nas.latency.profiles import list_profiles
 
 TTL_S = 5  # seconds a loaded study is reused; the refresh button clears it at once
@@ -50,11 +51,16 @@ def _importances(features: pd.DataFrame, target: pd.Series) -> tuple[dict[str, f
     return A.param_importances(features, target)
 
 
-@st.cache_data(show_spinner=False)
-def _reference_latency(name: str, device: str, resolution: int) -> float:
+@st.cache_resource(ttl=TTL_S, show_spinner="Calibrating this CPU's latency profile on the measurements shown…")
+def _predictor(device: str, url: str, names: tuple[str, ...]) -> P.Predictor:
+    """The profile predictions for ``device`` use; this CPU's is refitted on the studies' clean measurements."""
+    return P.predictor(device, P.clean_cpu_measurements(_frame(url, names)) if device == "cpu" else None)
+
+
+def _reference_latency(name: str, pred: P.Predictor, resolution: int) -> float:
     from nas.registry import get_config
 
-    return A.predicted_latency(get_config(name).to_json(indent=None), device, resolution)
+    return P.predict_one(get_config(name).to_json(indent=None), pred, resolution)
 
 
 def _refresh() -> None:
@@ -183,7 +189,7 @@ def arch_detail(row: pd.Series, lat: float, src: str) -> None:
             st.code(json.dumps(json.loads(row["config"]), indent=2), language="json")
 
 
-def pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label, device, mode) -> None:
+def pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label, ref_pred, ref_note) -> None:
     plotted = (df["state"] == "COMPLETE") & df["accuracy"].notna() & lat.notna()
     options = _options(df, lat, feasible, front)
     if not options:
@@ -196,12 +202,13 @@ def pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label,
     shown = pd.Series(False, index=df.index)
     shown[plotted] = A.sample_for_display(df[plotted], keep[plotted], MAX_POINTS)
     present = set(df["name"])
-    ref_device = device if mode == "predicted" else "cpu"
     resolution = int(df["resolution"].mode().iloc[0]) if len(df) else 224
-    references = {f"{n} ({'predicted' if mode == 'measured' else ref_device})": _reference_latency(n, ref_device, resolution)
-                  for n in REFERENCES if n not in present}
+    references = {} if ref_pred is None else {
+        f"{n} (predicted)": _reference_latency(n, ref_pred, resolution) for n in REFERENCES if n not in present}
     fig = F.pareto_figure(df, lat, src, feasible, front, shown=shown, budget_ms=budget, selected=[selected],
-                          references=references, accuracy_label=acc_label, latency_label=latency_label)
+                          references=references, accuracy_label=acc_label, latency_label=latency_label,
+                          reference_label=None if ref_pred is None else
+                          f"canonical, predicted for {ref_pred.device} ({ref_pred.short})")
     event = st.plotly_chart(fig, key="pareto", on_select="rerun", selection_mode="points", width="stretch")
     n_plot, n_shown = int(plotted.sum()), int((shown & plotted).sum())
     st.caption(f"{int(front.sum())} on the front, {int(feasible.sum())} feasible of {n_plot} completed trials with a "
@@ -325,6 +332,9 @@ def main() -> None:
     default_dev = recorded.mode().iloc[0] if len(recorded) and recorded.mode().iloc[0] in profiles else "cpu"
     device = sb.selectbox("target device (predicted)", profiles, index=profiles.index(default_dev), key="device",
                           disabled=mode == "measured")
+    pred = _predictor(device, url, tuple(picked)) if mode == "predicted" else None
+    if pred is not None:
+        sb.caption(f"Predicted with the {pred.label}.")
     bar = []
 
     def progress(done: int, total: int) -> None:  # a first switch to another device on a big study takes a while
@@ -333,10 +343,17 @@ def main() -> None:
                 bar.append(st.progress(0.0))
             bar[0].progress(done / total, text=f"predicting latency for {device}: {done:,} of {total:,} architectures")
 
-    lat, src = A.latency_column(df, mode, device, on_progress=progress)
+    lat, src = A.latency_column(df, mode, pred, on_progress=progress)
     if bar:
         bar[0].empty()
-    latency_label = "latency (ms, measured)" if mode == "measured" else f"latency (ms, predicted for {device})"
+    if mode == "measured":
+        measured_on = df.loc[df["latency_source"] == "measured", "latency_device"]
+        cpu = _predictor("cpu", url, tuple(picked)) if set(measured_on) == {"cpu"} else None
+        ref_pred, ref_note = P.reference_predictor(list(measured_on), cpu)
+        latency_label = "latency (ms, measured)"
+    else:
+        ref_pred, ref_note = pred, ""
+        latency_label = f"latency (ms, predicted for {device}, {pred.short})"
 
     c = st.columns(5)
     c[0].metric("trials", len(df))
@@ -365,7 +382,7 @@ def main() -> None:
     view = st.radio("view", ["Pareto front", "Trade-offs", "Compare"], horizontal=True, key="view",
                     label_visibility="collapsed")
     if view == "Pareto front":
-        pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label, device, mode)
+        pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label, ref_pred, ref_note)
     elif view == "Trade-offs":
         tradeoff_view(df, lat, latency_label, acc_label, error_label, metric)
     else:

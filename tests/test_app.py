@@ -23,7 +23,7 @@ from streamlit.testing.v1 import AppTest
 
 from nas.config import ArchConfig
 from nas.registry import get_config
-from test_explore import FRONT, PLAN, make_study, small_configs, _attrs
+from test_explore import FRONT, PLAN, make_measured_study, make_study, small_configs, _attrs
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -67,6 +67,13 @@ def traces(at: AppTest) -> dict[str, dict]:
     return {t["name"]: t for t in chart(at)["data"]}
 
 
+def references(at: AppTest) -> dict:
+    """The trace of the canonical models' reference lines (its name says which profile predicted them)."""
+    refs = [t for name, t in traces(at).items() if name.startswith("canonical")]
+    assert len(refs) == 1, list(traces(at))
+    return refs[0]
+
+
 def test_empty_state_shows_the_command_and_the_demo_fills_the_storage(_isolated_runs):
     at = run_app(timeout=180)
     assert_clean(at)
@@ -82,7 +89,7 @@ def test_empty_state_shows_the_command_and_the_demo_fills_the_storage(_isolated_
     m = metrics(at)
     assert int(m["trials"]) == len(study.trials) and int(m["completed"]) >= 1
     names = traces(at)
-    assert "Pareto front" in names and "canonical (latency only)" in names
+    assert "Pareto front" in names and references(at)["name"] == "canonical, predicted for v100 (spec sheet, not calibrated)"
 
 
 def test_empty_state_names_a_custom_storage(tmp_path, monkeypatch):
@@ -103,10 +110,33 @@ def test_a_study_with_trials(url):
     t = traces(at)
     assert {c[0] for c in t["Pareto front"]["customdata"]} == {f"fixture#{i}" for i in FRONT}
     assert t["baselines"]["text"] == ["hardnet39ds"]
-    refs = [x for x in t["canonical (latency only)"]["text"] if x]
-    assert refs == ["tresnet_m (v100)", "resnet50 (v100)"]  # hardnet68 is in the study (rejected)
+    refs = [x for x in references(at)["text"] if x]
+    assert refs == ["tresnet_m (predicted)", "resnet50 (predicted)"]  # hardnet68 is in the study (rejected)
     assert t["selected"]["customdata"][0][0] == "fixture#2"  # the fastest front point by default
     assert at.selectbox(key="selected").value == "fixture#2"
+
+
+def test_cpu_latency_is_predicted_with_a_calibrated_profile_and_says_so(tmp_path, monkeypatch):
+    u = f"sqlite:///{tmp_path / 'cpu.db'}"
+    make_measured_study(u)
+    monkeypatch.setenv("NAS_STORAGE", u)
+    at = run_app()
+    assert_clean(at)
+    assert at.radio(key="lat_mode").value == "measured"
+    refs = references(at)
+    assert refs["name"].startswith("canonical, predicted for cpu (calibrated here on ")
+    measured = {c[0]: c[6] for name, t in traces(at).items() if not name.startswith(("canonical", "selected", "Pareto"))
+                for c in t.get("customdata", [])}
+    at.radio(key="lat_mode").set_value("predicted").run()
+    at.selectbox(key="device").set_value("cpu").run()
+    assert_clean(at)
+    assert any("calibrated here on" in c.value and "held-out error" in c.value for c in at.sidebar.caption)
+    predicted = {c[0]: c[6] for name, t in traces(at).items() if not name.startswith(("canonical", "selected", "Pareto"))
+                 for c in t.get("customdata", [])}
+    assert set(predicted) == set(measured) and len(measured) == 16
+    ratios = sorted(predicted[k] / measured[k] for k in measured)
+    assert 0.7 < ratios[len(ratios) // 2] < 1.4  # not the micro-benchmark's ~5x optimistic figures
+    assert chart(at)["layout"]["xaxis"]["title"]["text"].startswith("latency (ms, predicted for cpu, calibrated here on ")
 
 
 def test_budget_slider_greys_out_infeasible_points(url):

@@ -21,6 +21,7 @@ from nas.explore import analysis as A
 from nas.explore import data as D
 from nas.explore import downloads as X
 from nas.explore import figures as F
+from nas.explore import profiles as P
 from nas.explore.demo import create_command, demo_args
 from nas.explore.synthetic import synthetic_study
 from nas.latency.predict import predict
@@ -98,6 +99,27 @@ def make_study(url: str, name: str = "fixture", budget: float = BUDGET, plan=PLA
         st = getattr(optuna.trial.TrialState, state)
         values = [acc, lat, float(attrs["cio"])] if state == "COMPLETE" else None
         trials.append(optuna.trial.create_trial(state=st, values=values, user_attrs=attrs))
+    study.add_trials(trials)
+    return study
+
+
+def make_measured_study(url: str, name: str = "cpu", n: int = 16, factor: float = 5.0, budget: float = 1000.0,
+                        disturbed: int = 0) -> optuna.Study:
+    """A study whose latencies were measured on this CPU: ``factor`` x what the uncalibrated profile predicts
+    (a real micro-benchmarked profile is several times optimistic); the first ``disturbed`` are flagged."""
+    from nas.latency import cpu_profile, predict_ms
+
+    base = cpu_profile()
+    rng = random.Random(3)
+    study = optuna.create_study(study_name=name, storage=url, directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr("settings", {"budget_ms": budget, "resolution": RES, "batch": 1, "precision": "fp32",
+                                     "latency": "measured", "proxy": "train", "data": "digits"})
+    trials = []
+    for i, cfg in enumerate(small_configs(n, seed=7)):
+        ms = factor * predict_ms(cfg, base, RES) * rng.uniform(0.95, 1.05)
+        attrs = _attrs(cfg, 0.5 + 0.02 * i, ms, latency_source="measured", latency_device="cpu", budget_ms=budget,
+                       latency_disturbed=i < disturbed)
+        trials.append(optuna.trial.create_trial(values=[attrs["accuracy"], ms, float(attrs["cio"])], user_attrs=attrs))
     study.add_trials(trials)
     return study
 
@@ -205,7 +227,8 @@ def test_latency_column_measured_predicted_and_other_devices(frame):
     lat, src = A.latency_column(frame, "measured")
     assert lat.isna().all() and (src == "").all()  # never a prediction shown as a measurement
     lat, src = A.latency_column(frame, "predicted", "v100")
-    assert lat.equals(frame["latency_ms"].astype(float)) and src[0] == "predicted for v100"
+    assert lat.equals(frame["latency_ms"].astype(float))
+    assert src[0] == "predicted for v100 (spec sheet, not calibrated, as the search recorded it)"
     lat, src = A.latency_column(frame, "predicted", "jetson_nano")
     cfg = ArchConfig.from_json(frame.loc[2, "config"])
     assert lat[2] == pytest.approx(predict(cfg, "jetson_nano", RES).median_ms)
@@ -481,4 +504,50 @@ def test_synthetic_bulk_study_reads_like_add_trials(tmp_path):
 def test_latency_progress_is_reported(frame):
     seen = []
     A.latency_column(frame, "predicted", "titanv", on_progress=lambda d, t: seen.append((d, t)))
-    assert seen[0] == (0, 7) and seen[-1] == (7, 7)
+    assert seen[0] == (0, 8) and seen[-1] == (8, 8)  # 7 completed trials and the rejected baseline
+
+
+# -- which profile a prediction comes from ------------------------------------------------------------
+
+
+def test_cpu_predictions_are_calibrated_on_the_studys_measurements(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cpu.db'}"
+    make_measured_study(url, disturbed=3)
+    df = D.records_frame(D.load_records(url, ["cpu"]))
+    clean = P.clean_cpu_measurements(df)
+    assert len(clean) == 13  # the disturbed ones are left out
+    plain = P.predictor("cpu")
+    assert plain.short == "micro-benchmark, not calibrated" and "micro-benchmark" in plain.label
+    fitted = P.predictor("cpu", clean)
+    assert fitted.short.startswith("calibrated here on ") and "held-out error" in fitted.source
+    assert fitted.key != plain.key
+    raw, _ = A.latency_column(df, "predicted", plain)
+    lat, src = A.latency_column(df, "predicted", fitted)
+    ratio = (lat / df["latency_ms"]).median()
+    assert (raw / df["latency_ms"]).median() < 0.3  # the uncalibrated profile is ~5x optimistic here
+    assert 0.7 < ratio < 1.4  # the calibrated one agrees with what was measured
+    assert src[0] == f"predicted for cpu ({fitted.short})"
+
+
+def test_a_calibrated_profile_saved_here_is_used_and_named(tmp_path):
+    from nas.latency import calibrate, predict_ms
+
+    url = f"sqlite:///{tmp_path / 'cpu.db'}"
+    make_measured_study(url)
+    df = D.records_frame(D.load_records(url, ["cpu"]))
+    cal = calibrate([ArchConfig.from_json(c) for c in df["config"]], list(df["latency_ms"]), "cpu", resolution=RES,
+                    save=True)
+    assert cal.accepted and cal.saved
+    pred = P.predictor("cpu")  # no measurements given: the saved calibration
+    assert pred.short == f"calibrated on {cal.fit_count}" and pred.source.startswith("calibrated on")
+    cfg = ArchConfig.from_json(df.loc[0, "config"])
+    assert P.predict_one(df.loc[0, "config"], pred, RES) == pytest.approx(predict_ms(cfg, cal.profile, RES))
+    assert P.predictor("v100").short == "spec sheet, not calibrated"
+
+
+def test_reference_lines_in_measured_mode_need_a_profile_of_the_measuring_device():
+    cpu = P.predictor("v100")  # any predictor stands in for this CPU's here
+    assert P.reference_predictor(["cpu", "cpu"], cpu) == (cpu, "")
+    pred, why = P.reference_predictor(["cuda:0 (NVIDIA H200)"], cpu)
+    assert pred is None and why == "no reference lines: measured on cuda:0 (NVIDIA H200), which has no device profile"
+

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,9 @@ from ..config import ArchConfig
 from ..errors import first_line
 from ..stats import kendall_tau, spearman_rho
 from .data import DESIGN_CHOICES, NUMERIC_CHOICES
+
+if TYPE_CHECKING:
+    from .profiles import Predictor
 
 __all__ = [
     "arch_config",
@@ -31,7 +34,6 @@ __all__ = [
     "latency_column",
     "nice_ceiling",
     "param_importances",
-    "predicted_latency",
     "rank_correlations",
     "sample_for_display",
     "stage_rows",
@@ -44,34 +46,23 @@ def arch_config(config_json: str) -> ArchConfig:
     return ArchConfig.from_json(config_json)
 
 
-@lru_cache(maxsize=200_000)
-def predicted_latency(config_json: str, device: str, resolution: int = 224, batch: int = 1,
-                      precision: str = "fp32") -> float:
-    """`nas.latency.predict` for one stored config on a device profile, in ms (NaN if it cannot be predicted).
-
-    Cached per (config, device, shape): switching the app's target device costs one roofline
-    evaluation per architecture once, then nothing.
-    """
-    from ..latency.predict import predict
-
-    try:
-        return float(predict(arch_config(config_json), device, resolution, batch, precision).median_ms)
-    except ValueError:
-        return math.nan
-
-
-def latency_column(df: pd.DataFrame, mode: str, device: str | None = None,
-                   on_progress: Callable[[int, int], None] | None = None) -> tuple[pd.Series, pd.Series]:
+def latency_column(df: pd.DataFrame, mode: str, device: "str | Predictor | None" = None,
+                   on_progress: Callable[[int, int], None] | None = None,
+                   rows: pd.Series | None = None) -> tuple[pd.Series, pd.Series]:
     """The latency each row shows and where it comes from, for ``mode`` ``measured`` or ``predicted``.
 
     ``measured``: the recorded latency of rows whose source is ``measured`` (NaN otherwise: a
-    prediction is never passed off as a measurement). ``predicted``: the recorded value when the
-    search predicted for the same ``device``, else `predicted_latency` on the row's config at its
-    study's resolution, batch and precision (completed trials only: the others are not plotted).
-    Returns (latency in ms, source label such as ``measured on cpu`` or ``predicted for v100``).
-    A first prediction costs a few ms per architecture (analysis + roofline): ``on_progress(done,
-    total)`` is called every 250 rows so a page can show a progress bar for large studies.
+    prediction is never passed off as a measurement). ``predicted``: with ``device`` a profile
+    name or a `Predictor` (see `nas.explore.profiles`): the search's own figure where it predicted
+    for the same published device, else the predictor's figure on the row's config at its study's
+    resolution, batch and precision, for completed trials and baselines (or the ``rows`` given).
+    This CPU's figures are always the predictor's: its profile depends on the machine and on
+    calibration, and one axis never mixes two of them. Returns (latency in ms, source label such
+    as ``measured on cpu`` or ``predicted for cpu (calibrated on 24)``). A first prediction costs
+    about a millisecond per architecture: ``on_progress(done, total)`` is called every 250 rows.
     """
+    from .profiles import Predictor, predict_one, predictor
+
     if mode not in ("measured", "predicted"):
         raise ValueError(f"latency mode: {mode!r} is not allowed; expected measured or predicted")
     if df.empty:
@@ -89,20 +80,24 @@ def latency_column(df: pd.DataFrame, mode: str, device: str | None = None,
         return lat.astype(float), src.where(ok, "")
     if not device:
         raise ValueError("latency device: missing; expected a device profile name for predicted latency")
-    recorded = (df["latency_source"] == "predicted") & (df["latency_device"] == device)
+    pred = device if isinstance(device, Predictor) else predictor(device)
+    recorded = (df["latency_source"] == "predicted") & (df["latency_device"] == pred.device) & (pred.device != "cpu")
     lat = df["latency_ms"].where(recorded).astype(float)
-    todo = ~recorded & (df["state"] == "COMPLETE") & (df["config"] != "")
+    wanted = rows if rows is not None else (df["state"] == "COMPLETE") | df["baseline"]
+    todo = ~recorded & wanted & (df["config"] != "")
     if todo.any():
         sub = df.loc[todo, ["config", "resolution", "batch", "precision"]]
         values = []
         for i, (c, r, b, p) in enumerate(sub.itertuples(index=False, name=None)):
             if on_progress is not None and i % 250 == 0:
                 on_progress(i, len(sub))
-            values.append(predicted_latency(c, device, int(r), int(b), str(p)))
+            values.append(predict_one(c, pred, int(r), int(b), str(p)))
         if on_progress is not None:
             on_progress(len(sub), len(sub))
         lat.loc[todo] = values
-    src = pd.Series(np.where(lat.notna(), f"predicted for {device}", ""), index=df.index, dtype=object)
+    label = f"predicted for {pred.device} ({pred.short})"
+    src = pd.Series(np.where(lat.notna(), label, ""), index=df.index, dtype=object)
+    src[recorded & lat.notna()] = f"predicted for {pred.device} ({pred.short}, as the search recorded it)"
     return lat, src
 
 

@@ -55,7 +55,7 @@ _HOVER = ("<b>%{customdata[1]}</b> %{customdata[4]}<br>%{customdata[2]} trial %{
 def pareto_figure(df: pd.DataFrame, latency: pd.Series, source: pd.Series, feasible: pd.Series, front: pd.Series,
                   shown: pd.Series | None = None, budget_ms: float | None = None, selected: Sequence[str] = (),
                   references: Mapping[str, float] | None = None, accuracy_label: str = "accuracy",
-                  latency_label: str = "latency (ms)") -> go.Figure:
+                  latency_label: str = "latency (ms)", reference_label: str | None = None) -> go.Figure:
     """Accuracy vs latency of completed trials, the front drawn, colour = CIO, symbol = block family.
 
     Traces: ``infeasible`` (grey, over the budget), one per family of feasible points (colour by
@@ -119,7 +119,7 @@ def pareto_figure(df: pd.DataFrame, latency: pd.Series, source: pd.Series, feasi
             yv += [lo, hi, None]
             text += ["", name, ""]
         if xs:
-            fig.add_trace(go.Scatter(x=xs, y=yv, mode="lines+text", name="canonical (latency only)", text=text,
+            fig.add_trace(go.Scatter(x=xs, y=yv, mode="lines+text", name=reference_label or "canonical (latency only)", text=text,
                                      textposition="top left", line=dict(color="rgba(80,80,80,0.6)", dash="dot"),
                                      hoverinfo="skip"))
     sel = df["key"].isin(list(selected)) & plotted
