@@ -99,10 +99,10 @@ def empty_state(url: str) -> None:
 
 
 def _options(df: pd.DataFrame, lat: pd.Series, feasible: pd.Series, front: pd.Series, limit: int = 300) -> list[str]:
-    """Selectable trials: the front (by latency), the baselines, then the best others by accuracy."""
+    """Selectable trials: the front (by latency), every baseline (with or without an accuracy), then the best others."""
     plotted = (df["state"] == "COMPLETE") & df["accuracy"].notna()
     first = list(df.loc[front].assign(_l=lat[front]).sort_values("_l")["key"])
-    base = list(df.loc[plotted & df["baseline"], "key"])
+    base = list(df.loc[df["baseline"], "key"])
     rest = df.loc[plotted].assign(_f=feasible[plotted]).sort_values(["_f", "accuracy"], ascending=False)["key"]
     return list(dict.fromkeys(first + base + list(rest[: limit])))
 
@@ -116,7 +116,8 @@ def _label(df: pd.DataFrame, lat: pd.Series) -> callable:
             return key
         r = by_key.loc[key]
         name = f" {r['name']}" if r["name"] else ""
-        return f"{r['arch_id']}{name} · {r['study']} #{r['number']} · acc {_fmt(r['accuracy'])} · {_fmt(lat_by_key[key])} ms"
+        acc = f"acc {_fmt(r['accuracy'])}" if r["accuracy"] == r["accuracy"] else r["why"].split(":")[0]
+        return f"{r['arch_id']}{name} · {r['study']} #{r['number']} · {acc} · {_fmt(lat_by_key[key])} ms"
 
     return label
 
@@ -146,7 +147,7 @@ def export_buttons(row: pd.Series, key: str) -> None:
 
 def arch_summary(row: pd.Series, lat: float, src: str) -> None:
     title = f"`{row['arch_id']}`" + (f" — {row['name']} (baseline)" if row["name"] else "")
-    st.markdown(f"#### {title}\n{row['study']} · trial {row['number']} · {row['state'].lower()} · family {row['family']}")
+    st.markdown(f"#### {title}\n{row['study']} · trial {row['number']} · {row['why']} · family {row['family']}")
     c = st.columns(6)
     c[0].metric("accuracy" if str(row["proxy"]) in ("", "train") else f"score ({row['proxy']})", _fmt(row["accuracy"], digits=4))
     c[1].metric("latency (ms)", _fmt(lat, digits=4), help=src or "no latency for this choice")
@@ -201,7 +202,7 @@ def pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label,
     keep = front | df["baseline"] | (df["key"] == selected)
     shown = pd.Series(False, index=df.index)
     shown[plotted] = A.sample_for_display(df[plotted], keep[plotted], MAX_POINTS)
-    present = set(df["name"])
+    present = set(df.loc[df["accuracy"].notna(), "name"])  # a rejected canonical model still gets its line
     resolution = int(df["resolution"].mode().iloc[0]) if len(df) else 224
     references = {} if ref_pred is None else {
         f"{n} (predicted)": _reference_latency(n, ref_pred, resolution) for n in REFERENCES if n not in present}
@@ -269,7 +270,7 @@ def compare_view(df, lat, src) -> None:
     if len(done) < 2:
         st.info("Compare needs at least two completed trials.")
         return
-    keys = list(done.sort_values("accuracy", ascending=False)["key"][:500])
+    keys = list(dict.fromkeys(list(df.loc[df["baseline"], "key"]) + list(done.sort_values("accuracy", ascending=False)["key"][:500])))
     first = st.session_state.get("selected")
     if first in set(df["key"]) and first not in keys:
         keys = [first, *keys]

@@ -111,7 +111,8 @@ def test_a_study_with_trials(url):
     assert {c[0] for c in t["Pareto front"]["customdata"]} == {f"fixture#{i}" for i in FRONT}
     assert t["baselines"]["text"] == ["hardnet39ds"]
     refs = [x for x in references(at)["text"] if x]
-    assert refs == ["tresnet_m (predicted)", "resnet50 (predicted)"]  # hardnet68 is in the study (rejected)
+    assert refs == ["hardnet68 (predicted)", "tresnet_m (predicted)", "resnet50 (predicted)"]  # hardnet68 has no accuracy
+    assert t["baselines without accuracy"]["text"] == ["hardnet68"]
     assert t["selected"]["customdata"][0][0] == "fixture#2"  # the fastest front point by default
     assert at.selectbox(key="selected").value == "fixture#2"
 
@@ -164,6 +165,18 @@ def test_selection_shows_the_architecture(url):
     links = [c for c in charts if c["data"] and c["data"][0].get("name") == "links"]
     assert links and len(links[0]["data"][1]["x"]) == cfg.stages[0].depth + 1
     assert any(c["data"] and c["data"][0].get("name") == cfg.arch_id for c in charts)  # the proxy curve
+
+
+def test_a_rejected_baseline_can_be_selected_and_compared(url):
+    at = run_app()
+    assert any("hardnet68" in o and "rejected" in o for o in at.selectbox(key="selected").options)
+    at.selectbox(key="selected").set_value("fixture#1").run()
+    assert_clean(at)
+    assert any("hardnet68 (baseline)" in md.value and "rejected: over budget" in md.value for md in at.markdown)
+    assert traces(at)["selected"]["customdata"][0][0] == "fixture#1"
+    at.radio(key="view").set_value("Compare").run()
+    assert_clean(at)
+    assert at.selectbox(key="cmp_a").value == "fixture#1"
 
 
 def test_export_downloads_carry_the_selected_architecture(url, monkeypatch):

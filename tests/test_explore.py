@@ -391,6 +391,23 @@ def test_pareto_figure_traces(frame):
     assert any("budget 0.3" in (a.text or "") for a in fig.layout.annotations)
 
 
+def test_rejected_baselines_are_drawn_on_a_no_accuracy_band_saying_why(frame):
+    assert frame.loc[1, "why"] == "rejected: over budget: predicted 0.9 ms > 0.5 ms"
+    assert frame.loc[7, "why"] == "failed: proxy training: loss is NaN" and frame.loc[2, "why"] == "ok"
+    lat, src = A.latency_column(frame, "predicted", "v100")
+    assert lat[1] == pytest.approx(0.9)  # the rejected baseline keeps its latency
+    feas = A.feasible_mask(frame, lat, BUDGET)
+    fig = F.pareto_figure(frame, lat, src, feas, A.front_mask(frame, lat, feas), selected=["fixture#1"])
+    by = {t.name: t for t in fig.data}
+    band = by["baselines without accuracy"]
+    assert list(band.text) == ["hardnet68"] and band.customdata[0][0] == "fixture#1"
+    assert band.x[0] == pytest.approx(0.9) and band.y[0] < frame["accuracy"].min()
+    assert band.customdata[0][12] == "rejected: over budget: predicted 0.9 ms > 0.5 ms"
+    assert "no accuracy" in band.hovertemplate
+    assert by["selected"].y[0] == band.y[0]  # the selection ring sits on the band
+    assert any(a.text == "no accuracy" for a in fig.layout.annotations)
+
+
 def test_pareto_figure_overlaid_studies_draw_one_front_each(frame):
     other = frame.assign(study="b", key=frame["key"].str.replace("fixture", "b"))
     both = pd.concat([frame, other], ignore_index=True)

@@ -29,6 +29,7 @@ __all__ = [
     "design_features",
     "list_studies",
     "load_records",
+    "outcome",
     "records_frame",
     "resolve_storage_url",
     "storage_is_missing",
@@ -293,7 +294,7 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     the numbers in ``_NUMBERS`` (NaN when absent), ``latency_source``/``latency_device``,
     ``latency_disturbed``/``latency_slowdown`` (a measurement taken while other work ran),
     ``proxy``, ``status``, ``reason``, ``budget_ms``/``resolution``/``batch``/``precision`` of
-    the study, ``curve`` (per-epoch proxy accuracy) and `DESIGN_CHOICES`.
+    the study, ``curve`` (per-epoch proxy accuracy), `DESIGN_CHOICES` and ``why`` (`outcome`).
     """
     rows = []
     for r in records:
@@ -329,6 +330,16 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         row.update(feats)
         rows.append(row)
     columns = ["key", "study", "number", "state", "name", "baseline", "arch_id", "config", *_NUMBERS,
-               "latency_source", "latency_device", "latency_disturbed", "latency_slowdown", "proxy", "status", "reason", "budget_ms", "resolution", "batch",
-               "precision", "curve", *DESIGN_CHOICES]
-    return pd.DataFrame(rows, columns=columns)
+               "latency_source", "latency_device", "latency_disturbed", "latency_slowdown", "proxy", "status", "reason",
+               "budget_ms", "resolution", "batch", "precision", "curve", *DESIGN_CHOICES]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["why"] = outcome(frame)
+    return frame
+
+
+def outcome(frame: pd.DataFrame) -> pd.Series:
+    """What became of each trial in a few words: ``ok``, ``rejected: over budget: measured 48.2 ms > 40 ms``,
+    ``failed: proxy training: loss is NaN``, ``running``..."""
+    status = frame["status"].where(frame["status"] != "", frame["state"].str.lower())
+    status = status.where(frame["state"] != "RUNNING", "running")
+    return status.where(frame["reason"] == "", status + ": " + frame["reason"])

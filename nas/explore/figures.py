@@ -47,6 +47,11 @@ def _hover_data(rows: pd.DataFrame, lat: pd.Series, src: pd.Series) -> np.ndarra
     ]) if len(rows) else np.zeros((0, 12))
 
 
+_HOVER_NO_ACCURACY = ("<b>%{customdata[1]}</b> %{customdata[4]}<br>%{customdata[2]} trial %{customdata[3]} · "
+                      "%{customdata[11]}<br><b>no accuracy</b>: %{customdata[12]}<br>latency %{customdata[6]:.4g} ms "
+                      "(%{customdata[10]})<br>CIO %{customdata[7]:.3g} M · MACs %{customdata[8]:.3g} G · params "
+                      "%{customdata[9]:.3g} M<extra></extra>")
+
 _HOVER = ("<b>%{customdata[1]}</b> %{customdata[4]}<br>%{customdata[2]} trial %{customdata[3]} · %{customdata[11]}"
           "<br>accuracy %{customdata[5]:.4g}<br>latency %{customdata[6]:.4g} ms (%{customdata[10]})"
           "<br>CIO %{customdata[7]:.3g} M · MACs %{customdata[8]:.3g} G · params %{customdata[9]:.3g} M<extra></extra>")
@@ -60,7 +65,8 @@ def pareto_figure(df: pd.DataFrame, latency: pd.Series, source: pd.Series, feasi
 
     Traces: ``infeasible`` (grey, over the budget), one per family of feasible points (colour by
     CIO, shared colour bar), ``Pareto front`` per study (step line), ``baselines`` (stars with
-    their names), ``canonical (latency only)`` (vertical lines for canonical models without a
+    their names), ``baselines without accuracy`` (open stars on a "no accuracy" band below the
+    others, at their latency, the hover saying why: ``why`` column), ``canonical (latency only)`` (vertical lines for canonical models without a
     trial, from ``references`` name -> latency), ``selected`` (rings). ``shown`` limits the
     non-front points drawn (sampling); customdata[0] of every point is its row key, which is what
     a click returns.
@@ -108,6 +114,18 @@ def pareto_figure(df: pd.DataFrame, latency: pd.Series, source: pd.Series, feasi
             marker=dict(symbol="star", size=15, color="gold", line=dict(width=1, color="black")),
             customdata=_hover_data(rows, latency[base], source[base]), hovertemplate=_HOVER,
         ))
+    band = df["baseline"] & df["accuracy"].isna() & latency.notna()
+    if band.any():
+        rows, y_band, half = df[band], *_band(df.loc[plotted, "accuracy"])
+        fig.add_hrect(y0=y_band - half, y1=y_band + half, fillcolor="rgba(120,120,120,0.08)", line_width=0,
+                      annotation_text="no accuracy", annotation_position="left", annotation_font_size=11)
+        fig.add_trace(go.Scatter(
+            x=latency[band], y=[y_band] * len(rows), mode="markers+text", name="baselines without accuracy",
+            text=rows["name"], textposition="top center",
+            marker=dict(symbol="star-open", size=15, color="darkgoldenrod", line=dict(width=2)),
+            customdata=np.column_stack([_hover_data(rows, latency[band], source[band]), rows["why"].to_numpy()]),
+            hovertemplate=_HOVER_NO_ACCURACY,
+        ))
     if references:
         ys = df.loc[plotted, "accuracy"]
         lo, hi = (float(ys.min()), float(ys.max())) if len(ys) else (0.0, 1.0)
@@ -122,11 +140,12 @@ def pareto_figure(df: pd.DataFrame, latency: pd.Series, source: pd.Series, feasi
             fig.add_trace(go.Scatter(x=xs, y=yv, mode="lines+text", name=reference_label or "canonical (latency only)", text=text,
                                      textposition="top left", line=dict(color="rgba(80,80,80,0.6)", dash="dot"),
                                      hoverinfo="skip"))
-    sel = df["key"].isin(list(selected)) & plotted
+    sel = df["key"].isin(list(selected)) & (plotted | band)
     if sel.any():
         rows = df[sel]
+        y_sel = rows["accuracy"].where(rows["accuracy"].notna(), _band(df.loc[plotted, "accuracy"])[0])
         fig.add_trace(go.Scatter(
-            x=latency[sel], y=rows["accuracy"], mode="markers", name="selected",
+            x=latency[sel], y=y_sel, mode="markers", name="selected",
             marker=dict(size=20, color="rgba(0,0,0,0)", line=dict(width=3, color="black")),
             customdata=_hover_data(rows, latency[sel], source[sel]), hovertemplate=_HOVER,
         ))
@@ -140,6 +159,13 @@ def pareto_figure(df: pd.DataFrame, latency: pd.Series, source: pd.Series, feasi
         margin=dict(l=10, r=10, t=30, b=10), height=580, clickmode="event+select", uirevision="pareto",
     )
     return fig
+
+
+def _band(accuracy: pd.Series) -> tuple[float, float]:
+    """(centre, half height) of the "no accuracy" band drawn below the lowest accuracy."""
+    lo, hi = (float(accuracy.min()), float(accuracy.max())) if len(accuracy) else (0.0, 1.0)
+    span = (hi - lo) or max(abs(hi), 1.0) * 0.1
+    return lo - 0.15 * span, 0.05 * span
 
 
 def parallel_coordinates_figure(df: pd.DataFrame, colour: pd.Series, colour_label: str,
