@@ -319,7 +319,7 @@ def main() -> None:
         st.error(str(err))
         return
     info = {s.name: s for s in studies}
-    proxies = sorted(set(df["proxy"]) - {""})
+    proxies = D.accuracy_proxies(df)
     if len(proxies) > 1:
         st.warning(f"The overlaid studies use different accuracy proxies ({', '.join(proxies)}); their accuracies are "
                    "not comparable.")

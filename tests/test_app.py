@@ -88,6 +88,8 @@ def test_empty_state_shows_the_command_and_the_demo_fills_the_storage(_isolated_
     assert len(done) >= 8
     m = metrics(at)
     assert int(m["trials"]) == len(study.trials) and int(m["completed"]) >= 1
+    assert not at.warning, [w.value for w in at.warning]  # one proxy, whatever the rejected trials recorded
+    assert chart(at)["layout"]["yaxis"]["title"]["text"] == "score (zero-cost:naswot)"
     names = traces(at)
     assert "Pareto front" in names and references(at)["name"] == "canonical, predicted for v100 (spec sheet, not calibrated)"
 
@@ -138,6 +140,16 @@ def test_cpu_latency_is_predicted_with_a_calibrated_profile_and_says_so(tmp_path
     ratios = sorted(predicted[k] / measured[k] for k in measured)
     assert 0.7 < ratios[len(ratios) // 2] < 1.4  # not the micro-benchmark's ~5x optimistic figures
     assert chart(at)["layout"]["xaxis"]["title"]["text"].startswith("latency (ms, predicted for cpu, calibrated here on ")
+
+
+def test_a_zero_cost_study_has_no_proxy_warning(tmp_path, monkeypatch):
+    u = f"sqlite:///{tmp_path / 'zc.db'}"
+    make_study(u, zero_cost=True)
+    monkeypatch.setenv("NAS_STORAGE", u)
+    at = run_app()
+    assert_clean(at)
+    assert not at.warning, [w.value for w in at.warning]
+    assert chart(at)["layout"]["yaxis"]["title"]["text"] == "score (zero-cost:naswot)"
 
 
 def test_budget_slider_greys_out_infeasible_points(url):

@@ -77,13 +77,19 @@ PLAN = [
 FRONT = {2, 3, 5, 6}
 
 
-def make_study(url: str, name: str = "fixture", budget: float = BUDGET, plan=PLAN) -> optuna.Study:
-    """A study written the way `nas.search` writes one: settings, objectives, seeds, user attributes."""
+def make_study(url: str, name: str = "fixture", budget: float = BUDGET, plan=PLAN, zero_cost: bool = False,
+               resolution: int = RES, device: str = "v100") -> optuna.Study:
+    """A study written the way `nas.search` writes one: settings, objectives, seeds, user attributes.
+
+    ``zero_cost``: NASWOT scores as accuracy; as in a real search, a trial rejected before its
+    evaluation records no proxy (the study's setting says ``zero-cost``)."""
     cfgs = small_configs(6)
     study = optuna.create_study(study_name=name, storage=url, directions=["maximize", "minimize", "minimize"])
     study.set_user_attr("settings", {"budget_ms": budget, "space": "tiny", "seed": 0, "device": "auto",
-                                     "resolution": RES, "batch": 1, "precision": "fp32", "latency": "predicted:v100",
-                                     "proxy": "train", "data": "digits", "objectives": ["accuracy", "latency", "cio"]})
+                                     "resolution": resolution, "batch": 1, "precision": "fp32",
+                                     "latency": f"predicted:{device}", "proxy": "zero-cost" if zero_cost else "train",
+                                     "zero_cost_metric": "naswot", "data": "digits",
+                                     "objectives": ["accuracy", "latency", "cio"]})
     study.set_user_attr("objectives", ["accuracy", "latency", "cio"])
     trials = []
     for number, which, acc, lat, state in plan:
@@ -95,7 +101,15 @@ def make_study(url: str, name: str = "fixture", budget: float = BUDGET, plan=PLA
             extra.update(status="rejected", reason=f"over budget: predicted {lat} ms > {budget} ms")
         if state == "FAIL":
             extra.update(status="failed", reason="proxy training: loss is NaN")
-        attrs = _attrs(cfg, acc, lat, **extra)
+        attrs = _attrs(cfg, None if acc is None else (1000 * acc if zero_cost else acc), lat, latency_device=device,
+                       budget_ms=budget, **extra)
+        if zero_cost:
+            attrs.pop("accuracy_curve", None)
+            if acc is None:
+                attrs.pop("proxy")
+            else:
+                attrs["proxy"] = "zero-cost:naswot"
+        acc = attrs.get("accuracy")
         st = getattr(optuna.trial.TrialState, state)
         values = [acc, lat, float(attrs["cio"])] if state == "COMPLETE" else None
         trials.append(optuna.trial.create_trial(state=st, values=values, user_attrs=attrs))
@@ -195,6 +209,16 @@ def test_fast_sql_read_equals_optunas_api(fixture_url):
     assert [r["number"] for r in fast] == [t.number for t in study.trials]
     assert fast[0]["name"] == "hardnet39ds" and fast[0]["study"] == "fixture"
     assert [r["state"] for r in fast] == [p[4] for p in PLAN]
+
+
+def test_a_zero_cost_study_is_one_proxy_though_rejected_trials_record_none(tmp_path):
+    url = f"sqlite:///{tmp_path / 'zc.db'}"
+    make_study(url, zero_cost=True)
+    df = D.records_frame(D.load_records(url, ["fixture"]))
+    assert set(df["proxy"]) == {"zero-cost:naswot"}
+    assert D.accuracy_proxies(df) == ["zero-cost:naswot"]
+    assert D.proxy_name(None, {"proxy": "zero-cost", "zero_cost_metric": "synflow"}) == "zero-cost:synflow"
+    assert D.proxy_name(None, {"proxy": "train"}) == "train" and D.proxy_name("", {}) == ""
 
 
 def test_records_frame_columns_and_design_features(frame):

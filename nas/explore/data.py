@@ -23,6 +23,7 @@ from ..errors import first_line
 __all__ = [
     "DESIGN_CHOICES",
     "StorageError",
+    "accuracy_proxies",
     "StudyInfo",
     "clear_storage_cache",
     "default_storage_url",
@@ -30,6 +31,7 @@ __all__ = [
     "list_studies",
     "load_records",
     "outcome",
+    "proxy_name",
     "records_frame",
     "resolve_storage_url",
     "storage_is_missing",
@@ -315,7 +317,7 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "latency_device": r.get("latency_device") or "",
             "latency_disturbed": bool(r.get("latency_disturbed")),
             "latency_slowdown": _num(r.get("latency_slowdown")),
-            "proxy": r.get("proxy") or settings.get("proxy") or "",
+            "proxy": proxy_name(r.get("proxy"), settings),
             "status": r.get("status") or "",
             "reason": r.get("reason") or "",
             "budget_ms": _num(settings.get("budget_ms", r.get("budget_ms"))),
@@ -335,6 +337,23 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=columns)
     frame["why"] = outcome(frame)
     return frame
+
+
+def proxy_name(recorded: Any, settings: Mapping[str, Any]) -> str:
+    """The accuracy proxy of a trial as completed trials record it (``train``, ``zero-cost:naswot``).
+
+    A trial rejected before its evaluation records none; it gets the study's setting, named the
+    same way (the setting ``zero-cost`` with its metric), so one study never looks like two proxies.
+    """
+    if recorded:
+        return str(recorded)
+    proxy = str(settings.get("proxy") or "")
+    return f"zero-cost:{settings.get('zero_cost_metric') or 'naswot'}" if proxy == "zero-cost" else proxy
+
+
+def accuracy_proxies(frame: pd.DataFrame) -> list[str]:
+    """The proxies behind the accuracies shown (rows with an accuracy only), sorted."""
+    return sorted(set(frame.loc[frame["accuracy"].notna(), "proxy"]) - {""})
 
 
 def outcome(frame: pd.DataFrame) -> pd.Series:
