@@ -22,6 +22,7 @@ from nas.explore import demo
 from nas.explore import downloads as X
 from nas.explore import figures as F
 from nas.explore import profiles as P
+from nas.explore import state as S
 from nas.latency.profiles import list_profiles
 
 TTL_S = 5  # seconds a loaded study is reused; the refresh button clears it at once
@@ -61,6 +62,14 @@ def _reference_latency(name: str, pred: P.Predictor, resolution: int) -> float:
     from nas.registry import get_config
 
     return P.predict_one(get_config(name).to_json(indent=None), pred, resolution)
+
+
+def _choose(widget, label: str, options: list, key: str, default, scope="", **kwargs):
+    """``widget`` (st.selectbox, st.radio, st.multiselect, or the sidebar's) whose value sticks across views."""
+    S.restore(st.session_state, key, default, options=options, scope=scope)
+    value = widget(label, options, key=key, **kwargs)
+    S.keep(st.session_state, key, scope)
+    return value
 
 
 def _refresh() -> None:
@@ -196,9 +205,7 @@ def pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label,
     if not options:
         st.warning("No completed trial with an accuracy yet.")
         return
-    if st.session_state.get("selected") not in options:
-        st.session_state["selected"] = options[0]
-    selected = st.session_state["selected"]
+    selected = S.restore(st.session_state, "selected", options[0], options=options)
     keep = front | df["baseline"] | (df["key"] == selected)
     shown = pd.Series(False, index=df.index)
     shown[plotted] = A.sample_for_display(df[plotted], keep[plotted], MAX_POINTS)
@@ -221,10 +228,8 @@ def pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label,
         if clicked in set(df["key"]) and clicked != selected:
             st.session_state["selected"] = clicked
             st.rerun()
-    if selected not in options:
-        options = [selected, *options]
-    st.selectbox("architecture", options, format_func=_label(df, lat), key="selected")
-    row = df.loc[df["key"] == st.session_state["selected"]].iloc[0]
+    selected = _choose(st.selectbox, "architecture", options, "selected", options[0], format_func=_label(df, lat))
+    row = df.loc[df["key"] == selected].iloc[0]
     arch_detail(row, float(lat[row.name]), str(src[row.name]))
 
 
@@ -235,7 +240,7 @@ def tradeoff_view(df, lat, latency_label, acc_label, error_label, metric) -> Non
         st.info("Trade-off views need at least two completed trials.")
         return
     st.subheader("Design choices")
-    colour_by = st.radio("colour by", [acc_label, latency_label], horizontal=True, key="pc_colour")
+    colour_by = _choose(st.radio, "colour by", [acc_label, latency_label], "pc_colour", acc_label, horizontal=True)
     colour = sub["accuracy"] if colour_by == acc_label else lat[done]
     pc_rows = sub if len(sub) <= 3000 else sub.sample(n=3000, random_state=0)
     st.plotly_chart(F.parallel_coordinates_figure(pc_rows, colour.loc[pc_rows.index], colour_by), key="parcoords")
@@ -259,8 +264,7 @@ def tradeoff_view(df, lat, latency_label, acc_label, error_label, metric) -> Non
     st.caption("Empirical CDF over all completed trials (RegNet's EDF): a curve further "
                + ("up-left" if metric is not None and error_label.startswith("error") else "right")
                + " means the choice is good across the space, not just at the front.")
-    choice = st.selectbox("design choice", list(D.DESIGN_CHOICES), index=list(D.DESIGN_CHOICES).index("link_rule"),
-                          key="edf_choice")
+    choice = _choose(st.selectbox, "design choice", list(D.DESIGN_CHOICES), "edf_choice", "link_rule")
     curves = A.edf_by_choice(sub, choice, metric[done])
     st.plotly_chart(F.edf_figure(curves, choice, error_label), key="edf")
 
@@ -271,13 +275,15 @@ def compare_view(df, lat, src) -> None:
         st.info("Compare needs at least two completed trials.")
         return
     keys = list(dict.fromkeys(list(df.loc[df["baseline"], "key"]) + list(done.sort_values("accuracy", ascending=False)["key"][:500])))
-    first = st.session_state.get("selected")
-    if first in set(df["key"]) and first not in keys:
+    first = S.restore(st.session_state, "selected", keys[0], options=list(df["key"]))
+    if first not in keys:
         keys = [first, *keys]
     label = _label(df, lat)
     a, b = st.columns(2)
-    ka = a.selectbox("A", keys, index=keys.index(first) if first in keys else 0, format_func=label, key="cmp_a")
-    kb = b.selectbox("B", keys, index=1 if keys[0] == ka else 0, format_func=label, key="cmp_b")
+    ka = _choose(a.selectbox, "A", keys, "cmp_a", first, scope=first, format_func=label)
+    st.session_state["selected"] = ka  # A is the selection: the Pareto view shows it too
+    S.keep(st.session_state, "selected")
+    kb = _choose(b.selectbox, "B", keys, "cmp_b", next(k for k in keys if k != ka), format_func=label)
     curves = {}
     for col, k in ((a, ka), (b, kb)):
         row = df.loc[df["key"] == k].iloc[0]
@@ -308,8 +314,8 @@ def main() -> None:
         empty_state(url)
         return
     names = [s.name for s in studies]
-    picked = sb.multiselect("studies (overlaid)", names, default=[max(studies, key=lambda s: s.n_trials).name],
-                            key="studies")
+    picked = _choose(sb.multiselect, "studies (overlaid)", names, "studies",
+                     [max(studies, key=lambda s: s.n_trials).name], scope=url)
     if not picked:
         st.info("Pick at least one study in the sidebar.")
         return
@@ -327,12 +333,13 @@ def main() -> None:
     acc_label = "proxy accuracy" if train else f"score ({', '.join(proxies) or 'accuracy'})"
 
     has_measured = bool((df["latency_source"] == "measured").any())
-    mode = sb.radio("latency", ["measured", "predicted"], index=0 if has_measured else 1, horizontal=True, key="lat_mode")
+    mode = _choose(sb.radio, "latency", ["measured", "predicted"], "lat_mode", "measured" if has_measured else "predicted",
+                   scope="measured" if has_measured else "predicted only", horizontal=True)
     recorded = df.loc[df["latency_source"] == "predicted", "latency_device"]
     profiles = list_profiles()
     default_dev = recorded.mode().iloc[0] if len(recorded) and recorded.mode().iloc[0] in profiles else "cpu"
-    device = sb.selectbox("target device (predicted)", profiles, index=profiles.index(default_dev), key="device",
-                          disabled=mode == "measured")
+    device = _choose(sb.selectbox, "target device (predicted)", profiles, "device", default_dev,
+                     disabled=mode == "measured")
     pred = _predictor(device, url, tuple(picked)) if mode == "predicted" else None
     if pred is not None:
         sb.caption(f"Predicted with the {pred.label}.")
@@ -380,8 +387,8 @@ def main() -> None:
 
     metric = (1.0 - df["accuracy"]) if train else df["accuracy"]
     error_label = "error (1 − proxy accuracy)" if train else acc_label
-    view = st.radio("view", ["Pareto front", "Trade-offs", "Compare"], horizontal=True, key="view",
-                    label_visibility="collapsed")
+    view = _choose(st.radio, "view", ["Pareto front", "Trade-offs", "Compare"], "view", "Pareto front", horizontal=True,
+                   label_visibility="collapsed")
     if view == "Pareto front":
         pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label, ref_pred, ref_note)
     elif view == "Trade-offs":

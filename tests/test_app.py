@@ -191,6 +191,38 @@ def test_a_rejected_baseline_can_be_selected_and_compared(url):
     assert at.selectbox(key="cmp_a").value == "fixture#1"
 
 
+def test_choices_survive_switching_views_and_storages(url, tmp_path):
+    make_study(url, name="second", budget=0.3)
+    at = run_app()
+    at.selectbox(key="selected").set_value("fixture#5").run()
+    at.radio(key="view").set_value("Trade-offs").run()
+    at.selectbox(key="edf_choice").set_value("family").run()
+    at.radio(key="view").set_value("Pareto front").run()
+    assert_clean(at)
+    assert at.selectbox(key="selected").value == "fixture#5"
+    at.radio(key="view").set_value("Compare").run()
+    assert at.selectbox(key="cmp_a").value == "fixture#5"
+    at.selectbox(key="cmp_b").set_value("fixture#3").run()
+    at.radio(key="view").set_value("Trade-offs").run()
+    assert at.selectbox(key="edf_choice").value == "family"
+    at.radio(key="view").set_value("Compare").run()
+    assert_clean(at)
+    assert (at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value) == ("fixture#5", "fixture#3")
+    at.selectbox(key="cmp_a").set_value("fixture#6").run()
+    at.radio(key="view").set_value("Pareto front").run()
+    assert at.selectbox(key="selected").value == "fixture#6"  # Compare's A is the selection
+    # another storage and back: each keeps its own study picks
+    at.multiselect(key="studies").set_value(["fixture", "second"]).run()
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    make_study(other, name="elsewhere")
+    at.text_input(key="storage").set_value(other).run()
+    assert_clean(at)
+    assert at.multiselect(key="studies").value == ["elsewhere"]
+    at.text_input(key="storage").set_value(url).run()
+    assert_clean(at)
+    assert at.multiselect(key="studies").value == ["fixture", "second"]
+
+
 def test_export_downloads_carry_the_selected_architecture(url, monkeypatch):
     calls = []
     real = streamlit.download_button

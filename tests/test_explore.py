@@ -592,3 +592,28 @@ def test_reference_lines_in_measured_mode_need_a_profile_of_the_measuring_device
     pred, why = P.reference_predictor(["cuda:0 (NVIDIA H200)"], cpu)
     assert pred is None and why == "no reference lines: measured on cuda:0 (NVIDIA H200), which has no device profile"
 
+
+
+# -- choices that stick ---------------------------------------------------------------------------------
+
+
+def test_restore_and_keep_make_a_widget_value_survive_runs_without_it():
+    from nas.explore.state import keep, restore
+
+    state: dict = {}
+    assert restore(state, "selected", "a", options=["a", "b"]) == "a"
+    state["selected"] = "b"  # the user picks b
+    keep(state, "selected")
+    del state["selected"]  # a run that does not draw the widget: streamlit forgets it
+    assert restore(state, "selected", "a", options=["a", "b", "c"]) == "b"
+    assert restore(state, "selected", "a", options=["a", "c"]) == "a"  # b is gone: the default
+    # one value per scope: the studies picked per storage URL
+    assert restore(state, "studies", ["x"], options=["x", "y"], scope="url1") == ["x"]
+    state["studies"] = ["x", "y"]
+    keep(state, "studies", scope="url1")
+    assert restore(state, "studies", ["z"], options=["z"], scope="url2") == ["z"]
+    assert restore(state, "studies", ["x"], options=["x", "y"], scope="url1") == ["x", "y"]
+    assert restore(state, "studies", ["x"], options=["y"], scope="url1") == ["y"]  # what is left of the picks
+    assert restore(state, "budget", 5.0, valid=lambda v: 0 <= v <= 10) == 5.0
+    state["budget"] = 50.0
+    assert restore(state, "budget", 5.0, valid=lambda v: 0 <= v <= 10) == 5.0  # out of range: the default
