@@ -23,6 +23,7 @@ from nas.explore import downloads as X
 from nas.explore import figures as F
 from nas.explore import profiles as P
 from nas.explore import state as S
+from nas.explore import text as T
 from nas.latency.profiles import list_profiles
 
 TTL_S = 5  # seconds a loaded study is reused; the refresh button clears it at once
@@ -77,20 +78,6 @@ def _refresh() -> None:
     D.clear_storage_cache()
 
 
-def _fmt(v: float, scale: float = 1.0, unit: str = "", digits: int = 3) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v / scale:.{digits}g}{unit}"
-
-
-def _si(v: float) -> str:
-    """12.3 k, 4.25 M, 1.2 G: counts of any size in a few characters."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    for scale, unit in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
-        if abs(v) >= scale:
-            return f"{v / scale:.3g}{unit}"
-    return f"{v:.3g}"
-
-
 def empty_state(url: str) -> None:
     st.info(f"No studies in `{url}` yet. Create one with the search (on this machine it takes minutes):")
     st.code(demo.create_command(url, D.default_storage_url()), language="bash")
@@ -125,8 +112,8 @@ def _label(df: pd.DataFrame, lat: pd.Series) -> callable:
             return key
         r = by_key.loc[key]
         name = f" {r['name']}" if r["name"] else ""
-        acc = f"acc {_fmt(r['accuracy'])}" if r["accuracy"] == r["accuracy"] else r["why"].split(":")[0]
-        return f"{r['arch_id']}{name} · {r['study']} #{r['number']} · {acc} · {_fmt(lat_by_key[key])} ms"
+        acc = f"acc {T.num(r['accuracy'])}" if r["accuracy"] == r["accuracy"] else r["why"].split(":")[0]
+        return f"{r['arch_id']}{name} · {r['study']} #{r['number']} · {acc} · {T.num(lat_by_key[key])} ms"
 
     return label
 
@@ -154,21 +141,34 @@ def export_buttons(row: pd.Series, key: str) -> None:
             st.download_button(f"⬇ {suffix}", data=payload, file_name=name, mime=mime, key=f"dl-{fmt}-{key}")
 
 
+def _accuracy_label(proxy: str) -> str:
+    return "accuracy" if proxy in ("", "train") else f"score ({proxy})"
+
+
 def arch_summary(row: pd.Series, lat: float, src: str) -> None:
     title = f"`{row['arch_id']}`" + (f" — {row['name']} (baseline)" if row["name"] else "")
     st.markdown(f"#### {title}\n{row['study']} · trial {row['number']} · {row['why']} · family {row['family']}")
     c = st.columns(6)
-    c[0].metric("accuracy" if str(row["proxy"]) in ("", "train") else f"score ({row['proxy']})", _fmt(row["accuracy"], digits=4))
-    c[1].metric("latency (ms)", _fmt(lat, digits=4), help=src or "no latency for this choice")
-    c[2].metric("CIO", _si(row["cio"]))
-    c[3].metric("MACs", _si(row["macs"]))
-    c[4].metric("params", _si(row["params"]))
-    c[5].metric("MoC", _fmt(row["moc"]))
+    c[0].metric(_accuracy_label(str(row["proxy"])), T.num(row["accuracy"], 4))
+    c[1].metric("latency (ms)", T.num(lat, 4), help=src or "no latency for this choice")
+    c[2].metric("CIO (elements)", T.si(row["cio"]), help=T.CIO_HELP)
+    c[3].metric("MACs", T.si(row["macs"]))
+    c[4].metric("params", T.si(row["params"]))
+    c[5].metric("MoC", T.num(row["moc"]), help=T.MOC_HELP)
+    _latency_note(row, src)
+
+
+def _latency_note(row: pd.Series, src: str) -> None:
     recorded = row["latency_source"] or "none"
-    busy = (f" Its measurement was disturbed by other work (reference workload {_fmt(row['latency_slowdown'])}x "
+    busy = (f" Its measurement was disturbed by other work (reference workload {T.num(row['latency_slowdown'])}x "
             "slower), so the search recorded this device's prediction instead." if row.get("latency_disturbed") else "")
-    st.caption(f"Latency shown: {src or 'none'}. Recorded by the search: {_fmt(row['latency_ms'], digits=4)} ms, "
+    st.caption(f"Latency shown: {src or 'none'}. Recorded by the search: {T.num(row['latency_ms'], 4)} ms, "
                f"{recorded}{' on ' + row['latency_device'] if row['latency_device'] else ''}.{busy}")
+
+
+def stage_table(row: pd.Series) -> None:
+    st.table(pd.DataFrame(T.stage_table(A.stage_rows(A.arch_config(row["config"]), int(row["resolution"])))
+                          ).set_index("stage"))
 
 
 def arch_detail(row: pd.Series, lat: float, src: str) -> None:
@@ -178,10 +178,11 @@ def arch_detail(row: pd.Series, lat: float, src: str) -> None:
         st.warning("This trial has no stored config.")
         return
     config = A.arch_config(row["config"])
+    st.markdown(f"**Per stage** (at {row['resolution']}x{row['resolution']}; CIO in feature-map elements, "
+                "MoC = MACs / CIO)")
+    stage_table(row)
     left, right = st.columns([3, 2])
     with left:
-        st.markdown(f"**Per stage** (at {row['resolution']}x{row['resolution']})")
-        st.dataframe(pd.DataFrame(A.stage_rows(config, int(row["resolution"]))), hide_index=True, width="stretch")
         plans = A.harmonic_plans(config)
         if plans:
             labels = [f"stage {i}: {config.stages[i].link_rule}, {p.depth} layers" for i, p in plans]
@@ -196,7 +197,8 @@ def arch_detail(row: pd.Series, lat: float, src: str) -> None:
         else:
             st.caption(f"No per-epoch curve (proxy: {row['proxy'] or 'unknown'}).")
         with st.expander("config", expanded=False):
-            st.code(json.dumps(json.loads(row["config"]), indent=2), language="json")
+            with st.container(height=360, key="config-box"):
+                st.code(json.dumps(json.loads(row["config"]), indent=1), language="json")
 
 
 def pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label, ref_pred, ref_note) -> None:
@@ -211,12 +213,21 @@ def pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label,
     shown[plotted] = A.sample_for_display(df[plotted], keep[plotted], MAX_POINTS)
     present = set(df.loc[df["accuracy"].notna(), "name"])  # a rejected canonical model still gets its line
     resolution = int(df["resolution"].mode().iloc[0]) if len(df) else 224
-    references = {} if ref_pred is None else {
+    left, right = st.columns([3, 2])
+    colour_by = _choose(left.radio, "colour by", ["block family", "CIO"], "colour_by", "block family", horizontal=True,
+                        help=T.CIO_HELP)
+    S.restore(st.session_state, "show_refs", True)
+    show_refs = right.checkbox("canonical reference lines", key="show_refs",
+                               help="HarDNet68, TResNet-M and ResNet-50 at their predicted latency, where the study "
+                                    "has no accuracy for them")
+    S.keep(st.session_state, "show_refs")
+    references = {} if ref_pred is None or not show_refs else {
         f"{n} (predicted)": _reference_latency(n, ref_pred, resolution) for n in REFERENCES if n not in present}
     fig = F.pareto_figure(df, lat, src, feasible, front, shown=shown, budget_ms=budget, selected=[selected],
                           references=references, accuracy_label=acc_label, latency_label=latency_label,
                           reference_label=None if ref_pred is None else
-                          f"canonical, predicted for {ref_pred.device} ({ref_pred.short})")
+                          f"canonical, predicted for {ref_pred.device} ({ref_pred.short})",
+                          colour_by="cio" if colour_by == "CIO" else "family")
     event = st.plotly_chart(fig, key="pareto", on_select="rerun", selection_mode="points", width="stretch")
     n_plot, n_shown = int(plotted.sum()), int((shown & plotted).sum())
     st.caption(f"{int(front.sum())} on the front, {int(feasible.sum())} feasible of {n_plot} completed trials with a "
@@ -240,9 +251,12 @@ def tradeoff_view(df, lat, latency_label, acc_label, error_label, metric) -> Non
         st.info("Trade-off views need at least two completed trials.")
         return
     st.subheader("Design choices")
-    colour_by = _choose(st.radio, "colour by", [acc_label, latency_label], "pc_colour", acc_label, horizontal=True)
-    colour = sub["accuracy"] if colour_by == acc_label else lat[done]
+    short_acc = acc_label.split(" (")[0]
+    colour_by = _choose(st.radio, "colour by", [short_acc, "latency (ms)"], "pc_colour", short_acc, horizontal=True)
+    colour = sub["accuracy"] if colour_by == short_acc else lat[done]
     pc_rows = sub if len(sub) <= 3000 else sub.sample(n=3000, random_state=0)
+    st.caption(f"Colour: {acc_label if colour_by == short_acc else latency_label}"
+               + (f"; {len(pc_rows):,} of {len(sub):,} trials, sampled" if len(pc_rows) < len(sub) else "") + ".")
     st.plotly_chart(F.parallel_coordinates_figure(pc_rows, colour.loc[pc_rows.index], colour_by), key="parcoords")
     st.subheader("Which choices matter")
     cols = st.columns(2)
@@ -254,11 +268,13 @@ def tradeoff_view(df, lat, latency_label, acc_label, error_label, metric) -> Non
             else:
                 st.plotly_chart(F.importance_figure(imp, label), key=f"imp-{label}")
     st.subheader("Does CIO predict latency? (the HarDNet thesis on your data)")
+    st.caption(f"Latency: {latency_label}.")
     cols = st.columns(2)
-    for col, (c, label) in zip(cols, (("macs", "MACs"), ("cio", "CIO"))):
+    for col, (c, label) in zip(cols, (("macs", "MACs"), ("cio", "CIO (elements)"))):
         with col:
             stats = A.rank_correlations(sub[c], lat[done])
-            st.plotly_chart(F.cost_latency_figure(sub[c], lat[done], sub["family"], label, stats, latency_label),
+            st.markdown(f"**{label} vs latency**: {F.correlation_text(stats)}")
+            st.plotly_chart(F.cost_latency_figure(sub[c], lat[done], sub["family"], label, "latency (ms)"),
                             key=f"corr-{c}")
     st.subheader("Error distribution per design choice")
     st.caption("Empirical CDF over all completed trials (RegNet's EDF): a curve further "
@@ -284,14 +300,16 @@ def compare_view(df, lat, src) -> None:
     st.session_state["selected"] = ka  # A is the selection: the Pareto view shows it too
     S.keep(st.session_state, "selected")
     kb = _choose(b.selectbox, "B", keys, "cmp_b", next(k for k in keys if k != ka), format_func=label)
+    ra, rb = (df.loc[df["key"] == k].iloc[0] for k in (ka, kb))
+    st.table(pd.DataFrame(T.comparison_rows(ra, rb, _accuracy_label(str(ra["proxy"])), float(lat[ra.name]),
+                                            float(lat[rb.name]))).set_index(""))
     curves = {}
-    for col, k in ((a, ka), (b, kb)):
-        row = df.loc[df["key"] == k].iloc[0]
-        with col:
-            arch_summary(row, float(lat[row.name]), str(src[row.name]))
-            if row["config"]:
-                cfg = A.arch_config(row["config"])
-                st.dataframe(pd.DataFrame(A.stage_rows(cfg, int(row["resolution"]))), hide_index=True, width="stretch")
+    for which, row, k in (("A", ra, ka), ("B", rb, kb)):  # one under the other: each stage table needs the width
+        title = f"`{row['arch_id']}`" + (f" — {row['name']}" if row["name"] else "")
+        st.markdown(f"**{which}: {title}** · {row['study']} · trial {row['number']} · {row['why']}")
+        _latency_note(row, str(src[row.name]))
+        if row["config"]:
+            stage_table(row)
         if row["curve"]:
             curves[f"{row['arch_id']} ({k})"] = row["curve"]
     if curves:

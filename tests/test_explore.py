@@ -398,21 +398,48 @@ def test_pareto_figure_traces(frame):
     feas = A.feasible_mask(frame, lat, 0.3)
     front = A.front_mask(frame, lat, feas)
     fig = F.pareto_figure(frame, lat, src, feas, front, budget_ms=0.3, selected=["fixture#5"],
-                          references={"resnet50 (v100)": 1.5})
+                          references={"resnet50 (predicted)": 1.5, "tiny (predicted)": 0.05})
     assert isinstance(fig, go.Figure)
     names = [t.name for t in fig.data]
     assert names[0] == "infeasible" and "Pareto front" in names and "baselines" in names and "selected" in names
     assert "canonical (latency only)" in names
     by = {t.name: t for t in fig.data}
-    assert isinstance(by["infeasible"], go.Scattergl) and isinstance(by["hard"] if "hard" in by else fig.data[1], go.Scattergl)
+    # every point trace is WebGL, so the front, baselines and selection stack above the cloud in this order
+    points = [t for t in fig.data if t.name != "canonical (latency only)"]
+    assert all(isinstance(t, go.Scattergl) for t in points)
+    order = [t.name for t in points]
+    cloud = [i for i, n in enumerate(order) if n == "infeasible" or n in set(frame["family"])]
+    assert max(cloud) < order.index("Pareto front") < order.index("baselines") < order.index("selected")
     assert sorted(c[0] for c in by["infeasible"].customdata) == ["fixture#0", "fixture#5", "fixture#6"]
     assert [c[0] for c in by["Pareto front"].customdata] == ["fixture#2", "fixture#3"]  # sorted by latency
     assert list(by["baselines"].text) == ["hardnet39ds"] and by["baselines"].marker.symbol == "star"
     assert by["selected"].customdata[0][0] == "fixture#5"
-    plotted = sum(len(t.x) for t in fig.data if isinstance(t, go.Scattergl))
-    assert plotted == 7  # completed trials with accuracy and latency, each once
-    assert fig.layout.coloraxis.colorbar.title.text == "CIO (M)"
+    drawn = sum(len(by[n].x) for n in order if n == "infeasible" or n in set(frame["family"]))
+    assert drawn == 7  # completed trials with accuracy and latency, each once
     assert any("budget 0.3" in (a.text or "") for a in fig.layout.annotations)
+    # the axis spans the trials (and the budget), not the references; one beyond it is an arrow at the edge
+    assert fig.layout.xaxis.range[1] == pytest.approx(1.08 * 0.9)  # the slowest: the rejected baseline
+    refs = {a.text: a for a in fig.layout.annotations if a.name == "reference"}
+    assert set(refs) == {"tiny (predicted) 0.05 ms", "resnet50 (predicted) → 1.5 ms"}
+    assert refs["resnet50 (predicted) → 1.5 ms"].xref == "paper" and refs["tiny (predicted) 0.05 ms"].x == 0.05
+
+
+def test_pareto_colours_by_family_or_by_cio_on_a_scale_the_budget_does_not_move(frame):
+    lat, src = A.latency_column(frame, "predicted", "v100")
+    scales = []
+    for budget in (0.3, BUDGET):
+        feas = A.feasible_mask(frame, lat, budget)
+        fig = F.pareto_figure(frame, lat, src, feas, A.front_mask(frame, lat, feas), budget_ms=budget, colour_by="cio")
+        scales.append((fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax))
+        assert fig.layout.coloraxis.colorbar.title.text == "CIO (M elements)"
+    assert scales[0] == scales[1]
+    done = frame[(frame["state"] == "COMPLETE")]
+    assert scales[0] == pytest.approx((done["cio"].min() / 1e6, done["cio"].max() / 1e6))
+    fig = F.pareto_figure(frame, lat, src, A.feasible_mask(frame, lat, BUDGET), A.front_mask(frame, lat, feas))
+    families = [t for t in fig.data if t.name in set(frame["family"])]
+    assert len({t.marker.color for t in families}) == len(families)  # one colour per family
+    with pytest.raises(ValueError, match="colour_by"):
+        F.pareto_figure(frame, lat, src, feas, feas, colour_by="size")
 
 
 def test_rejected_baselines_are_drawn_on_a_no_accuracy_band_saying_why(frame):
@@ -448,7 +475,7 @@ def test_pareto_figure_respects_the_sample(frame):
     shown = pd.Series(False, index=frame.index)
     fig = F.pareto_figure(frame, lat, src, feas, front, shown=shown)
     drawn = {c[0] for t in fig.data if isinstance(t, go.Scattergl) for c in t.customdata}
-    assert drawn == {f"fixture#{i}" for i in FRONT} | {"fixture#0"}  # the front and the baseline stay
+    assert drawn == {f"fixture#{i}" for i in FRONT} | {"fixture#0", "fixture#1"}  # the front and the baselines stay
 
 
 def test_other_figures(frame):
@@ -462,8 +489,11 @@ def test_other_figures(frame):
     imp = F.importance_figure({"k": 0.7, "link_rule": 0.3}, "accuracy")
     assert list(imp.data[0].y) == ["link_rule", "k"]
     stats = A.rank_correlations(done["cio"], done["latency_ms"])
-    corr = F.cost_latency_figure(done["cio"], done["latency_ms"], done["family"], "CIO", stats)
-    assert "Kendall τ" in corr.layout.title.text and "Spearman ρ" in corr.layout.title.text
+    corr = F.cost_latency_figure(done["cio"], done["latency_ms"], done["family"], "CIO")
+    assert corr.layout.title.text is None  # the page writes the statistics above: a title runs under the toolbar
+    text = F.correlation_text(stats)
+    assert text.startswith("Kendall τ ") and "Spearman ρ" in text and text.endswith(f"over {len(done)} architectures")
+    assert F.correlation_text({"tau": math.nan, "n": 2}) == "too few points for a rank correlation (2)"
     assert sum(len(t.x) for t in corr.data) == len(done)
     edf = F.edf_figure(A.edf_by_choice(done, "family", 1 - done["accuracy"]), "family", "error")
     assert all(t.name.startswith("family=") for t in edf.data) and len(edf.data) == done["family"].nunique()
