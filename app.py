@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from typing import NamedTuple
 
 import pandas as pd
 import streamlit as st
@@ -30,7 +31,26 @@ TTL_S = 5  # seconds a loaded study is reused; the refresh button clears it at o
 MAX_POINTS = 4000  # trials drawn in the Pareto plot; beyond, front + baselines + a stratified sample
 REFERENCES = ("hardnet68", "tresnet_m", "resnet50")  # canonical models drawn as latency lines when not in a study
 
+VIEWS = ["Pareto front", "Trade-offs", "Compare", "Trials"]
+
 st.set_page_config(page_title="hardnas explorer", layout="wide")
+
+
+class Shown(NamedTuple):
+    """What the Pareto view draws: the trials, the latency shown and its source, and the front under the budget."""
+
+    df: pd.DataFrame
+    lat: pd.Series
+    src: pd.Series
+    feasible: pd.Series
+    front: pd.Series
+    budget: float
+    latency_label: str
+    acc_label: str
+    mode: str
+    device: str
+    front_name: str
+    front_line: bool  # a 2-D front is drawn as a step line; a front that also minimises CIO as points
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
@@ -43,9 +63,9 @@ def _frame(url: str, names: tuple[str, ...]) -> pd.DataFrame:
     return D.records_frame(D.load_records(url, names))
 
 
-@st.cache_data(show_spinner=False)
-def _export(config_json: str, fmt: str, meta_json: str) -> bytes:
-    return X.export_file(A.arch_config(config_json), fmt, json.loads(meta_json))
+@st.cache_data(show_spinner=False, max_entries=64)
+def _export(config_json: str, fmt: str, meta_json: str, deploy: bool = False) -> bytes:
+    return X.export_file(A.arch_config(config_json), fmt, json.loads(meta_json), deploy)
 
 
 @st.cache_data(show_spinner="Ranking design choices…")
@@ -125,20 +145,39 @@ def export_buttons(row: pd.Series, key: str) -> None:
         return
     config = A.arch_config(row["config"])
     meta = X.metadata_of(row.to_dict())
-    cols = st.columns(len(X.FORMATS))
-    for col, (fmt, (suffix, mime)) in zip(cols, X.FORMATS.items()):
+    S.restore(st.session_state, "deploy", False)
+    cols = st.columns([1.4] + [1] * len(X.FORMATS))
+    deploy = cols[0].toggle("deploy (BatchNorm folded)", key="deploy",
+                            help="as the export command's --deploy: BatchNorm folded into the convs (.py, .onnx, .pt)")
+    S.keep(st.session_state, "deploy")
+    for col, (fmt, (suffix, mime)) in zip(cols[1:], X.FORMATS.items()):
         with col:
-            name = X.file_name(config, fmt, stem=row["name"] or f"{row['study']}-trial{row['number']}")
-            if fmt == "onnx":  # seconds of work: only when the button is clicked
-                st.download_button(f"⬇ {suffix}", data=lambda c=config, m=meta: X.export_file(c, "onnx", m),
+            name = X.file_name(config, fmt, stem=row["name"] or f"{row['study']}-trial{row['number']}", deploy=deploy)
+            label = f"⬇ {suffix}" + (" (TorchScript)" if fmt == "torchscript" else "")
+            if fmt in X.SLOW:  # seconds of work: only when the button is clicked
+                st.download_button(label, data=lambda c=config, f=fmt, m=meta, d=deploy: X.export_file(c, f, m, d),
                                    file_name=name, mime=mime, key=f"dl-{fmt}-{key}")
                 continue
             try:
-                payload = _export(row["config"], fmt, json.dumps(meta, sort_keys=True))
+                payload = _export(row["config"], fmt, json.dumps(meta, sort_keys=True), deploy)
             except Exception as err:  # one format failing must not take the page down
                 st.warning(f"{fmt}: {first_line(err)}")
                 continue
-            st.download_button(f"⬇ {suffix}", data=payload, file_name=name, mime=mime, key=f"dl-{fmt}-{key}")
+            st.download_button(label, data=payload, file_name=name, mime=mime, key=f"dl-{fmt}-{key}")
+
+
+def front_downloads(df, lat, front, feasible, mode: str, device: str, front_name: str) -> None:
+    """The front shown, per study, as the search's pareto.csv / pareto.json (made when clicked)."""
+    studies = list(dict.fromkeys(df.loc[front, "study"]))
+    for study in studies:
+        cols = st.columns([2, 1, 1])
+        cols[0].caption(f"Front of {study} ({front_name}, latency {mode}"
+                        + (f" for {device}" if mode == "predicted" else "") + "):")
+        for col, fname, mime in ((cols[1], "pareto.csv", "text/csv"), (cols[2], "pareto.json", "application/json")):
+            col.download_button(f"⬇ {fname}", key=f"front-{fname}-{study}", mime=mime,
+                                file_name=f"{study}-{fname}",
+                                data=lambda s=study, f=fname: X.front_files(
+                                    *A.front_records(df, lat, front, feasible, s, mode, device))[f])
 
 
 def _accuracy_label(proxy: str) -> str:
@@ -201,7 +240,8 @@ def arch_detail(row: pd.Series, lat: float, src: str) -> None:
                 st.code(json.dumps(json.loads(row["config"]), indent=1), language="json")
 
 
-def pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label, ref_pred, ref_note) -> None:
+def pareto_view(v: Shown, ref_pred: P.Predictor | None, ref_note: str) -> None:
+    df, lat, src, feasible, front = v.df, v.lat, v.src, v.feasible, v.front
     plotted = (df["state"] == "COMPLETE") & df["accuracy"].notna() & lat.notna()
     options = _options(df, lat, feasible, front)
     if not options:
@@ -223,16 +263,20 @@ def pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label,
     S.keep(st.session_state, "show_refs")
     references = {} if ref_pred is None or not show_refs else {
         f"{n} (predicted)": _reference_latency(n, ref_pred, resolution) for n in REFERENCES if n not in present}
-    fig = F.pareto_figure(df, lat, src, feasible, front, shown=shown, budget_ms=budget, selected=[selected],
-                          references=references, accuracy_label=acc_label, latency_label=latency_label,
+    fig = F.pareto_figure(df, lat, src, feasible, front, shown=shown, budget_ms=v.budget, selected=[selected],
+                          references=references, accuracy_label=v.acc_label, latency_label=v.latency_label,
+                          front_line=v.front_line,
                           reference_label=None if ref_pred is None else
                           f"canonical, predicted for {ref_pred.device} ({ref_pred.short})",
                           colour_by="cio" if colour_by == "CIO" else "family")
     event = st.plotly_chart(fig, key="pareto", on_select="rerun", selection_mode="points", width="stretch")
     n_plot, n_shown = int(plotted.sum()), int((shown & plotted).sum())
-    st.caption(f"{int(front.sum())} on the front, {int(feasible.sum())} feasible of {n_plot} completed trials with a "
-               f"latency" + (f"; drawing the front, the baselines and a stratified sample: {n_shown} of {n_plot}"
-                             if n_shown < n_plot else "") + ". Click a point, or pick below.")
+    st.caption(f"The front over {v.front_name}: {int(front.sum())} trials, of {int(feasible.sum())} feasible and {n_plot} "
+               f"completed trials with a latency" + (f"; drawing the front, the baselines and a stratified sample: "
+                                                     f"{n_shown} of {n_plot}" if n_shown < n_plot else "")
+               + ". Click a point, or pick below."
+               + (f" Reference lines: {ref_pred.label}." if ref_pred is not None else f" {ref_note}." if ref_note else ""))
+    front_downloads(df, lat, front, feasible, v.mode, v.device, v.front_name)
     clicked = F.clicked_key(event)
     if clicked and clicked != st.session_state.get("_last_click"):
         st.session_state["_last_click"] = clicked
@@ -316,6 +360,35 @@ def compare_view(df, lat, src) -> None:
         st.plotly_chart(F.curve_figure(curves), key="cmp-curves")
 
 
+def trials_view(df: pd.DataFrame, lat: pd.Series, src: pd.Series) -> None:
+    states = sorted(set(df["state"]))
+    left, right = st.columns([3, 2])
+    picked = _choose(left.multiselect, "states", states, "trial_states", states)
+    S.restore(st.session_state, "trial_filter", "")
+    text = right.text_input("contains", key="trial_filter", placeholder="study, name, arch_id or outcome…")
+    S.keep(st.session_state, "trial_filter")
+    table = A.trials_table(df, lat, src, picked, text)
+    running = int((df["state"] == "RUNNING").sum())
+    st.caption(f"{len(table):,} of {len(df):,} trials" + (f", {running} running" if running else "")
+               + ". Click a column header to sort, a row to select that architecture.")
+    compact = st.column_config.NumberColumn(format="compact")
+    event = st.dataframe(
+        table.drop(columns="key"), hide_index=True, on_select="rerun", selection_mode="single-row", key="trials_table",
+        width="stretch", height=min(600, 38 + 35 * max(1, len(table))),
+        column_config={"outcome": st.column_config.TextColumn(width="large"), "CIO": compact, "MACs": compact,
+                       "params": compact, "accuracy": st.column_config.NumberColumn(format="%.4g"),
+                       "latency (ms)": st.column_config.NumberColumn(format="%.4g"),
+                       "recorded (ms)": st.column_config.NumberColumn(format="%.4g")})
+    rows = event.selection.rows if event is not None else []
+    if rows:
+        key = table.iloc[rows[0]]["key"]
+        st.session_state["selected"] = key
+        S.keep(st.session_state, "selected")
+        row = df.loc[df["key"] == key].iloc[0]
+        arch_summary(row, float(lat[row.name]), str(src[row.name]))
+        st.caption("Selected: the Pareto front and Compare views show it too.")
+
+
 def main() -> None:
     st.title("hardnas explorer")
     sb = st.sidebar
@@ -381,15 +454,22 @@ def main() -> None:
         ref_pred, ref_note = pred, ""
         latency_label = f"latency (ms, predicted for {device}, {pred.short})"
 
-    c = st.columns(5)
+    c = st.columns(6)
     c[0].metric("trials", len(df))
     c[1].metric("completed", int((df["state"] == "COMPLETE").sum()))
-    c[2].metric("pruned / rejected", int((df["state"] == "PRUNED").sum()))
-    c[3].metric("failed", int((df["state"] == "FAIL").sum()))
+    c[2].metric("running", int((df["state"] == "RUNNING").sum()))
+    c[3].metric("pruned / rejected", int((df["state"] == "PRUNED").sum()))
+    c[4].metric("failed", int((df["state"] == "FAIL").sum()))
+    view = _choose(st.radio, "view", VIEWS, "view", VIEWS[0], horizontal=True, label_visibility="collapsed")
+    if view == "Trials":
+        c[5].metric("with an accuracy", int(df["accuracy"].notna().sum()))
+        trials_view(df, lat, src)
+        return
     plotted = (df["state"] == "COMPLETE") & df["accuracy"].notna() & lat.notna()
     if not plotted.any():
         st.warning(f"No completed trial has a {mode} latency"
-                   + (" (these studies predicted latency: switch to predicted)" if mode == "measured" else "") + ".")
+                   + (" (these studies predicted latency: switch to predicted)" if mode == "measured" else "")
+                   + ". The Trials view lists every trial and why it has none.")
         return
     budgets = [info[n].budget_ms for n in picked if info[n].budget_ms]
     study_budget = min(budgets) if budgets else None
@@ -399,16 +479,19 @@ def main() -> None:
     default = min(study_budget, top) if (same_kind and study_budget) else top
     budget = sb.slider("latency budget (ms)", 0.0, top, value=default, step=top / 500, format="%.4g",
                        key=f"budget:{mode}:{device}:{top}", help="trials above it are greyed out and leave the front")
+    front_name = _choose(sb.radio, "front over", list(A.FRONTS), "front_objectives", list(A.FRONTS)[0],
+                         help="the search's pareto.csv also minimises CIO: its front has more points")
+    objectives = A.FRONTS[front_name]
     feasible = A.feasible_mask(df, lat, budget)
-    front = A.front_mask(df, lat, feasible)
-    c[4].metric("feasible under budget", int(feasible.sum()))
+    front = A.front_mask(df, lat, feasible, objectives=objectives)
+    c[5].metric("feasible under budget", int(feasible.sum()))
+    shown = Shown(df, lat, src, feasible, front, budget, latency_label, acc_label, mode, device, front_name,
+                  len(objectives) == 2)
 
     metric = (1.0 - df["accuracy"]) if train else df["accuracy"]
     error_label = "error (1 − proxy accuracy)" if train else acc_label
-    view = _choose(st.radio, "view", ["Pareto front", "Trade-offs", "Compare"], "view", "Pareto front", horizontal=True,
-                   label_visibility="collapsed")
     if view == "Pareto front":
-        pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label, ref_pred, ref_note)
+        pareto_view(shown, ref_pred, ref_note)
     elif view == "Trade-offs":
         tradeoff_view(df, lat, latency_label, acc_label, error_label, metric)
     else:

@@ -110,7 +110,8 @@ def test_a_study_with_trials(url):
     at = run_app()
     assert_clean(at)
     m = metrics(at)
-    assert (m["trials"], m["completed"], m["pruned / rejected"], m["failed"]) == (str(len(PLAN)), "7", "1", "1")
+    assert (m["trials"], m["completed"], m["running"], m["pruned / rejected"], m["failed"]) == (
+        str(len(PLAN)), "7", "0", "1", "1")
     assert m["feasible under budget"] == "7"
     assert at.slider[0].value == pytest.approx(0.5)  # the study's budget
     t = traces(at)
@@ -242,16 +243,64 @@ def test_export_downloads_carry_the_selected_architecture(url, monkeypatch):
     at = run_app()
     assert_clean(at)
     got = {name.rsplit(".", 1)[1]: data for _, data, name in calls}
-    assert set(got) == {"py", "json", "onnx"}
+    assert set(got) == {"py", "json", "onnx", "pt"}
     cfg = small_configs(6)[0]  # trial 2, selected by default
     assert ArchConfig.from_json(got["json"].decode()) == cfg
-    assert "import torch" in got["py"].decode()
-    assert callable(got["onnx"])  # made only when clicked: ONNX export takes seconds
+    assert "import torch" in got["py"].decode() and "BatchNorm2d" in got["py"].decode()
+    assert callable(got["onnx"]) and callable(got["pt"])  # made only when clicked: these take seconds
     assert all(name.startswith("fixture-trial2.") for _, _, name in calls)
     onnx = pytest.importorskip("onnx")
     model = onnx.load_from_string(got["onnx"]())
     props = {p.key: p.value for p in model.metadata_props}
     assert props.get("hardnas_arch_id") == cfg.arch_id
+    import io
+
+    import torch
+
+    scripted = torch.jit.load(io.BytesIO(got["pt"]()))
+    assert scripted(torch.randn(1, 3, 64, 64)).shape == (1, cfg.head.num_classes)
+    calls.clear()
+    at.toggle(key="deploy").set_value(True).run()  # BatchNorm folded, as the export command's --deploy
+    assert_clean(at)
+    deploy = {name: data for _, data, name in calls}
+    assert set(deploy) == {"fixture-trial2-deploy.py", "fixture-trial2.json", "fixture-trial2-deploy.onnx",
+                           "fixture-trial2-deploy.pt"}
+    assert "BatchNorm2d" not in deploy["fixture-trial2-deploy.py"].decode()
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "⬇ pareto.csv" in labels and "⬇ pareto.json" in labels  # the front shown, as the search writes it
+
+
+def test_the_trials_view_lists_every_trial_with_its_outcome(url):
+    study = optuna.load_study(study_name="fixture", storage=url)
+    study.ask()  # a trial still running
+    at = run_app()
+    assert metrics(at)["running"] == "1"
+    at.radio(key="view").set_value("Trials").run()
+    assert_clean(at)
+    table = at.dataframe[0].value
+    assert len(table) == len(PLAN) + 1 and list(table["trial"])[:2] == [len(PLAN), len(PLAN) - 1]  # newest first
+    outcome = dict(zip(table["trial"], table["outcome"]))
+    assert outcome[1] == "rejected: over budget: predicted 0.9 ms > 0.5 ms" and outcome[len(PLAN)] == "running"
+    assert outcome[7] == "failed: proxy training: loss is NaN"
+    at.multiselect(key="trial_states").set_value(["PRUNED", "FAIL"]).run()
+    assert sorted(at.dataframe[0].value["trial"]) == [1, 7]
+    at.text_input(key="trial_filter").set_value("NaN").run()
+    assert list(at.dataframe[0].value["trial"]) == [7]
+    at.radio(key="view").set_value("Pareto front").run()
+    at.radio(key="view").set_value("Trials").run()
+    assert list(at.dataframe[0].value["trial"]) == [7]  # the filters stick
+
+
+def test_the_front_can_also_minimise_cio_as_the_searchs_pareto_csv(url):
+    at = run_app()
+    assert "accuracy and latency" in " ".join(c.value for c in at.caption)
+    two = {c[0] for c in traces(at)["Pareto front"]["customdata"]}
+    at.radio(key="front_objectives").set_value("accuracy, latency and CIO (as the search's pareto.csv)").run()
+    assert_clean(at)
+    t = traces(at)["Pareto front"]
+    three = {c[0] for c in t["customdata"]}
+    assert two <= three and t["mode"] == "markers"  # more points, no staircase
+    assert any("accuracy, latency and CIO" in c.value for c in at.caption)
 
 
 def test_corrupted_storage_is_one_error_line(tmp_path, monkeypatch):

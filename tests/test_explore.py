@@ -524,6 +524,48 @@ def test_clicked_key():
 # -- downloads, demo, synthetic studies ----------------------------------------------------------
 
 
+def test_front_downloads_are_the_searchs_pareto_files_with_the_latency_shown(frame):
+    import csv
+    import io
+
+    lat, src = A.latency_column(frame, "predicted", "jetson_nano")
+    feas = A.feasible_mask(frame, lat, None)
+    front = A.front_mask(frame, lat, feas)
+    rows, baselines = A.front_records(frame, lat, front, feas, "fixture", "predicted", "jetson_nano")
+    assert [r["number"] for r in rows] == list(frame.loc[lat[front].sort_values().index, "number"])
+    assert {r["latency_source"] for r in rows} == {"predicted"} and {r["latency_device"] for r in rows} == {"jetson_nano"}
+    assert [b["seed"] for b in baselines] == ["hardnet39ds", "hardnet68"]
+    files = X.front_files(rows, baselines)
+    table = list(csv.DictReader(io.StringIO(files["pareto.csv"].decode())))
+    assert list(table[0]) == ["number", "name", "arch_id", "accuracy", "latency_ms", "latency_source", "cio", "macs",
+                              "params", "feasible"]
+    assert [int(r["number"]) for r in table] == [r["number"] for r in rows]
+    assert float(table[0]["latency_ms"]) == pytest.approx(lat[front].min())
+    js = json.loads(files["pareto.json"])
+    assert len(js["front"]) == len(rows) and js["baselines"][1]["accuracy"] is None
+    assert js["front"][0]["config"]["stages"]  # configs as JSON objects, as the search writes them
+
+
+def test_front_over_accuracy_latency_and_cio_is_the_searchs(frame):
+    lat, _ = A.latency_column(frame, "predicted", "v100")
+    feas = A.feasible_mask(frame, lat, BUDGET)
+    three = A.front_mask(frame, lat, feas, objectives=("accuracy", "latency_ms", "cio"))
+    assert A.front_mask(frame, lat, feas).le(three).all()  # the 2-D front is part of the 3-D one
+    expected = pareto_front([{**r, "latency_ms": lat[i]} for i, r in frame.iterrows() if feas[i]], feasible_only=False)
+    assert set(frame.loc[three, "arch_id"]) == {r["arch_id"] for r in expected}
+    with pytest.raises(ValueError, match="front objectives"):
+        A.front_mask(frame, lat, feas, objectives=("accuracy", "params"))
+
+
+def test_trials_table_filters_and_orders(frame):
+    lat, src = A.latency_column(frame, "predicted", "v100")
+    table = A.trials_table(frame, lat, src)
+    assert list(table["trial"]) == list(range(len(PLAN) - 1, -1, -1))
+    assert table.loc[table["trial"] == 1, "outcome"].item().startswith("rejected: over budget")
+    assert list(A.trials_table(frame, lat, src, states=["FAIL"])["trial"]) == [7]
+    assert list(A.trials_table(frame, lat, src, contains="HARDNET68")["trial"]) == [1]
+
+
 def test_download_names_and_metadata():
     cfg = get_config("hardnet68")
     assert X.file_name(cfg, "onnx") == "hardnet68.onnx"

@@ -29,7 +29,9 @@ __all__ = [
     "edf",
     "edf_by_choice",
     "feasible_mask",
+    "FRONTS",
     "front_mask",
+    "front_records",
     "harmonic_plans",
     "latency_column",
     "nice_ceiling",
@@ -37,6 +39,7 @@ __all__ = [
     "rank_correlations",
     "sample_for_display",
     "stage_rows",
+    "trials_table",
 ]
 
 
@@ -109,27 +112,82 @@ def feasible_mask(df: pd.DataFrame, latency: pd.Series, budget_ms: float | None)
     return ok
 
 
-def front_mask(df: pd.DataFrame, latency: pd.Series, feasible: pd.Series, by: str | None = "study") -> pd.Series:
-    """Rows on the accuracy-up / latency-down Pareto front of the feasible rows (per ``by`` group).
+#: the fronts the app offers: what the page calls it -> objective columns (accuracy maximised, the others minimised)
+FRONTS: dict[str, tuple[str, ...]] = {
+    "accuracy and latency": ("accuracy", "latency_ms"),
+    "accuracy, latency and CIO (as the search's pareto.csv)": ("accuracy", "latency_ms", "cio"),
+}
 
-    The front is `nas.search.results.pareto_front` on the two objectives: the first trial of each
-    architecture stands for it, and a point is kept when no feasible point has latency <= and
-    accuracy >= with one strictly better.
+
+def front_mask(df: pd.DataFrame, latency: pd.Series, feasible: pd.Series, by: str | None = "study",
+               objectives: Sequence[str] = ("accuracy", "latency_ms")) -> pd.Series:
+    """Rows on the Pareto front of the feasible rows (per ``by`` group), accuracy up, latency (and CIO) down.
+
+    The front is `nas.search.results.pareto_front` on ``objectives`` (a value of `FRONTS`; the
+    latency is the one shown): the first trial of each architecture stands for it, and a point is
+    kept when no feasible point is at least as good in every objective and better in one. With
+    CIO it is the front the search writes to ``pareto.csv``.
     """
     from ..search.results import pareto_front  # lazily: importing nas.search imports optuna
 
+    objectives = tuple(objectives)
+    if objectives not in FRONTS.values():
+        raise ValueError(f"front objectives: {objectives!r} is not allowed; expected one of "
+                         f"{', '.join(map(str, FRONTS.values()))}")
     out = pd.Series(False, index=df.index)
-    pool = df.loc[feasible, ["arch_id", "accuracy"] + ([by] if by else [])].copy()
+    others = [o for o in objectives if o not in ("accuracy", "latency_ms")]
+    pool = df.loc[feasible, ["arch_id", "accuracy", *others] + ([by] if by else [])].copy()
     pool["latency_ms"] = latency[feasible].astype(float)
     if pool.empty:
         return out
     groups = pool.groupby(by, sort=False) if by else [(None, pool)]
     for _, g in groups:
-        recs = [{"row": i, "state": "COMPLETE", "arch_id": a, "accuracy": acc, "latency_ms": lat}
-                for i, a, acc, lat in zip(g.index, g["arch_id"], g["accuracy"], g["latency_ms"])]
-        front = pareto_front(recs, objectives=("accuracy", "latency_ms"), maximize=("accuracy",), feasible_only=False)
+        recs = [{"row": i, "state": "COMPLETE", **r} for i, r in zip(g.index, g.to_dict("records"))]
+        front = pareto_front(recs, objectives=objectives, maximize=("accuracy",), feasible_only=False)
         out.loc[[r["row"] for r in front]] = True
     return out
+
+
+def trials_table(df: pd.DataFrame, latency: pd.Series, source: pd.Series, states: Sequence[str] | None = None,
+                 contains: str = "") -> pd.DataFrame:
+    """Every trial as the Trials view lists it, newest first: identity, state, outcome (``why``), the latency
+    shown with its source, what the search recorded, costs. Filtered to ``states`` and to rows whose
+    study, name, arch_id or outcome contains ``contains`` (case-insensitive)."""
+    keep = pd.Series(True, index=df.index)
+    if states is not None:
+        keep &= df["state"].isin(list(states))
+    text = contains.strip().lower()
+    if text:
+        hay = (df["study"] + " " + df["name"] + " " + df["arch_id"] + " " + df["why"]).str.lower()
+        keep &= hay.str.contains(text, regex=False)
+    rows = df.loc[keep]
+    table = pd.DataFrame({
+        "key": rows["key"], "study": rows["study"], "trial": rows["number"], "state": rows["state"],
+        "outcome": rows["why"], "name": rows["name"], "arch_id": rows["arch_id"], "accuracy": rows["accuracy"],
+        "latency (ms)": latency[keep], "latency source": source[keep], "recorded (ms)": rows["latency_ms"],
+        "recorded as": (rows["latency_source"] + " " + rows["latency_device"]).str.strip(),
+        "CIO": rows["cio"], "MACs": rows["macs"], "params": rows["params"], "family": rows["family"],
+    })
+    return table.sort_values(["study", "trial"], ascending=[True, False]).reset_index(drop=True)
+
+
+def front_records(df: pd.DataFrame, latency: pd.Series, front: pd.Series, feasible: pd.Series, study: str,
+                  mode: str, device: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(front, baselines) of one study as `nas.search.results.write_front` takes them, with the latency
+    shown: ``latency_source`` is ``mode`` (measured or predicted), ``latency_device`` the measuring
+    device, or the predicted ``device``."""
+    def record(i: Any) -> dict[str, Any]:
+        r = df.loc[i]
+        known = bool(latency.notna()[i])
+        rec = {k: r[k] for k in ("number", "name", "arch_id", "accuracy", "cio", "macs", "params", "moc", "proxy")}
+        rec.update(latency_ms=float(latency[i]), latency_source=mode if known else None,
+                   latency_device=(r["latency_device"] if mode == "measured" else device) if known else None,
+                   feasible=bool(feasible[i]), config=r["config"] or None, seed=r["name"] if r["baseline"] else None)
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in rec.items()}
+
+    mine = df["study"] == study
+    rows = [record(i) for i in latency[front & mine].sort_values().index]
+    return rows, [record(i) for i in df.index[mine & df["baseline"]]]
 
 
 def sample_for_display(df: pd.DataFrame, keep: pd.Series, max_points: int = 4000, strata: Sequence[str] = ("family",),

@@ -66,14 +66,15 @@ def pareto_figure(df: pd.DataFrame, latency: pd.Series, source: pd.Series, feasi
                   shown: pd.Series | None = None, budget_ms: float | None = None, selected: Sequence[str] = (),
                   references: Mapping[str, float] | None = None, accuracy_label: str = "accuracy",
                   latency_label: str = "latency (ms)", reference_label: str | None = None,
-                  colour_by: str = "family") -> go.Figure:
+                  colour_by: str = "family", front_line: bool = True) -> go.Figure:
     """Accuracy vs latency of completed trials with the front, the baselines and the selection.
 
     Traces, all WebGL so that they stack in this order above a 10,000-point cloud:
     ``infeasible`` (grey, over the budget), one per block family of the feasible points (colour
     by family, or by CIO on a scale fixed over every completed trial so a point keeps its colour
     when the budget moves: ``colour_by="cio"``; symbol by family either way), ``Pareto front``
-    per study (step line), ``baselines`` (stars with their names), ``baselines without accuracy``
+    per study (a step line; rings only with ``front_line=False``, for a front that also minimises
+    CIO and so is no staircase in these two axes), ``baselines`` (stars with their names), ``baselines without accuracy``
     (open stars on a "no accuracy" band below the others, at their latency, the hover saying why:
     ``why`` column), ``selected`` (rings). ``references`` (name -> latency) are canonical models
     drawn as dotted lines (one trace, ``reference_label``) each labelled by an annotation named
@@ -118,7 +119,7 @@ def pareto_figure(df: pd.DataFrame, latency: pd.Series, source: pd.Series, feasi
         colour = _FRONT_COLOURS[i % len(_FRONT_COLOURS)]
         rows = df.loc[order]
         fig.add_trace(go.Scattergl(
-            x=latency[order], y=rows["accuracy"], mode="lines+markers", line_shape="hv",
+            x=latency[order], y=rows["accuracy"], mode="lines+markers" if front_line else "markers", line_shape="hv",
             name="Pareto front" if len(studies) == 1 else f"Pareto front: {study}", line=dict(color=colour, width=2.5),
             marker=dict(size=11, color="rgba(0,0,0,0)", line=dict(width=2, color=colour)),
             customdata=_hover_data(rows, latency[order], source[order]), hovertemplate=_HOVER))
