@@ -79,12 +79,6 @@ def _predictor(device: str, url: str, names: tuple[str, ...]) -> P.Predictor:
     return P.predictor(device, P.clean_cpu_measurements(_frame(url, names)) if device == "cpu" else None)
 
 
-def _reference_latency(name: str, pred: P.Predictor, resolution: int) -> float:
-    from nas.registry import get_config
-
-    return P.predict_one(get_config(name).to_json(indent=None), pred, resolution)
-
-
 def _choose(widget, label: str, options: list, key: str, default, scope="", **kwargs):
     """``widget`` (st.selectbox, st.radio, st.multiselect, or the sidebar's) whose value sticks across views."""
     S.restore(st.session_state, key, default, options=options, scope=scope)
@@ -252,7 +246,6 @@ def pareto_view(v: Shown, ref_pred: P.Predictor | None, ref_note: str) -> None:
     shown = pd.Series(False, index=df.index)
     shown[plotted] = A.sample_for_display(df[plotted], keep[plotted], MAX_POINTS)
     present = set(df.loc[df["accuracy"].notna(), "name"])  # a rejected canonical model still gets its line
-    resolution = int(df["resolution"].mode().iloc[0]) if len(df) else 224
     left, right = st.columns([3, 2])
     colour_by = _choose(left.radio, "colour by", ["block family", "CIO"], "colour_by", "block family", horizontal=True,
                         help=T.CIO_HELP)
@@ -261,8 +254,9 @@ def pareto_view(v: Shown, ref_pred: P.Predictor | None, ref_note: str) -> None:
                                help="HarDNet68, TResNet-M and ResNet-50 at their predicted latency, where the study "
                                     "has no accuracy for them")
     S.keep(st.session_state, "show_refs")
-    references = {} if ref_pred is None or not show_refs else {
-        f"{n} (predicted)": _reference_latency(n, ref_pred, resolution) for n in REFERENCES if n not in present}
+    shapes = df.loc[plotted, ["resolution", "batch", "precision"]].drop_duplicates().itertuples(index=False, name=None)
+    references = {} if ref_pred is None or not show_refs else P.reference_latencies(
+        [n for n in REFERENCES if n not in present], ref_pred, list(shapes))
     fig = F.pareto_figure(df, lat, src, feasible, front, shown=shown, budget_ms=v.budget, selected=[selected],
                           references=references, accuracy_label=v.acc_label, latency_label=v.latency_label,
                           front_line=v.front_line,
@@ -360,6 +354,18 @@ def compare_view(df, lat, src) -> None:
         st.plotly_chart(F.curve_figure(curves), key="cmp-curves")
 
 
+def _budget_note(info: dict, shown: list[str], budgets: dict[str, float]) -> str:
+    """Which study budgets apply to the latency shown (the smallest is the default), and which do not."""
+    own = {n: info[n].budget_ms for n in shown if info[n].budget_ms is not None}
+    if not own:
+        return "The studies recorded no budget."
+    parts = [f"{n}: {b:g} ms ({info[n].settings.get('latency', '?')})" + ("" if n in budgets else ", another axis")
+             for n, b in own.items()]
+    head = ("Default: the smallest budget set for this latency. " if len(budgets) > 1 else
+            "" if budgets else "No study set a budget for this latency. ")
+    return head + "Budgets: " + "; ".join(parts) + "."
+
+
 def trials_view(df: pd.DataFrame, lat: pd.Series, src: pd.Series) -> None:
     states = sorted(set(df["state"]))
     left, right = st.columns([3, 2])
@@ -416,10 +422,15 @@ def main() -> None:
         st.error(str(err))
         return
     info = {s.name: s for s in studies}
+    by_proxy = D.studies_by_proxy(df)
+    if len(by_proxy) > 1:  # one y axis per proxy: a training accuracy and a zero-cost score are not comparable
+        proxy = _choose(sb.radio, "accuracy proxy (one at a time)", list(by_proxy), "proxy_group", list(by_proxy)[0],
+                        scope=tuple(sorted(picked)))
+        hidden = sorted(set(picked) - set(by_proxy[proxy]))
+        st.info(f"These studies use different accuracy proxies ({', '.join(by_proxy)}), which share no axis: showing "
+                f"{proxy}" + (f"; not shown: {', '.join(hidden)}" if hidden else "") + " (pick another in the sidebar).")
+        df = df[df["study"].isin(by_proxy[proxy])]
     proxies = D.accuracy_proxies(df)
-    if len(proxies) > 1:
-        st.warning(f"The overlaid studies use different accuracy proxies ({', '.join(proxies)}); their accuracies are "
-                   "not comparable.")
     train = all(p == "train" for p in proxies)
     acc_label = "proxy accuracy" if train else f"score ({', '.join(proxies) or 'accuracy'})"
 
@@ -429,8 +440,8 @@ def main() -> None:
     recorded = df.loc[df["latency_source"] == "predicted", "latency_device"]
     profiles = list_profiles()
     default_dev = recorded.mode().iloc[0] if len(recorded) and recorded.mode().iloc[0] in profiles else "cpu"
-    device = _choose(sb.selectbox, "target device (predicted)", profiles, "device", default_dev,
-                     disabled=mode == "measured")
+    device = _choose(sb.selectbox, "target device (predicted)", profiles, "device", default_dev, scope=default_dev,
+                     disabled=mode == "measured")  # a pick sticks while the studies' own device stays the same
     pred = _predictor(device, url, tuple(picked)) if mode == "predicted" else None
     if pred is not None:
         sb.caption(f"Predicted with the {pred.label}.")
@@ -449,6 +460,9 @@ def main() -> None:
         measured_on = df.loc[df["latency_source"] == "measured", "latency_device"]
         cpu = _predictor("cpu", url, tuple(picked)) if set(measured_on) == {"cpu"} else None
         ref_pred, ref_note = P.reference_predictor(list(measured_on), cpu)
+        if measured_on.nunique() > 1:
+            st.warning(f"These latencies were measured on different devices ({', '.join(sorted(set(measured_on)))}): "
+                       "compare points of one device, or switch to predicted for one target.")
         latency_label = "latency (ms, measured)"
     else:
         ref_pred, ref_note = pred, ""
@@ -471,14 +485,17 @@ def main() -> None:
                    + (" (these studies predicted latency: switch to predicted)" if mode == "measured" else "")
                    + ". The Trials view lists every trial and why it has none.")
         return
-    budgets = [info[n].budget_ms for n in picked if info[n].budget_ms]
-    study_budget = min(budgets) if budgets else None
-    same_kind = (mode == "measured" and has_measured) or (mode == "predicted" and device in set(recorded))
+    shown_studies = sorted(set(df["study"]))
+    budgets = A.applicable_budgets({n: info[n].settings for n in shown_studies}, mode, device)
+    study_budget = min(budgets.values()) if budgets else None
     # a rounded-up range stays put while a live search adds trials (the slider keeps its value)
-    top = A.nice_ceiling(1.05 * max(float(lat[plotted].max()), study_budget if same_kind and study_budget else 0.0))
-    default = min(study_budget, top) if (same_kind and study_budget) else top
-    budget = sb.slider("latency budget (ms)", 0.0, top, value=default, step=top / 500, format="%.4g",
-                       key=f"budget:{mode}:{device}:{top}", help="trials above it are greyed out and leave the front")
+    top = A.nice_ceiling(1.05 * max(float(lat[plotted].max()), study_budget or 0.0))
+    S.restore(st.session_state, "budget", min(study_budget, top) if study_budget else top,
+              valid=lambda b: 0.0 <= b <= top, scope=(mode, device, tuple(shown_studies)))
+    budget = sb.slider("latency budget (ms)", 0.0, top, step=top / 500, format="%.4g", key="budget",
+                       help="trials above it are greyed out and leave the front")
+    S.keep(st.session_state, "budget", scope=(mode, device, tuple(shown_studies)))
+    sb.caption(_budget_note(info, shown_studies, budgets))
     front_name = _choose(sb.radio, "front over", list(A.FRONTS), "front_objectives", list(A.FRONTS)[0],
                          help="the search's pareto.csv also minimises CIO: its front has more points")
     objectives = A.FRONTS[front_name]

@@ -358,6 +358,49 @@ def test_overlaid_studies_other_device_and_views(url):
     assert list(figures.columns) == ["A", "B", "B / A"] and "MoC (MACs / CIO)" in figures.index
 
 
+def _overlay(url: str, picks: list[str]) -> AppTest:
+    at = run_app()
+    at.multiselect(key="studies").set_value(picks).run()
+    assert_clean(at)
+    return at
+
+
+def test_overlays_take_budgets_set_for_the_latency_shown_whatever_the_click_order(url, tmp_path):
+    make_measured_study(url, name="cpu", budget=40.0)
+    make_study(url, name="tight", budget=0.3)
+    one = _overlay(url, ["fixture", "cpu"])
+    two = _overlay(url, ["cpu", "fixture"])
+    assert one.slider(key="budget").value == two.slider(key="budget").value == pytest.approx(40.0)  # measured
+    for at in (one, two):
+        at.radio(key="lat_mode").set_value("predicted").run()
+        at.selectbox(key="device").set_value("v100").run()
+        assert_clean(at)
+    assert one.slider(key="budget").value == two.slider(key="budget").value == pytest.approx(0.5)  # not cpu's 40 ms
+    note = " ".join(c.value for c in one.sidebar.caption)
+    assert "cpu: 40 ms (measured), another axis" in note and "fixture: 0.5 ms (predicted:v100)" in note
+    three = _overlay(url, ["tight", "fixture"])
+    assert three.slider(key="budget").value == pytest.approx(0.3)  # the smallest of those for this latency
+    three.multiselect(key="studies").set_value(["fixture", "tight"]).run()
+    assert three.slider(key="budget").value == pytest.approx(0.3)
+
+
+def test_overlays_never_share_an_axis_between_proxies_or_resolutions(url, tmp_path):
+    make_study(url, name="zc", zero_cost=True)
+    make_study(url, name="big", resolution=128)
+    at = _overlay(url, ["fixture", "zc"])
+    assert any("different accuracy proxies" in i.value and "not shown: zc" in i.value for i in at.info)
+    assert chart(at)["layout"]["yaxis"]["title"]["text"] == "proxy accuracy"
+    assert {c[2] for t in chart(at)["data"] for c in t.get("customdata", []) if c} == {"fixture"}
+    at.radio(key="proxy_group").set_value("zero-cost:naswot").run()
+    assert_clean(at)
+    assert chart(at)["layout"]["yaxis"]["title"]["text"] == "score (zero-cost:naswot)"
+    at = _overlay(url, ["fixture", "big"])
+    labels = reference_labels(at)
+    assert len(labels) == 6, labels
+    assert any(x.startswith("resnet50 @64px (predicted)") for x in labels)
+    assert any(x.startswith("resnet50 @128px (predicted)") for x in labels)
+
+
 def test_too_few_trials_for_importances_is_a_message(url):
     at = run_app()
     at.radio(key="view").set_value("Trade-offs").run()

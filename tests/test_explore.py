@@ -689,3 +689,21 @@ def test_restore_and_keep_make_a_widget_value_survive_runs_without_it():
     assert restore(state, "budget", 5.0, valid=lambda v: 0 <= v <= 10) == 5.0
     state["budget"] = 50.0
     assert restore(state, "budget", 5.0, valid=lambda v: 0 <= v <= 10) == 5.0  # out of range: the default
+
+
+def test_budgets_apply_to_the_latency_they_were_set_for():
+    settings = {"b": {"budget_ms": 0.3, "latency": "predicted:v100"}, "a": {"budget_ms": 0.5, "latency": "predicted:v100"},
+                "cpu": {"budget_ms": 40.0, "latency": "measured"}, "none": {"latency": "measured"}}
+    assert A.applicable_budgets(settings, "predicted", "v100") == {"a": 0.5, "b": 0.3}
+    assert A.applicable_budgets(settings, "measured", None) == {"cpu": 40.0}
+    assert A.applicable_budgets(settings, "predicted", "a100") == {}
+
+
+def test_reference_latencies_per_input_shape():
+    pred = P.predictor("v100")
+    one = P.reference_latencies(["resnet50"], pred, [(224, 1, "fp32")])
+    assert list(one) == ["resnet50 (predicted)"]
+    two = P.reference_latencies(["resnet50"], pred, [(224, 1, "fp32"), (64, 1, "fp32"), (64, 1, "fp32")])
+    assert list(two) == ["resnet50 @64px (predicted)", "resnet50 @224px (predicted)"]
+    assert two["resnet50 @224px (predicted)"] == pytest.approx(one["resnet50 (predicted)"])
+    assert two["resnet50 @64px (predicted)"] < two["resnet50 @224px (predicted)"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .profiles import Predictor
 
 __all__ = [
+    "applicable_budgets",
     "arch_config",
     "edf",
     "edf_by_choice",
@@ -146,6 +147,14 @@ def front_mask(df: pd.DataFrame, latency: pd.Series, feasible: pd.Series, by: st
         front = pareto_front(recs, objectives=objectives, maximize=("accuracy",), feasible_only=False)
         out.loc[[r["row"] for r in front]] = True
     return out
+
+
+def applicable_budgets(settings: Mapping[str, Mapping[str, Any]], mode: str, device: str | None) -> dict[str, float]:
+    """The budgets of the studies whose search judged the latency shown (``measured``, or predicted for
+    ``device``), by study name: a budget set for another device or kind of latency is no line on this axis."""
+    wanted = "measured" if mode == "measured" else f"predicted:{device}"
+    return {name: float(s["budget_ms"]) for name, s in sorted(settings.items())
+            if s.get("budget_ms") is not None and str(s.get("latency") or "") == wanted}
 
 
 def trials_table(df: pd.DataFrame, latency: pd.Series, source: pd.Series, states: Sequence[str] | None = None,

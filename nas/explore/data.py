@@ -35,6 +35,7 @@ __all__ = [
     "records_frame",
     "resolve_storage_url",
     "storage_is_missing",
+    "studies_by_proxy",
 ]
 
 #: design choices derived from every config (whatever space it came from), in display order;
@@ -354,6 +355,12 @@ def proxy_name(recorded: Any, settings: Mapping[str, Any]) -> str:
 def accuracy_proxies(frame: pd.DataFrame) -> list[str]:
     """The proxies behind the accuracies shown (rows with an accuracy only), sorted."""
     return sorted(set(frame.loc[frame["accuracy"].notna(), "proxy"]) - {""})
+
+
+def studies_by_proxy(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """Each accuracy proxy and the studies whose accuracies it gave (a study may appear under several)."""
+    rows = frame.loc[frame["accuracy"].notna() & (frame["proxy"] != ""), ["proxy", "study"]].drop_duplicates()
+    return {p: sorted(g["study"]) for p, g in rows.groupby("proxy", sort=True)}
 
 
 def outcome(frame: pd.DataFrame) -> pd.Series:

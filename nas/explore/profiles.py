@@ -23,7 +23,7 @@ import pandas as pd
 from ..latency import DeviceProfile, calibrate, load_cpu_profile, predict_ms, resolve_profile
 
 __all__ = ["MIN_CALIBRATION", "MAX_CALIBRATION", "Predictor", "clean_cpu_measurements", "predict_one", "predictor",
-           "reference_predictor"]
+           "reference_latencies", "reference_predictor"]
 
 MIN_CALIBRATION = 8  # clean measurements before the app fits this CPU's profile (as the search's gate does)
 MAX_CALIBRATION = 400  # newest clean measurements a fit uses: a big CPU study stays quick to calibrate
@@ -117,6 +117,23 @@ def reference_predictor(measured_devices: Sequence[str], cpu: Predictor | None) 
         return cpu, ""
     return None, (f"no reference lines: measured on {', '.join(devices)}, which has no device profile"
                   if devices else "no reference lines: nothing was measured")
+
+
+def reference_latencies(names: Sequence[str], pred: Predictor, shapes: Sequence[tuple[int, int, str]]) -> dict[str, float]:
+    """Predicted latency of canonical models (by registry name) at each input shape of the studies shown:
+    ``{"resnet50 (predicted)": ms}``, or ``{"resnet50 @224px (predicted)": ms, ...}`` when the studies differ
+    in resolution (batch and precision join the label when those differ)."""
+    from ..registry import get_config
+
+    shapes = sorted(set((int(r), int(b), str(p)) for r, b, p in shapes))
+    vary = [len({s[i] for s in shapes}) > 1 for i in range(3)]
+    out = {}
+    for name in names:
+        config = get_config(name).to_json(indent=None)
+        for r, b, p in shapes:
+            tag = " ".join(t for t, v in ((f"@{r}px", vary[0]), (f"batch {b}", vary[1]), (p, vary[2])) if v)
+            out[f"{name}{' ' + tag if tag else ''} (predicted)"] = predict_one(config, pred, r, b, p)
+    return out
 
 
 @lru_cache(maxsize=200_000)
