@@ -92,19 +92,34 @@ def _refresh() -> None:
     D.clear_storage_cache()
 
 
-def empty_state(url: str) -> None:
-    st.info(f"No studies in `{url}` yet. Create one with the search (on this machine it takes minutes):")
+def empty_state(url: str, studies: list[D.StudyInfo]) -> None:
+    where = D.storage_location(url)
+    if not studies and D.storage_is_missing(url):
+        st.info(f"No storage file at {where} yet: no search has written to `{url}`. Create one with the search "
+                "(on this machine it takes minutes):")
+    else:
+        st.info(f"No completed trial in `{url}` yet. Run a search (on this machine it takes minutes):")
     st.code(demo.create_command(url, D.default_storage_url()), language="bash")
+    demo_offer(url, studies)
+
+
+def demo_offer(url: str, studies: list[D.StudyInfo]) -> None:
+    """The tiny demo search, into this storage (an interrupted demo is resumed; another study named demo is kept)."""
+    name = demo.demo_study_name(url, {s.name: s.settings for s in studies})
+    home = demo.demo_home(url)
     st.write(f"Or try the app at once with a tiny demo search: {demo.DEMO_TRIALS} small networks at 64x64, latency "
-             "predicted for a V100, zero-cost accuracy (15-30 s on two CPU cores).")
+             f"predicted for a V100, zero-cost accuracy (15-30 s on two CPU cores), as study `{name}` in this storage; "
+             f"its files go to {home}.")
     if st.button("Run a tiny demo search", key="demo", type="primary"):
         bar = st.progress(0.0, text="demo search: starting…")
         try:
-            demo.run_demo(url, on_progress=lambda d, t: bar.progress(d / t, text=f"demo search: {d}/{t} trials"))
+            demo.run_demo(url, study=name,
+                          on_progress=lambda d, t: bar.progress(d / t, text=f"demo search: {d}/{t} trials"))
         except RuntimeError as err:
             st.error(str(err))
             return
         _refresh()
+        st.session_state["_demo_study"] = name  # picked on the next run, before the study list is drawn
         st.rerun()
 
 
@@ -408,9 +423,11 @@ def main() -> None:
         st.error(str(err))
         return
     if not studies:
-        empty_state(url)
+        empty_state(url, studies)
         return
     names = [s.name for s in studies]
+    if st.session_state.get("_demo_study") in names:
+        st.session_state["studies"] = [st.session_state.pop("_demo_study")]
     picked = _choose(sb.multiselect, "studies (overlaid)", names, "studies",
                      [max(studies, key=lambda s: s.n_trials).name], scope=url)
     if not picked:
@@ -481,6 +498,9 @@ def main() -> None:
         return
     plotted = (df["state"] == "COMPLETE") & df["accuracy"].notna() & lat.notna()
     if not plotted.any():
+        if not df["accuracy"].notna().any():  # nothing finished yet, e.g. an interrupted demo: offer it again
+            empty_state(url, studies)
+            return
         st.warning(f"No completed trial has a {mode} latency"
                    + (" (these studies predicted latency: switch to predicted)" if mode == "measured" else "")
                    + ". The Trials view lists every trial and why it has none.")

@@ -78,24 +78,57 @@ def reference_labels(at: AppTest) -> list[str]:
     return [a["text"] for a in chart(at)["layout"].get("annotations", []) if a.get("name") == "reference"]
 
 
-def test_empty_state_shows_the_command_and_the_demo_fills_the_storage(_isolated_runs):
+def test_empty_state_shows_the_command_and_the_demo_fills_the_storage(_isolated_runs, tmp_path):
     at = run_app(timeout=180)
     assert_clean(at)
     db = _isolated_runs / "nas.db"
-    assert "No studies in" in at.info[0].value and str(db) in at.info[0].value
+    assert "No storage file at" in at.info[0].value and str(db) in at.info[0].value
     assert at.code[0].value == "python -m nas.search --budget 30ms"
     assert not db.exists()  # looking does not create the database
+    # the demo into another storage writes next to it, nothing into the runs folder of the app
+    (tmp_path / "elsewhere").mkdir()
+    other = tmp_path / "elsewhere" / "nas.db"
+    at.text_input(key="storage").set_value(f"sqlite:///{other}").run()
+    assert str(tmp_path / "elsewhere") in " ".join(md.value for md in at.markdown)
+    before = sorted(p.name for p in _isolated_runs.iterdir())
     at.button(key="demo").click().run()
     assert_clean(at)
-    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{other}")
     done = [t for t in study.trials if t.user_attrs.get("status") != "rejected"]
     assert len(done) >= 8
+    assert sorted(p.name for p in _isolated_runs.iterdir()) == before
+    assert (tmp_path / "elsewhere" / "demo_space.yaml").exists() and (tmp_path / "elsewhere" / "demo").is_dir()
     m = metrics(at)
     assert int(m["trials"]) == len(study.trials) and int(m["completed"]) >= 1
     assert not at.warning, [w.value for w in at.warning]  # one proxy, whatever the rejected trials recorded
     assert chart(at)["layout"]["yaxis"]["title"]["text"] == "score (zero-cost:naswot)"
     names = traces(at)
     assert "Pareto front" in names and references(at)["name"] == "canonical, predicted for v100 (spec sheet, not calibrated)"
+
+
+def test_a_missing_folder_or_a_relative_path_says_where_it_resolved(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAS_STORAGE", f"sqlite:///{tmp_path / 'nope' / 'nas.db'}")
+    at = run_app()
+    assert not at.exception and len(at.error) == 1 and [b.key for b in at.button if b.key == "demo"] == []
+    msg = at.error[0].value
+    assert f"the folder {tmp_path / 'nope'} does not exist" in msg and "\n" not in msg
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NAS_STORAGE", "sqlite:///typo.db")
+    at = run_app()
+    assert_clean(at)
+    assert f"No storage file at {tmp_path / 'typo.db'} (relative to {tmp_path}" in at.info[0].value
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_an_interrupted_demo_or_a_users_demo_study_still_offers_the_demo(tmp_path, monkeypatch):
+    u = f"sqlite:///{tmp_path / 'nas.db'}"
+    mine = optuna.create_study(study_name="demo", storage=u)  # the user's own study called demo, nothing finished
+    mine.set_user_attr("settings", {"space": "mine.yaml"})
+    mine.ask()
+    monkeypatch.setenv("NAS_STORAGE", u)
+    at = run_app()
+    assert_clean(at)
+    assert at.button(key="demo") and "as study `demo-2`" in " ".join(md.value for md in at.markdown)
 
 
 def test_empty_state_names_a_custom_storage(tmp_path, monkeypatch):

@@ -160,9 +160,15 @@ def test_storage_url_priority(monkeypatch, _isolated_runs):
 
 
 def test_missing_sqlite_file_is_an_empty_storage_and_is_not_created(tmp_path):
-    url = f"sqlite:///{tmp_path / 'none' / 'nas.db'}"
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
     assert D.storage_is_missing(url) and D.list_studies(url) == []
+    assert not (tmp_path / "nas.db").exists()
+    assert D.storage_location(url) == str(tmp_path / "nas.db")
+    url = f"sqlite:///{tmp_path / 'none' / 'nas.db'}"  # a folder that does not exist: a mistyped path
+    with pytest.raises(D.StorageError, match=f"the folder {tmp_path / 'none'} does not exist"):
+        D.list_studies(url)
     assert not (tmp_path / "none").exists()
+    assert D.storage_location("postgresql://u@h/db") is None
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "folder", "bad-url", "unreachable", "missing-study"])
@@ -587,6 +593,19 @@ def test_export_through_the_export_package():
     py = X.export_file(cfg, "py", {"accuracy": 0.8, "latency_ms": 1.5}).decode()
     assert "import torch" in py
     compile(py, "exported.py", "exec")
+
+
+def test_the_demo_writes_next_to_its_storage_and_never_into_someone_elses_study(tmp_path, _isolated_runs):
+    from nas.explore.demo import demo_home, demo_study_name
+
+    url = f"sqlite:///{tmp_path / 'x' / 'nas.db'}"
+    assert demo_home(url) == (tmp_path / "x").resolve()
+    assert demo_home("postgresql://u@h/db") == _isolated_runs.resolve()
+    own = {"space": str(tmp_path / "x" / "demo_space.yaml")}
+    assert demo_study_name(url, {}) == "demo"
+    assert demo_study_name(url, {"demo": own}) == "demo"  # an earlier (maybe interrupted) demo: resumed
+    assert demo_study_name(url, {"demo": {"space": "mine.yaml"}}) == "demo-2"
+    assert demo_study_name(url, {"demo": {}, "demo-2": {}, "demo-3": own}) == "demo-3"
 
 
 def test_demo_command_lines(tmp_path):

@@ -14,6 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -35,6 +36,7 @@ __all__ = [
     "records_frame",
     "resolve_storage_url",
     "storage_is_missing",
+    "storage_location",
     "studies_by_proxy",
 ]
 
@@ -92,6 +94,18 @@ def storage_is_missing(url: str) -> bool:
     return path is not None and not path.exists()
 
 
+def storage_location(url: str) -> str | None:
+    """Where a file storage's path resolves to, in words (``/abs/path.db``, plus the folder a relative path
+    is read from); None for server storages."""
+    from ..search.storage import storage_file
+
+    path = storage_file(url)
+    if path is None:
+        return None
+    where = str(path.expanduser().resolve())
+    return where if path.expanduser().is_absolute() else f"{where} (relative to {Path.cwd()}, where the app started)"
+
+
 _STORAGES: dict[str, Any] = {}
 
 
@@ -118,8 +132,17 @@ def _storage(url: str) -> Any:
 
 
 def list_studies(url: str) -> list[StudyInfo]:
-    """Studies in the storage, by name; an empty list for a local file that does not exist yet."""
+    """Studies in the storage, by name; an empty list for a local file that does not exist yet.
+
+    A file whose folder does not exist either is a `StorageError` saying where the path resolved to
+    (a mistyped path, not an empty storage)."""
     if storage_is_missing(url):
+        from ..search.storage import storage_file
+
+        folder = storage_file(url).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise StorageError(f"storage {url}: the folder {folder} does not exist (the path resolves to "
+                               f"{storage_location(url)}); expected an existing folder")
         return []
 
     storage = _storage(url)
