@@ -2,8 +2,9 @@
 
 A thin layout over `nas.explore` (loading, latency per device, fronts, figures, exports are
 tested there). The storage is the search's default (``sqlite:///runs/nas.db``), ``--storage``
-after ``--``, ``$NAS_STORAGE``, or whatever is typed into the sidebar. Study data is cached for a
-few seconds only, so a search writing to the same storage shows up on the next refresh.
+after ``--``, ``$NAS_STORAGE``, or whatever is typed into the sidebar. Study data is cached under
+the storage's change marker, so a search writing to the same storage shows up on the next
+interaction and an idle page never rereads thousands of trials.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from nas.explore import state as S
 from nas.explore import text as T
 from nas.latency.profiles import list_profiles
 
-TTL_S = 5  # seconds a loaded study is reused; the refresh button clears it at once
 MAX_POINTS = 4000  # trials drawn in the Pareto plot; beyond, front + baselines + a stratified sample
 REFERENCES = ("hardnet68", "tresnet_m", "resnet50")  # canonical models drawn as latency lines when not in a study
 
@@ -53,13 +53,16 @@ class Shown(NamedTuple):
     front_line: bool  # a 2-D front is drawn as a step line; a front that also minimises CIO as points
 
 
-@st.cache_data(ttl=TTL_S, show_spinner=False)
-def _studies(url: str) -> list[D.StudyInfo]:
+# Study data is cached under the storage's change marker (`D.storage_marker`), not for a time: a rerun asks
+# the storage one small question, and reads trials again only when a search wrote some. Frames are shared,
+# not copied (cache_resource): the page never modifies them.
+@st.cache_data(show_spinner=False, max_entries=32)
+def _studies(url: str, marker: str) -> list[D.StudyInfo]:
     return D.list_studies(url)
 
 
-@st.cache_data(ttl=TTL_S, show_spinner="Loading trials…")
-def _frame(url: str, names: tuple[str, ...]) -> pd.DataFrame:
+@st.cache_resource(show_spinner="Loading trials…", max_entries=4)
+def _frame(url: str, names: tuple[str, ...], marker: str) -> pd.DataFrame:
     return D.records_frame(D.load_records(url, names))
 
 
@@ -73,10 +76,10 @@ def _importances(features: pd.DataFrame, target: pd.Series) -> tuple[dict[str, f
     return A.param_importances(features, target)
 
 
-@st.cache_resource(ttl=TTL_S, show_spinner="Calibrating this CPU's latency profile on the measurements shown…")
-def _predictor(device: str, url: str, names: tuple[str, ...]) -> P.Predictor:
+@st.cache_resource(show_spinner="Calibrating this CPU's latency profile on the measurements shown…", max_entries=16)
+def _predictor(device: str, url: str, names: tuple[str, ...], marker: str) -> P.Predictor:
     """The profile predictions for ``device`` use; this CPU's is refitted on the studies' clean measurements."""
-    return P.predictor(device, P.clean_cpu_measurements(_frame(url, names)) if device == "cpu" else None)
+    return P.predictor(device, P.clean_cpu_measurements(_frame(url, names, marker)) if device == "cpu" else None)
 
 
 def _choose(widget, label: str, options: list, key: str, default, scope="", **kwargs):
@@ -89,6 +92,7 @@ def _choose(widget, label: str, options: list, key: str, default, scope="", **kw
 
 def _refresh() -> None:
     st.cache_data.clear()
+    st.cache_resource.clear()
     D.clear_storage_cache()
 
 
@@ -163,7 +167,7 @@ def export_buttons(row: pd.Series, key: str) -> None:
         with col:
             name = X.file_name(config, fmt, stem=row["name"] or f"{row['study']}-trial{row['number']}", deploy=deploy)
             label = f"⬇ {suffix}" + (" (TorchScript)" if fmt == "torchscript" else "")
-            if fmt in X.SLOW:  # seconds of work: only when the button is clicked
+            if fmt != "json":  # a second or more of work (source rendering, tracing): only when clicked
                 st.download_button(label, data=lambda c=config, f=fmt, m=meta, d=deploy: X.export_file(c, f, m, d),
                                    file_name=name, mime=mime, key=f"dl-{fmt}-{key}")
                 continue
@@ -311,15 +315,6 @@ def tradeoff_view(df, lat, latency_label, acc_label, error_label, metric) -> Non
     st.caption(f"Colour: {acc_label if colour_by == short_acc else latency_label}"
                + (f"; {len(pc_rows):,} of {len(sub):,} trials, sampled" if len(pc_rows) < len(sub) else "") + ".")
     st.plotly_chart(F.parallel_coordinates_figure(pc_rows, colour.loc[pc_rows.index], colour_by), key="parcoords")
-    st.subheader("Which choices matter")
-    cols = st.columns(2)
-    for col, (label, target) in zip(cols, ((acc_label, sub["accuracy"]), (latency_label, lat[done]))):
-        with col:
-            imp, why = _importances(sub[list(D.DESIGN_CHOICES)], target.rename("target"))
-            if why:
-                st.info(f"{label}: {why}.")
-            else:
-                st.plotly_chart(F.importance_figure(imp, label), key=f"imp-{label}")
     st.subheader("Does CIO predict latency? (the HarDNet thesis on your data)")
     st.caption(f"Latency: {latency_label}.")
     cols = st.columns(2)
@@ -336,6 +331,15 @@ def tradeoff_view(df, lat, latency_label, acc_label, error_label, metric) -> Non
     choice = _choose(st.selectbox, "design choice", list(D.DESIGN_CHOICES), "edf_choice", "link_rule")
     curves = A.edf_by_choice(sub, choice, metric[done])
     st.plotly_chart(F.edf_figure(curves, choice, error_label), key="edf")
+    st.subheader("Which choices matter")  # last: the slowest (fANOVA), drawn once the rest is on screen
+    cols = st.columns(2)
+    for col, (label, target) in zip(cols, ((acc_label, sub["accuracy"]), (latency_label, lat[done]))):
+        with col:
+            imp, why = _importances(sub[list(D.DESIGN_CHOICES)], target.rename("target"))
+            if why:
+                st.info(f"{label}: {why}.")
+            else:
+                st.plotly_chart(F.importance_figure(imp, label), key=f"imp-{label}")
 
 
 def compare_view(df, lat, src) -> None:
@@ -415,10 +419,11 @@ def main() -> None:
     sb = st.sidebar
     url = sb.text_input("storage URL", value=D.resolve_storage_url(sys.argv[1:]), key="storage",
                         help="sqlite:///path.db, postgresql://..., journal:PATH; also `-- --storage URL` or $NAS_STORAGE").strip()
-    if sb.button("Refresh", help="reload studies now (they are cached for a few seconds)"):
+    if sb.button("Refresh", help="read the storage again now (the page rereads it anyway when a search has written)"):
         _refresh()
     try:
-        studies = _studies(url)
+        marker = D.storage_marker(url)
+        studies = _studies(url, marker)
     except D.StorageError as err:
         st.error(str(err))
         return
@@ -434,7 +439,7 @@ def main() -> None:
         st.info("Pick at least one study in the sidebar.")
         return
     try:
-        df = _frame(url, tuple(picked))
+        df = _frame(url, tuple(picked), marker)
     except D.StorageError as err:
         st.error(str(err))
         return
@@ -459,7 +464,7 @@ def main() -> None:
     default_dev = recorded.mode().iloc[0] if len(recorded) and recorded.mode().iloc[0] in profiles else "cpu"
     device = _choose(sb.selectbox, "target device (predicted)", profiles, "device", default_dev, scope=default_dev,
                      disabled=mode == "measured")  # a pick sticks while the studies' own device stays the same
-    pred = _predictor(device, url, tuple(picked)) if mode == "predicted" else None
+    pred = _predictor(device, url, tuple(picked), marker) if mode == "predicted" else None
     if pred is not None:
         sb.caption(f"Predicted with the {pred.label}.")
     bar = []
@@ -475,7 +480,7 @@ def main() -> None:
         bar[0].empty()
     if mode == "measured":
         measured_on = df.loc[df["latency_source"] == "measured", "latency_device"]
-        cpu = _predictor("cpu", url, tuple(picked)) if set(measured_on) == {"cpu"} else None
+        cpu = _predictor("cpu", url, tuple(picked), marker) if set(measured_on) == {"cpu"} else None
         ref_pred, ref_note = P.reference_predictor(list(measured_on), cpu)
         if measured_on.nunique() > 1:
             st.warning(f"These latencies were measured on different devices ({', '.join(sorted(set(measured_on)))}): "

@@ -726,3 +726,28 @@ def test_reference_latencies_per_input_shape():
     assert list(two) == ["resnet50 @64px (predicted)", "resnet50 @224px (predicted)"]
     assert two["resnet50 @224px (predicted)"] == pytest.approx(one["resnet50 (predicted)"])
     assert two["resnet50 @64px (predicted)"] < two["resnet50 @224px (predicted)"]
+
+
+def test_storage_marker_changes_when_a_search_writes_and_only_then(tmp_path, fixture_url):
+    first = D.storage_marker(fixture_url)
+    assert first.startswith("rdb:") and D.storage_marker(fixture_url) == first
+    study = optuna.load_study(study_name="fixture", storage=fixture_url)
+    trial = study.ask()
+    second = D.storage_marker(fixture_url)
+    assert second != first  # a trial started
+    study.set_user_attr("x", 1)  # study attributes are not trial data
+    trial.set_user_attr("latency_ms", 0.3)
+    third = D.storage_marker(fixture_url)
+    assert third != second  # a running trial recorded a figure
+    study.tell(trial, [0.7, 0.3, 1.0])
+    assert D.storage_marker(fixture_url) != third  # it finished
+    optuna.create_study(study_name="another", storage=fixture_url)
+    assert D.storage_marker(fixture_url) != third
+    assert D.storage_marker(f"sqlite:///{tmp_path / 'none.db'}") == "missing"
+    journal = f"journal:{tmp_path / 'j.log'}"
+    from nas.search.storage import open_storage
+
+    s = optuna.create_study(study_name="j", storage=open_storage(journal))
+    before = D.storage_marker(journal)
+    s.ask()
+    assert before.startswith("journal:") and D.storage_marker(journal) != before
