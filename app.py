@@ -400,7 +400,7 @@ def trials_view(df: pd.DataFrame, lat: pd.Series, src: pd.Series) -> None:
     event = st.dataframe(
         table.drop(columns="key"), hide_index=True, on_select="rerun", selection_mode="single-row", key="trials_table",
         width="stretch", height=min(600, 38 + 35 * max(1, len(table))),
-        column_config={"outcome": st.column_config.TextColumn(width="large"), "CIO": compact, "MACs": compact,
+        column_config={"outcome": st.column_config.TextColumn(width="medium"), "CIO": compact, "MACs": compact,
                        "params": compact, "accuracy": st.column_config.NumberColumn(format="%.4g"),
                        "latency (ms)": st.column_config.NumberColumn(format="%.4g"),
                        "recorded (ms)": st.column_config.NumberColumn(format="%.4g")})
