@@ -51,6 +51,7 @@ class Shown(NamedTuple):
     device: str
     front_name: str
     front_line: bool  # a 2-D front is drawn as a step line; a front that also minimises CIO as points
+    data_key: tuple  # what identifies the rows and latencies above: storage, marker, studies, latency
 
 
 # Study data is cached under the storage's change marker (`D.storage_marker`), not for a time: a rerun asks
@@ -80,6 +81,12 @@ def _importances(features: pd.DataFrame, target: pd.Series) -> tuple[dict[str, f
 def _predictor(device: str, url: str, names: tuple[str, ...], marker: str) -> P.Predictor:
     """The profile predictions for ``device`` use; this CPU's is refitted on the studies' clean measurements."""
     return P.predictor(device, P.clean_cpu_measurements(_frame(url, names, marker)) if device == "cpu" else None)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _pareto_figure(key: tuple, _df, _lat, _src, _feasible, _front, _shown, _look: dict):
+    """`F.pareto_figure`, built again only when ``key`` (the data shown and every option) changes."""
+    return F.pareto_figure(_df, _lat, _src, _feasible, _front, shown=_shown, **_look)
 
 
 def _choose(widget, label: str, options: list, key: str, default, scope="", **kwargs):
@@ -136,19 +143,16 @@ def _options(df: pd.DataFrame, lat: pd.Series, feasible: pd.Series, front: pd.Se
     return list(dict.fromkeys(first + base + list(rest[: limit])))
 
 
-def _label(df: pd.DataFrame, lat: pd.Series) -> callable:
-    by_key = df.set_index("key")
-    lat_by_key = pd.Series(lat.to_numpy(), index=df["key"])
-
-    def label(key: str) -> str:
-        if key not in by_key.index:
-            return key
-        r = by_key.loc[key]
-        name = f" {r['name']}" if r["name"] else ""
-        acc = f"acc {T.num(r['accuracy'])}" if r["accuracy"] == r["accuracy"] else r["why"].split(":")[0]
-        return f"{r['arch_id']}{name} · {r['study']} #{r['number']} · {acc} · {T.num(lat_by_key[key])} ms"
-
-    return label
+def _label(df: pd.DataFrame, lat: pd.Series, keys: list[str]) -> callable:
+    """The selectbox text of each of ``keys``: arch_id, name, study and trial, accuracy (or outcome), latency."""
+    rows = df[df["key"].isin(keys)]
+    labels = {}
+    for key, arch, name, study, number, acc, why, ms in zip(rows["key"], rows["arch_id"], rows["name"], rows["study"],
+                                                             rows["number"], rows["accuracy"], rows["why"],
+                                                             lat[rows.index]):
+        shown = f"acc {T.num(acc)}" if acc == acc else why.split(":")[0]
+        labels[key] = f"{arch}{' ' + name if name else ''} · {study} #{number} · {shown} · {T.num(ms)} ms"
+    return lambda key: labels.get(key, key)
 
 
 def export_buttons(row: pd.Series, key: str) -> None:
@@ -276,12 +280,11 @@ def pareto_view(v: Shown, ref_pred: P.Predictor | None, ref_note: str) -> None:
     shapes = df.loc[plotted, ["resolution", "batch", "precision"]].drop_duplicates().itertuples(index=False, name=None)
     references = {} if ref_pred is None or not show_refs else P.reference_latencies(
         [n for n in REFERENCES if n not in present], ref_pred, list(shapes))
-    fig = F.pareto_figure(df, lat, src, feasible, front, shown=shown, budget_ms=v.budget, selected=[selected],
-                          references=references, accuracy_label=v.acc_label, latency_label=v.latency_label,
-                          front_line=v.front_line,
-                          reference_label=None if ref_pred is None else
-                          f"canonical, predicted for {ref_pred.device} ({ref_pred.short})",
-                          colour_by="cio" if colour_by == "CIO" else "family")
+    ref_label = None if ref_pred is None else f"canonical, predicted for {ref_pred.device} ({ref_pred.short})"
+    look = dict(budget_ms=v.budget, selected=(selected,), references=references, accuracy_label=v.acc_label,
+                latency_label=v.latency_label, front_line=v.front_line, reference_label=ref_label,
+                colour_by="cio" if colour_by == "CIO" else "family")
+    fig = _pareto_figure((v.data_key, repr(sorted(look.items()))), df, lat, src, feasible, front, shown, look)
     event = st.plotly_chart(fig, key="pareto", on_select="rerun", selection_mode="points", width="stretch")
     n_plot, n_shown = int(plotted.sum()), int((shown & plotted).sum())
     st.caption(f"The front over {v.front_name}: {int(front.sum())} trials, of {int(feasible.sum())} feasible and {n_plot} "
@@ -296,7 +299,8 @@ def pareto_view(v: Shown, ref_pred: P.Predictor | None, ref_note: str) -> None:
         if clicked in set(df["key"]) and clicked != selected:
             st.session_state["selected"] = clicked
             st.rerun()
-    selected = _choose(st.selectbox, "architecture", options, "selected", options[0], format_func=_label(df, lat))
+    selected = _choose(st.selectbox, "architecture", options, "selected", options[0],
+                       format_func=_label(df, lat, options))
     row = df.loc[df["key"] == selected].iloc[0]
     arch_detail(row, float(lat[row.name]), str(src[row.name]))
 
@@ -351,7 +355,7 @@ def compare_view(df, lat, src) -> None:
     first = S.restore(st.session_state, "selected", keys[0], options=list(df["key"]))
     if first not in keys:
         keys = [first, *keys]
-    label = _label(df, lat)
+    label = _label(df, lat, keys)
     a, b = st.columns(2)
     ka = _choose(a.selectbox, "A", keys, "cmp_a", first, scope=first, format_func=label)
     st.session_state["selected"] = ka  # A is the selection: the Pareto view shows it too
@@ -527,8 +531,9 @@ def main() -> None:
     feasible = A.feasible_mask(df, lat, budget)
     front = A.front_mask(df, lat, feasible, objectives=objectives)
     c[5].metric("feasible under budget", int(feasible.sum()))
+    data_key = (url, marker, tuple(shown_studies), mode, pred.key if pred is not None else "")
     shown = Shown(df, lat, src, feasible, front, budget, latency_label, acc_label, mode, device, front_name,
-                  len(objectives) == 2)
+                  len(objectives) == 2, data_key)
 
     metric = (1.0 - df["accuracy"]) if train else df["accuracy"]
     error_label = "error (1 − proxy accuracy)" if train else acc_label
