@@ -10,7 +10,6 @@ interaction and an idle page never rereads thousands of trials.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from typing import NamedTuple
 
