@@ -2,15 +2,16 @@
 
 A thin layout over `nas.explore` (loading, latency per device, fronts, figures, exports are
 tested there). The storage is the search's default (``sqlite:///runs/nas.db``), ``--storage``
-after ``--``, ``$NAS_STORAGE``, or whatever is typed into the sidebar. Study data is cached for a
-few seconds only, so a search writing to the same storage shows up on the next refresh.
+after ``--``, ``$NAS_STORAGE``, or whatever is typed into the sidebar. Study data is cached under
+the storage's change marker, so a search writing to the same storage shows up on the next
+interaction and an idle page never rereads thousands of trials.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
+from typing import NamedTuple
 
 import pandas as pd
 import streamlit as st
@@ -21,28 +22,53 @@ from nas.explore import data as D
 from nas.explore import demo
 from nas.explore import downloads as X
 from nas.explore import figures as F
+from nas.explore import profiles as P
+from nas.explore import state as S
+from nas.explore import text as T
 from nas.latency.profiles import list_profiles
 
-TTL_S = 5  # seconds a loaded study is reused; the refresh button clears it at once
 MAX_POINTS = 4000  # trials drawn in the Pareto plot; beyond, front + baselines + a stratified sample
 REFERENCES = ("hardnet68", "tresnet_m", "resnet50")  # canonical models drawn as latency lines when not in a study
+
+VIEWS = ["Pareto front", "Trade-offs", "Compare", "Trials"]
 
 st.set_page_config(page_title="hardnas explorer", layout="wide")
 
 
-@st.cache_data(ttl=TTL_S, show_spinner=False)
-def _studies(url: str) -> list[D.StudyInfo]:
+class Shown(NamedTuple):
+    """What the Pareto view draws: the trials, the latency shown and its source, and the front under the budget."""
+
+    df: pd.DataFrame
+    lat: pd.Series
+    src: pd.Series
+    feasible: pd.Series
+    front: pd.Series
+    budget: float
+    latency_label: str
+    acc_label: str
+    mode: str
+    device: str
+    front_name: str
+    front_line: bool  # a 2-D front is drawn as a step line; a front that also minimises CIO as points
+    data_key: tuple  # what identifies the rows and latencies above: storage, marker, studies, latency
+
+
+# Study data is cached under the storage's change marker (`D.storage_marker`), not for a time: a rerun asks
+# the storage one small question, and reads trials again only when a search wrote some. Frames are shared,
+# not copied (cache_resource): the page never modifies them.
+@st.cache_data(show_spinner=False, max_entries=32)
+def _studies(url: str, marker: str) -> list[D.StudyInfo]:
     return D.list_studies(url)
 
 
-@st.cache_data(ttl=TTL_S, show_spinner="Loading trials…")
-def _frame(url: str, names: tuple[str, ...]) -> pd.DataFrame:
+@st.cache_resource(show_spinner="Loading trials…", max_entries=4)
+def _frame(url: str, names: tuple[str, ...], marker: str) -> pd.DataFrame:
     return D.records_frame(D.load_records(url, names))
 
 
-@st.cache_data(show_spinner=False)
-def _export(config_json: str, fmt: str, meta_json: str) -> bytes:
-    return X.export_file(A.arch_config(config_json), fmt, json.loads(meta_json))
+@st.cache_data(show_spinner=False, max_entries=64)
+def _export(config_json: str, fmt: str, meta_json: str, deploy: bool = False) -> bytes:
+    return X.export_file(A.arch_config(config_json), fmt, json.loads(meta_json), deploy)
 
 
 @st.cache_data(show_spinner="Ranking design choices…")
@@ -50,69 +76,82 @@ def _importances(features: pd.DataFrame, target: pd.Series) -> tuple[dict[str, f
     return A.param_importances(features, target)
 
 
-@st.cache_data(show_spinner=False)
-def _reference_latency(name: str, device: str, resolution: int) -> float:
-    from nas.registry import get_config
+@st.cache_resource(show_spinner="Calibrating this CPU's latency profile on the measurements shown…", max_entries=16)
+def _predictor(device: str, url: str, names: tuple[str, ...], marker: str) -> P.Predictor:
+    """The profile predictions for ``device`` use; this CPU's is refitted on the studies' clean measurements."""
+    return P.predictor(device, P.clean_cpu_measurements(_frame(url, names, marker)) if device == "cpu" else None)
 
-    return A.predicted_latency(get_config(name).to_json(indent=None), device, resolution)
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _pareto_figure(key: tuple, _df, _lat, _src, _feasible, _front, _shown, _look: dict):
+    """`F.pareto_figure`, built again only when ``key`` (the data shown and every option) changes."""
+    return F.pareto_figure(_df, _lat, _src, _feasible, _front, shown=_shown, **_look)
+
+
+def _choose(widget, label: str, options: list, key: str, default, scope="", **kwargs):
+    """``widget`` (st.selectbox, st.radio, st.multiselect, or the sidebar's) whose value sticks across views."""
+    S.restore(st.session_state, key, default, options=options, scope=scope)
+    value = widget(label, options, key=key, **kwargs)
+    S.keep(st.session_state, key, scope)
+    return value
 
 
 def _refresh() -> None:
     st.cache_data.clear()
+    st.cache_resource.clear()
     D.clear_storage_cache()
 
 
-def _fmt(v: float, scale: float = 1.0, unit: str = "", digits: int = 3) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v / scale:.{digits}g}{unit}"
-
-
-def _si(v: float) -> str:
-    """12.3 k, 4.25 M, 1.2 G: counts of any size in a few characters."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    for scale, unit in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
-        if abs(v) >= scale:
-            return f"{v / scale:.3g}{unit}"
-    return f"{v:.3g}"
-
-
-def empty_state(url: str) -> None:
-    st.info(f"No studies in `{url}` yet. Create one with the search (on this machine it takes minutes):")
+def empty_state(url: str, studies: list[D.StudyInfo]) -> None:
+    where = D.storage_location(url)
+    if not studies and D.storage_is_missing(url):
+        st.info(f"No storage file at {where} yet: no search has written to `{url}`. Create one with the search "
+                "(on this machine it takes minutes):")
+    else:
+        st.info(f"No completed trial in `{url}` yet. Run a search (on this machine it takes minutes):")
     st.code(demo.create_command(url, D.default_storage_url()), language="bash")
+    demo_offer(url, studies)
+
+
+def demo_offer(url: str, studies: list[D.StudyInfo]) -> None:
+    """The tiny demo search, into this storage (an interrupted demo is resumed; another study named demo is kept)."""
+    name = demo.demo_study_name(url, {s.name: s.settings for s in studies})
+    home = demo.demo_home(url)
     st.write(f"Or try the app at once with a tiny demo search: {demo.DEMO_TRIALS} small networks at 64x64, latency "
-             "predicted for a V100, zero-cost accuracy (15-30 s on two CPU cores).")
+             f"predicted for a V100, zero-cost accuracy (15-30 s on two CPU cores), as study `{name}` in this storage; "
+             f"its files go to {home}.")
     if st.button("Run a tiny demo search", key="demo", type="primary"):
         bar = st.progress(0.0, text="demo search: starting…")
         try:
-            demo.run_demo(url, on_progress=lambda d, t: bar.progress(d / t, text=f"demo search: {d}/{t} trials"))
+            demo.run_demo(url, study=name,
+                          on_progress=lambda d, t: bar.progress(d / t, text=f"demo search: {d}/{t} trials"))
         except RuntimeError as err:
             st.error(str(err))
             return
         _refresh()
+        st.session_state["_demo_study"] = name  # picked on the next run, before the study list is drawn
         st.rerun()
 
 
 def _options(df: pd.DataFrame, lat: pd.Series, feasible: pd.Series, front: pd.Series, limit: int = 300) -> list[str]:
-    """Selectable trials: the front (by latency), the baselines, then the best others by accuracy."""
+    """Selectable trials: the front (by latency), every baseline (with or without an accuracy), then the best others."""
     plotted = (df["state"] == "COMPLETE") & df["accuracy"].notna()
     first = list(df.loc[front].assign(_l=lat[front]).sort_values("_l")["key"])
-    base = list(df.loc[plotted & df["baseline"], "key"])
+    base = list(df.loc[df["baseline"], "key"])
     rest = df.loc[plotted].assign(_f=feasible[plotted]).sort_values(["_f", "accuracy"], ascending=False)["key"]
     return list(dict.fromkeys(first + base + list(rest[: limit])))
 
 
-def _label(df: pd.DataFrame, lat: pd.Series) -> callable:
-    by_key = df.set_index("key")
-    lat_by_key = pd.Series(lat.to_numpy(), index=df["key"])
-
-    def label(key: str) -> str:
-        if key not in by_key.index:
-            return key
-        r = by_key.loc[key]
-        name = f" {r['name']}" if r["name"] else ""
-        return f"{r['arch_id']}{name} · {r['study']} #{r['number']} · acc {_fmt(r['accuracy'])} · {_fmt(lat_by_key[key])} ms"
-
-    return label
+def _label(df: pd.DataFrame, lat: pd.Series, keys: list[str]) -> callable:
+    """The selectbox text of each of ``keys``: arch_id, name, study and trial, accuracy (or outcome), latency."""
+    rows = df[df["key"].isin(keys)]
+    labels = {}
+    for key, arch, name, study, number, acc, why, ms in zip(rows["key"], rows["arch_id"], rows["name"], rows["study"],
+                                                             rows["number"], rows["accuracy"], rows["why"],
+                                                             lat[rows.index]):
+        shown = f"acc {T.num(acc)}" if acc == acc else why.split(":")[0]
+        labels[key] = f"{arch}{' ' + name if name else ''} · {study} #{number} · {shown} · {T.num(ms)} ms"
+    return lambda key: labels.get(key, key)
 
 
 def export_buttons(row: pd.Series, key: str) -> None:
@@ -122,37 +161,69 @@ def export_buttons(row: pd.Series, key: str) -> None:
         return
     config = A.arch_config(row["config"])
     meta = X.metadata_of(row.to_dict())
-    cols = st.columns(len(X.FORMATS))
-    for col, (fmt, (suffix, mime)) in zip(cols, X.FORMATS.items()):
+    S.restore(st.session_state, "deploy", False)
+    cols = st.columns([1.4] + [1] * len(X.FORMATS))
+    deploy = cols[0].toggle("deploy (BatchNorm folded)", key="deploy",
+                            help="as the export command's --deploy: BatchNorm folded into the convs (.py, .onnx, .pt)")
+    S.keep(st.session_state, "deploy")
+    for col, (fmt, (suffix, mime)) in zip(cols[1:], X.FORMATS.items()):
         with col:
-            name = X.file_name(config, fmt, stem=row["name"] or f"{row['study']}-trial{row['number']}")
-            if fmt == "onnx":  # seconds of work: only when the button is clicked
-                st.download_button(f"⬇ {suffix}", data=lambda c=config, m=meta: X.export_file(c, "onnx", m),
+            name = X.file_name(config, fmt, stem=row["name"] or f"{row['study']}-trial{row['number']}", deploy=deploy)
+            label = f"⬇ {suffix}" + (" (TorchScript)" if fmt == "torchscript" else "")
+            if fmt != "json":  # a second or more of work (source rendering, tracing): only when clicked
+                st.download_button(label, data=lambda c=config, f=fmt, m=meta, d=deploy: X.export_file(c, f, m, d),
                                    file_name=name, mime=mime, key=f"dl-{fmt}-{key}")
                 continue
             try:
-                payload = _export(row["config"], fmt, json.dumps(meta, sort_keys=True))
+                payload = _export(row["config"], fmt, json.dumps(meta, sort_keys=True), deploy)
             except Exception as err:  # one format failing must not take the page down
                 st.warning(f"{fmt}: {first_line(err)}")
                 continue
-            st.download_button(f"⬇ {suffix}", data=payload, file_name=name, mime=mime, key=f"dl-{fmt}-{key}")
+            st.download_button(label, data=payload, file_name=name, mime=mime, key=f"dl-{fmt}-{key}")
+
+
+def front_downloads(df, lat, front, feasible, mode: str, device: str, front_name: str) -> None:
+    """The front shown, per study, as the search's pareto.csv / pareto.json (made when clicked)."""
+    studies = list(dict.fromkeys(df.loc[front, "study"]))
+    for study in studies:
+        cols = st.columns([2, 1, 1])
+        cols[0].caption(f"Front of {study} ({front_name}, latency {mode}"
+                        + (f" for {device}" if mode == "predicted" else "") + "):")
+        for col, fname, mime in ((cols[1], "pareto.csv", "text/csv"), (cols[2], "pareto.json", "application/json")):
+            col.download_button(f"⬇ {fname}", key=f"front-{fname}-{study}", mime=mime,
+                                file_name=f"{study}-{fname}",
+                                data=lambda s=study, f=fname: X.front_files(
+                                    *A.front_records(df, lat, front, feasible, s, mode, device))[f])
+
+
+def _accuracy_label(proxy: str) -> str:
+    return "accuracy" if proxy in ("", "train") else f"score ({proxy})"
 
 
 def arch_summary(row: pd.Series, lat: float, src: str) -> None:
     title = f"`{row['arch_id']}`" + (f" — {row['name']} (baseline)" if row["name"] else "")
-    st.markdown(f"#### {title}\n{row['study']} · trial {row['number']} · {row['state'].lower()} · family {row['family']}")
+    st.markdown(f"#### {title}\n{row['study']} · trial {row['number']} · {row['why']} · family {row['family']}")
     c = st.columns(6)
-    c[0].metric("accuracy" if str(row["proxy"]) in ("", "train") else f"score ({row['proxy']})", _fmt(row["accuracy"], digits=4))
-    c[1].metric("latency (ms)", _fmt(lat, digits=4), help=src or "no latency for this choice")
-    c[2].metric("CIO", _si(row["cio"]))
-    c[3].metric("MACs", _si(row["macs"]))
-    c[4].metric("params", _si(row["params"]))
-    c[5].metric("MoC", _fmt(row["moc"]))
+    c[0].metric(_accuracy_label(str(row["proxy"])), T.num(row["accuracy"], 4))
+    c[1].metric("latency (ms)", T.num(lat, 4), help=src or "no latency for this choice")
+    c[2].metric("CIO (elements)", T.si(row["cio"]), help=T.CIO_HELP)
+    c[3].metric("MACs", T.si(row["macs"]))
+    c[4].metric("params", T.si(row["params"]))
+    c[5].metric("MoC", T.num(row["moc"]), help=T.MOC_HELP)
+    _latency_note(row, src)
+
+
+def _latency_note(row: pd.Series, src: str) -> None:
     recorded = row["latency_source"] or "none"
-    busy = (f" Its measurement was disturbed by other work (reference workload {_fmt(row['latency_slowdown'])}x "
+    busy = (f" Its measurement was disturbed by other work (reference workload {T.num(row['latency_slowdown'])}x "
             "slower), so the search recorded this device's prediction instead." if row.get("latency_disturbed") else "")
-    st.caption(f"Latency shown: {src or 'none'}. Recorded by the search: {_fmt(row['latency_ms'], digits=4)} ms, "
+    st.caption(f"Latency shown: {src or 'none'}. Recorded by the search: {T.num(row['latency_ms'], 4)} ms, "
                f"{recorded}{' on ' + row['latency_device'] if row['latency_device'] else ''}.{busy}")
+
+
+def stage_table(row: pd.Series) -> None:
+    st.table(pd.DataFrame(T.stage_table(A.stage_rows(A.arch_config(row["config"]), int(row["resolution"])))
+                          ).set_index("stage"))
 
 
 def arch_detail(row: pd.Series, lat: float, src: str) -> None:
@@ -162,10 +233,11 @@ def arch_detail(row: pd.Series, lat: float, src: str) -> None:
         st.warning("This trial has no stored config.")
         return
     config = A.arch_config(row["config"])
+    st.markdown(f"**Per stage** (at {row['resolution']}x{row['resolution']}; CIO in feature-map elements, "
+                "MoC = MACs / CIO)")
+    stage_table(row)
     left, right = st.columns([3, 2])
     with left:
-        st.markdown(f"**Per stage** (at {row['resolution']}x{row['resolution']})")
-        st.dataframe(pd.DataFrame(A.stage_rows(config, int(row["resolution"]))), hide_index=True, width="stretch")
         plans = A.harmonic_plans(config)
         if plans:
             labels = [f"stage {i}: {config.stages[i].link_rule}, {p.depth} layers" for i, p in plans]
@@ -180,43 +252,55 @@ def arch_detail(row: pd.Series, lat: float, src: str) -> None:
         else:
             st.caption(f"No per-epoch curve (proxy: {row['proxy'] or 'unknown'}).")
         with st.expander("config", expanded=False):
-            st.code(json.dumps(json.loads(row["config"]), indent=2), language="json")
+            with st.container(height=360, key="config-box"):
+                st.code(json.dumps(json.loads(row["config"]), indent=1), language="json")
 
 
-def pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label, device, mode) -> None:
+def pareto_view(v: Shown, ref_pred: P.Predictor | None, ref_note: str) -> None:
+    df, lat, src, feasible, front = v.df, v.lat, v.src, v.feasible, v.front
     plotted = (df["state"] == "COMPLETE") & df["accuracy"].notna() & lat.notna()
     options = _options(df, lat, feasible, front)
     if not options:
         st.warning("No completed trial with an accuracy yet.")
         return
-    if st.session_state.get("selected") not in options:
-        st.session_state["selected"] = options[0]
-    selected = st.session_state["selected"]
+    selected = S.restore(st.session_state, "selected", options[0], options=options)
     keep = front | df["baseline"] | (df["key"] == selected)
     shown = pd.Series(False, index=df.index)
     shown[plotted] = A.sample_for_display(df[plotted], keep[plotted], MAX_POINTS)
-    present = set(df["name"])
-    ref_device = device if mode == "predicted" else "cpu"
-    resolution = int(df["resolution"].mode().iloc[0]) if len(df) else 224
-    references = {f"{n} ({'predicted' if mode == 'measured' else ref_device})": _reference_latency(n, ref_device, resolution)
-                  for n in REFERENCES if n not in present}
-    fig = F.pareto_figure(df, lat, src, feasible, front, shown=shown, budget_ms=budget, selected=[selected],
-                          references=references, accuracy_label=acc_label, latency_label=latency_label)
+    present = set(df.loc[df["accuracy"].notna(), "name"])  # a rejected canonical model still gets its line
+    left, right = st.columns([3, 2])
+    colour_by = _choose(left.radio, "colour by", ["block family", "CIO"], "colour_by", "block family", horizontal=True,
+                        help=T.CIO_HELP)
+    S.restore(st.session_state, "show_refs", True)
+    show_refs = right.checkbox("canonical reference lines", key="show_refs",
+                               help="HarDNet68, TResNet-M and ResNet-50 at their predicted latency, where the study "
+                                    "has no accuracy for them")
+    S.keep(st.session_state, "show_refs")
+    shapes = df.loc[plotted, ["resolution", "batch", "precision"]].drop_duplicates().itertuples(index=False, name=None)
+    references = {} if ref_pred is None or not show_refs else P.reference_latencies(
+        [n for n in REFERENCES if n not in present], ref_pred, list(shapes))
+    ref_label = None if ref_pred is None else f"canonical, predicted for {ref_pred.device} ({ref_pred.short})"
+    look = dict(budget_ms=v.budget, selected=(selected,), references=references, accuracy_label=v.acc_label,
+                latency_label=v.latency_label, front_line=v.front_line, reference_label=ref_label,
+                colour_by="cio" if colour_by == "CIO" else "family")
+    fig = _pareto_figure((v.data_key, repr(sorted(look.items()))), df, lat, src, feasible, front, shown, look)
     event = st.plotly_chart(fig, key="pareto", on_select="rerun", selection_mode="points", width="stretch")
     n_plot, n_shown = int(plotted.sum()), int((shown & plotted).sum())
-    st.caption(f"{int(front.sum())} on the front, {int(feasible.sum())} feasible of {n_plot} completed trials with a "
-               f"latency" + (f"; drawing the front, the baselines and a stratified sample: {n_shown} of {n_plot}"
-                             if n_shown < n_plot else "") + ". Click a point, or pick below.")
+    st.caption(f"The front over {v.front_name}: {int(front.sum())} trials, of {int(feasible.sum())} feasible and {n_plot} "
+               f"completed trials with a latency" + (f"; drawing the front, the baselines and a stratified sample: "
+                                                     f"{n_shown} of {n_plot}" if n_shown < n_plot else "")
+               + ". Click a point, or pick below."
+               + (f" Reference lines: {ref_pred.label}." if ref_pred is not None else f" {ref_note}." if ref_note else ""))
+    front_downloads(df, lat, front, feasible, v.mode, v.device, v.front_name)
     clicked = F.clicked_key(event)
     if clicked and clicked != st.session_state.get("_last_click"):
         st.session_state["_last_click"] = clicked
         if clicked in set(df["key"]) and clicked != selected:
             st.session_state["selected"] = clicked
             st.rerun()
-    if selected not in options:
-        options = [selected, *options]
-    st.selectbox("architecture", options, format_func=_label(df, lat), key="selected")
-    row = df.loc[df["key"] == st.session_state["selected"]].iloc[0]
+    selected = _choose(st.selectbox, "architecture", options, "selected", options[0],
+                       format_func=_label(df, lat, options))
+    row = df.loc[df["key"] == selected].iloc[0]
     arch_detail(row, float(lat[row.name]), str(src[row.name]))
 
 
@@ -227,11 +311,30 @@ def tradeoff_view(df, lat, latency_label, acc_label, error_label, metric) -> Non
         st.info("Trade-off views need at least two completed trials.")
         return
     st.subheader("Design choices")
-    colour_by = st.radio("colour by", [acc_label, latency_label], horizontal=True, key="pc_colour")
-    colour = sub["accuracy"] if colour_by == acc_label else lat[done]
+    short_acc = acc_label.split(" (")[0]
+    colour_by = _choose(st.radio, "colour by", [short_acc, "latency (ms)"], "pc_colour", short_acc, horizontal=True)
+    colour = sub["accuracy"] if colour_by == short_acc else lat[done]
     pc_rows = sub if len(sub) <= 3000 else sub.sample(n=3000, random_state=0)
+    st.caption(f"Colour: {acc_label if colour_by == short_acc else latency_label}"
+               + (f"; {len(pc_rows):,} of {len(sub):,} trials, sampled" if len(pc_rows) < len(sub) else "") + ".")
     st.plotly_chart(F.parallel_coordinates_figure(pc_rows, colour.loc[pc_rows.index], colour_by), key="parcoords")
-    st.subheader("Which choices matter")
+    st.subheader("Does CIO predict latency? (the HarDNet thesis on your data)")
+    st.caption(f"Latency: {latency_label}.")
+    cols = st.columns(2)
+    for col, (c, label) in zip(cols, (("macs", "MACs"), ("cio", "CIO (elements)"))):
+        with col:
+            stats = A.rank_correlations(sub[c], lat[done])
+            st.markdown(f"**{label} vs latency**: {F.correlation_text(stats)}")
+            st.plotly_chart(F.cost_latency_figure(sub[c], lat[done], sub["family"], label, "latency (ms)"),
+                            key=f"corr-{c}")
+    st.subheader("Error distribution per design choice")
+    st.caption("Empirical CDF over all completed trials (RegNet's EDF): a curve further "
+               + ("up-left" if metric is not None and error_label.startswith("error") else "right")
+               + " means the choice is good across the space, not just at the front.")
+    choice = _choose(st.selectbox, "design choice", list(D.DESIGN_CHOICES), "edf_choice", "link_rule")
+    curves = A.edf_by_choice(sub, choice, metric[done])
+    st.plotly_chart(F.edf_figure(curves, choice, error_label), key="edf")
+    st.subheader("Which choices matter")  # last: the slowest (fANOVA), drawn once the rest is on screen
     cols = st.columns(2)
     for col, (label, target) in zip(cols, ((acc_label, sub["accuracy"]), (latency_label, lat[done]))):
         with col:
@@ -240,21 +343,6 @@ def tradeoff_view(df, lat, latency_label, acc_label, error_label, metric) -> Non
                 st.info(f"{label}: {why}.")
             else:
                 st.plotly_chart(F.importance_figure(imp, label), key=f"imp-{label}")
-    st.subheader("Does CIO predict latency? (the HarDNet thesis on your data)")
-    cols = st.columns(2)
-    for col, (c, label) in zip(cols, (("macs", "MACs"), ("cio", "CIO"))):
-        with col:
-            stats = A.rank_correlations(sub[c], lat[done])
-            st.plotly_chart(F.cost_latency_figure(sub[c], lat[done], sub["family"], label, stats, latency_label),
-                            key=f"corr-{c}")
-    st.subheader("Error distribution per design choice")
-    st.caption("Empirical CDF over all completed trials (RegNet's EDF): a curve further "
-               + ("up-left" if metric is not None and error_label.startswith("error") else "right")
-               + " means the choice is good across the space, not just at the front.")
-    choice = st.selectbox("design choice", list(D.DESIGN_CHOICES), index=list(D.DESIGN_CHOICES).index("link_rule"),
-                          key="edf_choice")
-    curves = A.edf_by_choice(sub, choice, metric[done])
-    st.plotly_chart(F.edf_figure(curves, choice, error_label), key="edf")
 
 
 def compare_view(df, lat, src) -> None:
@@ -262,26 +350,71 @@ def compare_view(df, lat, src) -> None:
     if len(done) < 2:
         st.info("Compare needs at least two completed trials.")
         return
-    keys = list(done.sort_values("accuracy", ascending=False)["key"][:500])
-    first = st.session_state.get("selected")
-    if first in set(df["key"]) and first not in keys:
+    keys = list(dict.fromkeys(list(df.loc[df["baseline"], "key"]) + list(done.sort_values("accuracy", ascending=False)["key"][:500])))
+    first = S.restore(st.session_state, "selected", keys[0], options=list(df["key"]))
+    if first not in keys:
         keys = [first, *keys]
-    label = _label(df, lat)
+    label = _label(df, lat, keys)
     a, b = st.columns(2)
-    ka = a.selectbox("A", keys, index=keys.index(first) if first in keys else 0, format_func=label, key="cmp_a")
-    kb = b.selectbox("B", keys, index=1 if keys[0] == ka else 0, format_func=label, key="cmp_b")
+    ka = _choose(a.selectbox, "A", keys, "cmp_a", first, scope=first, format_func=label)
+    st.session_state["selected"] = ka  # A is the selection: the Pareto view shows it too
+    S.keep(st.session_state, "selected")
+    kb = _choose(b.selectbox, "B", keys, "cmp_b", next(k for k in keys if k != ka), format_func=label)
+    ra, rb = (df.loc[df["key"] == k].iloc[0] for k in (ka, kb))
+    st.table(pd.DataFrame(T.comparison_rows(ra, rb, _accuracy_label(str(ra["proxy"])), float(lat[ra.name]),
+                                            float(lat[rb.name]))).set_index(""))
     curves = {}
-    for col, k in ((a, ka), (b, kb)):
-        row = df.loc[df["key"] == k].iloc[0]
-        with col:
-            arch_summary(row, float(lat[row.name]), str(src[row.name]))
-            if row["config"]:
-                cfg = A.arch_config(row["config"])
-                st.dataframe(pd.DataFrame(A.stage_rows(cfg, int(row["resolution"]))), hide_index=True, width="stretch")
+    for which, row, k in (("A", ra, ka), ("B", rb, kb)):  # one under the other: each stage table needs the width
+        title = f"`{row['arch_id']}`" + (f" — {row['name']}" if row["name"] else "")
+        st.markdown(f"**{which}: {title}** · {row['study']} · trial {row['number']} · {row['why']}")
+        _latency_note(row, str(src[row.name]))
+        if row["config"]:
+            stage_table(row)
         if row["curve"]:
             curves[f"{row['arch_id']} ({k})"] = row["curve"]
     if curves:
         st.plotly_chart(F.curve_figure(curves), key="cmp-curves")
+
+
+def _budget_note(info: dict, shown: list[str], budgets: dict[str, float]) -> str:
+    """Which study budgets apply to the latency shown (the smallest is the default), and which do not."""
+    own = {n: info[n].budget_ms for n in shown if info[n].budget_ms is not None}
+    if not own:
+        return "The studies recorded no budget."
+    parts = [f"{n}: {b:g} ms ({info[n].settings.get('latency', '?')})" + ("" if n in budgets else ", another axis")
+             for n, b in own.items()]
+    head = ("Default: the smallest budget set for this latency. " if len(budgets) > 1 else
+            "" if budgets else "No study set a budget for this latency. ")
+    return head + "Budgets: " + "; ".join(parts) + "."
+
+
+def trials_view(df: pd.DataFrame, lat: pd.Series, src: pd.Series) -> None:
+    states = sorted(set(df["state"]))
+    left, right = st.columns([3, 2])
+    picked = _choose(left.multiselect, "states", states, "trial_states", states)
+    S.restore(st.session_state, "trial_filter", "")
+    text = right.text_input("contains", key="trial_filter", placeholder="study, name, arch_id or outcome…")
+    S.keep(st.session_state, "trial_filter")
+    table = A.trials_table(df, lat, src, picked, text)
+    running = int((df["state"] == "RUNNING").sum())
+    st.caption(f"{len(table):,} of {len(df):,} trials" + (f", {running} running" if running else "")
+               + ". Click a column header to sort, a row to select that architecture.")
+    compact = st.column_config.NumberColumn(format="compact")
+    event = st.dataframe(
+        table.drop(columns="key"), hide_index=True, on_select="rerun", selection_mode="single-row", key="trials_table",
+        width="stretch", height=min(600, 38 + 35 * max(1, len(table))),
+        column_config={"outcome": st.column_config.TextColumn(width="medium"), "CIO": compact, "MACs": compact,
+                       "params": compact, "accuracy": st.column_config.NumberColumn(format="%.4g"),
+                       "latency (ms)": st.column_config.NumberColumn(format="%.4g"),
+                       "recorded (ms)": st.column_config.NumberColumn(format="%.4g")})
+    rows = event.selection.rows if event is not None else []
+    if rows:
+        key = table.iloc[rows[0]]["key"]
+        st.session_state["selected"] = key
+        S.keep(st.session_state, "selected")
+        row = df.loc[df["key"] == key].iloc[0]
+        arch_summary(row, float(lat[row.name]), str(src[row.name]))
+        st.caption("Selected: the Pareto front and Compare views show it too.")
 
 
 def main() -> None:
@@ -289,42 +422,54 @@ def main() -> None:
     sb = st.sidebar
     url = sb.text_input("storage URL", value=D.resolve_storage_url(sys.argv[1:]), key="storage",
                         help="sqlite:///path.db, postgresql://..., journal:PATH; also `-- --storage URL` or $NAS_STORAGE").strip()
-    if sb.button("Refresh", help="reload studies now (they are cached for a few seconds)"):
+    if sb.button("Refresh", help="read the storage again now (the page rereads it anyway when a search has written)"):
         _refresh()
     try:
-        studies = _studies(url)
+        marker = D.storage_marker(url)
+        studies = _studies(url, marker)
     except D.StorageError as err:
         st.error(str(err))
         return
     if not studies:
-        empty_state(url)
+        empty_state(url, studies)
         return
     names = [s.name for s in studies]
-    picked = sb.multiselect("studies (overlaid)", names, default=[max(studies, key=lambda s: s.n_trials).name],
-                            key="studies")
+    if st.session_state.get("_demo_study") in names:
+        st.session_state["studies"] = [st.session_state.pop("_demo_study")]
+    picked = _choose(sb.multiselect, "studies (overlaid)", names, "studies",
+                     [max(studies, key=lambda s: s.n_trials).name], scope=url)
     if not picked:
         st.info("Pick at least one study in the sidebar.")
         return
     try:
-        df = _frame(url, tuple(picked))
+        df = _frame(url, tuple(picked), marker)
     except D.StorageError as err:
         st.error(str(err))
         return
     info = {s.name: s for s in studies}
-    proxies = sorted(set(df["proxy"]) - {""})
-    if len(proxies) > 1:
-        st.warning(f"The overlaid studies use different accuracy proxies ({', '.join(proxies)}); their accuracies are "
-                   "not comparable.")
+    by_proxy = D.studies_by_proxy(df)
+    if len(by_proxy) > 1:  # one y axis per proxy: a training accuracy and a zero-cost score are not comparable
+        proxy = _choose(sb.radio, "accuracy proxy (one at a time)", list(by_proxy), "proxy_group", list(by_proxy)[0],
+                        scope=tuple(sorted(picked)))
+        hidden = sorted(set(picked) - set(by_proxy[proxy]))
+        st.info(f"These studies use different accuracy proxies ({', '.join(by_proxy)}), which share no axis: showing "
+                f"{proxy}" + (f"; not shown: {', '.join(hidden)}" if hidden else "") + " (pick another in the sidebar).")
+        df = df[df["study"].isin(by_proxy[proxy])]
+    proxies = D.accuracy_proxies(df)
     train = all(p == "train" for p in proxies)
     acc_label = "proxy accuracy" if train else f"score ({', '.join(proxies) or 'accuracy'})"
 
     has_measured = bool((df["latency_source"] == "measured").any())
-    mode = sb.radio("latency", ["measured", "predicted"], index=0 if has_measured else 1, horizontal=True, key="lat_mode")
+    mode = _choose(sb.radio, "latency", ["measured", "predicted"], "lat_mode", "measured" if has_measured else "predicted",
+                   scope="measured" if has_measured else "predicted only", horizontal=True)
     recorded = df.loc[df["latency_source"] == "predicted", "latency_device"]
     profiles = list_profiles()
     default_dev = recorded.mode().iloc[0] if len(recorded) and recorded.mode().iloc[0] in profiles else "cpu"
-    device = sb.selectbox("target device (predicted)", profiles, index=profiles.index(default_dev), key="device",
-                          disabled=mode == "measured")
+    device = _choose(sb.selectbox, "target device (predicted)", profiles, "device", default_dev, scope=default_dev,
+                     disabled=mode == "measured")  # a pick sticks while the studies' own device stays the same
+    pred = _predictor(device, url, tuple(picked), marker) if mode == "predicted" else None
+    if pred is not None:
+        sb.caption(f"Predicted with the {pred.label}.")
     bar = []
 
     def progress(done: int, total: int) -> None:  # a first switch to another device on a big study takes a while
@@ -333,39 +478,66 @@ def main() -> None:
                 bar.append(st.progress(0.0))
             bar[0].progress(done / total, text=f"predicting latency for {device}: {done:,} of {total:,} architectures")
 
-    lat, src = A.latency_column(df, mode, device, on_progress=progress)
+    lat, src = A.latency_column(df, mode, pred, on_progress=progress)
     if bar:
         bar[0].empty()
-    latency_label = "latency (ms, measured)" if mode == "measured" else f"latency (ms, predicted for {device})"
+    if mode == "measured":
+        measured_on = df.loc[df["latency_source"] == "measured", "latency_device"]
+        cpu = _predictor("cpu", url, tuple(picked), marker) if set(measured_on) == {"cpu"} else None
+        ref_pred, ref_note = P.reference_predictor(list(measured_on), cpu)
+        if measured_on.nunique() > 1:
+            st.warning(f"These latencies were measured on different devices ({', '.join(sorted(set(measured_on)))}): "
+                       "compare points of one device, or switch to predicted for one target.")
+        latency_label = "latency (ms, measured)"
+    else:
+        ref_pred, ref_note = pred, ""
+        latency_label = f"latency (ms, predicted for {device}, {pred.short})"
 
-    c = st.columns(5)
+    c = st.columns(6)
     c[0].metric("trials", len(df))
     c[1].metric("completed", int((df["state"] == "COMPLETE").sum()))
-    c[2].metric("pruned / rejected", int((df["state"] == "PRUNED").sum()))
-    c[3].metric("failed", int((df["state"] == "FAIL").sum()))
+    c[2].metric("running", int((df["state"] == "RUNNING").sum()))
+    c[3].metric("pruned / rejected", int((df["state"] == "PRUNED").sum()))
+    c[4].metric("failed", int((df["state"] == "FAIL").sum()))
+    view = _choose(st.radio, "view", VIEWS, "view", VIEWS[0], horizontal=True, label_visibility="collapsed")
+    if view == "Trials":
+        c[5].metric("with an accuracy", int(df["accuracy"].notna().sum()))
+        trials_view(df, lat, src)
+        return
     plotted = (df["state"] == "COMPLETE") & df["accuracy"].notna() & lat.notna()
     if not plotted.any():
+        if not df["accuracy"].notna().any():  # nothing finished yet, e.g. an interrupted demo: offer it again
+            empty_state(url, studies)
+            return
         st.warning(f"No completed trial has a {mode} latency"
-                   + (" (these studies predicted latency: switch to predicted)" if mode == "measured" else "") + ".")
+                   + (" (these studies predicted latency: switch to predicted)" if mode == "measured" else "")
+                   + ". The Trials view lists every trial and why it has none.")
         return
-    budgets = [info[n].budget_ms for n in picked if info[n].budget_ms]
-    study_budget = min(budgets) if budgets else None
-    same_kind = (mode == "measured" and has_measured) or (mode == "predicted" and device in set(recorded))
+    shown_studies = sorted(set(df["study"]))
+    budgets = A.applicable_budgets({n: info[n].settings for n in shown_studies}, mode, device)
+    study_budget = min(budgets.values()) if budgets else None
     # a rounded-up range stays put while a live search adds trials (the slider keeps its value)
-    top = A.nice_ceiling(1.05 * max(float(lat[plotted].max()), study_budget if same_kind and study_budget else 0.0))
-    default = min(study_budget, top) if (same_kind and study_budget) else top
-    budget = sb.slider("latency budget (ms)", 0.0, top, value=default, step=top / 500, format="%.4g",
-                       key=f"budget:{mode}:{device}:{top}", help="trials above it are greyed out and leave the front")
+    top = A.nice_ceiling(1.05 * max(float(lat[plotted].max()), study_budget or 0.0))
+    S.restore(st.session_state, "budget", min(study_budget, top) if study_budget else top,
+              valid=lambda b: 0.0 <= b <= top, scope=(mode, device, tuple(shown_studies)))
+    budget = sb.slider("latency budget (ms)", 0.0, top, step=top / 500, format="%.4g", key="budget",
+                       help="trials above it are greyed out and leave the front")
+    S.keep(st.session_state, "budget", scope=(mode, device, tuple(shown_studies)))
+    sb.caption(_budget_note(info, shown_studies, budgets))
+    front_name = _choose(sb.radio, "front over", list(A.FRONTS), "front_objectives", list(A.FRONTS)[0],
+                         help="the search's pareto.csv also minimises CIO: its front has more points")
+    objectives = A.FRONTS[front_name]
     feasible = A.feasible_mask(df, lat, budget)
-    front = A.front_mask(df, lat, feasible)
-    c[4].metric("feasible under budget", int(feasible.sum()))
+    front = A.front_mask(df, lat, feasible, objectives=objectives)
+    c[5].metric("feasible under budget", int(feasible.sum()))
+    data_key = (url, marker, tuple(shown_studies), mode, pred.key if pred is not None else "")
+    shown = Shown(df, lat, src, feasible, front, budget, latency_label, acc_label, mode, device, front_name,
+                  len(objectives) == 2, data_key)
 
     metric = (1.0 - df["accuracy"]) if train else df["accuracy"]
     error_label = "error (1 − proxy accuracy)" if train else acc_label
-    view = st.radio("view", ["Pareto front", "Trade-offs", "Compare"], horizontal=True, key="view",
-                    label_visibility="collapsed")
     if view == "Pareto front":
-        pareto_view(df, lat, src, feasible, front, budget, latency_label, acc_label, device, mode)
+        pareto_view(shown, ref_pred, ref_note)
     elif view == "Trade-offs":
         tradeoff_view(df, lat, latency_label, acc_label, error_label, metric)
     else:

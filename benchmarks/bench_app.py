@@ -1,125 +1,174 @@
-"""Time to first render of the explorer's Pareto page for studies of 100, 1,000 and 10,000 trials.
+"""The explorer as a user drives it, timed: first render and each interaction on a large study.
 
-    python benchmarks/bench_app.py [--sizes 100 1000 10000] [--no-apptest]
+    python benchmarks/bench_app.py [--trials 5000] [--baseline REV] [--rounds 2]
 
-Each size is a synthetic study (`nas.explore.synthetic`, real architectures and costs, made-up
-accuracies) bulk-written to a temporary SQLite storage. For each, in this order and cold:
+A synthetic study (`nas.explore.synthetic`: real architectures and costs, made-up accuracies)
+is bulk-written to a temporary SQLite storage. Then, in a fresh process per run, streamlit's
+AppTest drives ``app.py`` through what a user does: the first render, a rerun with nothing
+changed, a rerun after 6 s idle (a live search may have written meanwhile), picking another
+architecture, moving the budget, switching the target device, the Trade-offs, Compare and
+Trials views, and back. Library imports (torch, optuna, plotly...), paid once when the server
+starts, are timed apart.
 
-* load: list the studies, read every trial (the SQL fast path) and build the DataFrame;
-* figure: latency column, feasibility and front under the budget, the display sample, the
-  Pareto figure and its JSON (what streamlit ships to the browser);
-* page: streamlit's AppTest running app.py to the end (Pareto view, selection detail, exports),
-  with its caches cleared: the server-side time to first render;
-* device switch: predicted latency for another device (one roofline evaluation per trial);
-* the old path for reference: the same trials read through Optuna's API.
-
-Prints seconds and ratios; never asserts on wall time (CPU figures on a shared, noisy VM).
+``--baseline REV`` runs the same steps on ``app.py`` + ``nas/`` of a git revision, in the same
+run and alternating with this tree, so the two columns saw the same machine load. Prints
+seconds and ratios; asserts nothing about time (CPU figures on a shared, noisy machine).
+AppTest times the server side (the script run); the browser's drawing comes on top.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
+#: (label, action) in the order they run; an action a version's page does not offer is "n/a"
+STEPS = ("first render", "rerun, nothing changed", "rerun after 6 s idle", "pick another architecture",
+         "move the budget", "switch device (a100)", "Trade-offs view", "Compare view", "Trials view",
+         "back to the Pareto view")
 
 
-def _t(fn, *args, **kwargs):
+def _worker(root: Path, url: str) -> dict[str, float | str]:
+    """Run `STEPS` on ``root``'s app.py in this process; seconds per step (or why not)."""
+    sys.path.insert(0, str(root))
+    os.environ["NAS_STORAGE"] = url
+    sys.argv = ["app.py"]
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    out: dict[str, float | str] = {}
     start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
+    import numpy, optuna, pandas, plotly.graph_objects, scipy.stats, streamlit, torch  # noqa: E401,F401
+    from streamlit.testing.v1 import AppTest
+
+    out["library imports"] = time.perf_counter() - start
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=900)
+
+    def timed(label: str, action) -> None:
+        try:
+            t0 = time.perf_counter()
+            action()
+            out[label] = time.perf_counter() - t0
+        except (KeyError, ValueError, IndexError) as err:  # the page of that version lacks the widget
+            out[label] = f"n/a ({type(err).__name__})"
+            return
+        if at.exception:
+            out[label] = f"raised: {at.exception[0].value.splitlines()[0][:80]}"
+
+    def widget(kind: str, key: str):
+        return getattr(at, kind)(key=key)
+
+    def budget():
+        sliders = [s for s in at.slider if s.key == "budget"] or list(at.slider)
+        s = sliders[0]
+        return s.set_value(round(0.8 * s.value, 6)).run()
+
+    def view(name: str):
+        def go():
+            r = widget("radio", "view")
+            if name not in r.options:
+                raise KeyError(name)
+            r.set_value(name).run()
+        return go
+
+    timed("first render", at.run)
+    timed("rerun, nothing changed", at.run)
+    time.sleep(6)
+    timed("rerun after 6 s idle", at.run)
+    timed("pick another architecture", lambda: widget("selectbox", "selected").select_index(3).run())
+    timed("move the budget", budget)
+    timed("switch device (a100)", lambda: widget("selectbox", "device").set_value("a100").run())
+    timed("Trade-offs view", view("Trade-offs"))
+    timed("Compare view", view("Compare"))
+    timed("Trials view", view("Trials"))
+    timed("back to the Pareto view", view("Pareto front"))
+    return out
+
+
+def _run_worker(root: Path, url: str, runs: Path) -> dict[str, float | str]:
+    env = {**os.environ, "HARDNAS_RUNS": str(runs), "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, __file__, "--worker", str(root), "--url", url], env=env, cwd=runs,
+                          capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"bench_app: the run on {root} failed (exit {proc.returncode}): {tail}")
+    return json.loads(lines[-1])
+
+
+def _checkout(rev: str, into: Path) -> Path:
+    """``app.py`` and ``nas/`` of git revision ``rev``, extracted into ``into``."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "app.py", "nas"], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"bench_app: --baseline {rev!r}: {archive.stderr.decode().strip().splitlines()[-1]}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def _cell(values: list) -> str:
+    nums = [v for v in values if isinstance(v, float)]
+    if not nums:
+        return str(values[0]) if values else "–"
+    return f"{statistics.median(nums):.2f} s" + (f" ({min(nums):.2f}–{max(nums):.2f})" if len(nums) > 1 else "")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
-    p.add_argument("--no-apptest", action="store_true", help="skip the AppTest page runs")
+    p.add_argument("--trials", type=int, default=5000)
+    p.add_argument("--baseline", default=None, help="git revision to time side by side with this tree")
+    p.add_argument("--rounds", type=int, default=2, help="runs per version (alternating)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--url", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.worker:
+        print(json.dumps(_worker(Path(args.worker), args.url)))
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_app_"))
     os.environ["HARDNAS_RUNS"] = str(tmp / "runs")
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    import streamlit as st
-
-    from nas.explore import analysis as A
-    from nas.explore import data as D
-    from nas.explore import figures as F
+    sys.path.insert(0, str(ROOT))
     from nas.explore.synthetic import synthetic_study
 
-    print(f"bench_app: {os.cpu_count()} CPUs, storage in {tmp}")
-    rows = []
-    for n in args.sizes:
-        url = f"sqlite:///{tmp / f'study{n}.db'}"
-        _, t_write = _t(synthetic_study, url, "bench", n, seed=n, budget_ms=0.6, bulk=True)
-        D.clear_storage_cache()
-        (studies, t_list) = _t(D.list_studies, url)
-        recs, t_read = _t(D.load_records, url, ["bench"])
-        df, t_frame = _t(D.records_frame, recs)
-        t_load = t_list + t_read + t_frame
+    url = f"sqlite:///{tmp / 'study.db'}"
+    t0 = time.perf_counter()
+    synthetic_study(url, "bench", args.trials, seed=args.trials, budget_ms=0.6, bulk=True)
+    print(f"bench_app: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {args.trials:,} trials written "
+          f"in {time.perf_counter() - t0:.1f} s to {url}", flush=True)
+    versions = {"this tree": ROOT}
+    if args.baseline:
+        versions = {f"baseline {args.baseline}": _checkout(args.baseline, tmp / "baseline"), **versions}
+    results: dict[str, list[dict]] = {v: [] for v in versions}
+    for r in range(args.rounds):
+        for name, root in versions.items():
+            runs = tmp / f"runs-{len(results[name])}-{abs(hash(name)) % 1000}"
+            runs.mkdir()
+            got = _run_worker(root, url, runs)
+            results[name].append(got)
+            print(f"  round {r + 1}, {name}: first render {_cell([got.get('first render')])}", flush=True)
 
-        start = time.perf_counter()
-        lat, src = A.latency_column(df, "predicted", "v100")
-        feas = A.feasible_mask(df, lat, 0.6)
-        front = A.front_mask(df, lat, feas)
-        plotted = (df["state"] == "COMPLETE") & df["accuracy"].notna() & lat.notna()
-        keep = front | df["baseline"]
-        import pandas as pd
-
-        shown = pd.Series(False, index=df.index)
-        shown[plotted] = A.sample_for_display(df[plotted], keep[plotted], 4000)
-        fig = F.pareto_figure(df, lat, src, feas, front, shown=shown, budget_ms=0.6)
-        payload = fig.to_json()
-        t_fig = time.perf_counter() - start
-        drawn = sum(len(tr.x) for tr in fig.data if tr.type == "scattergl")
-
-        t_page = float("nan")
-        if not args.no_apptest:
-            from streamlit.testing.v1 import AppTest
-
-            os.environ["NAS_STORAGE"] = url
-            st.cache_data.clear()
-            D.clear_storage_cache()
-            saved, sys.argv = sys.argv, ["app.py"]
-            try:
-                at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
-                _, t_page = _t(at.run)
-            finally:
-                sys.argv = saved
-            if at.exception:
-                print(f"  page raised: {at.exception[0].value}")
-
-        (_, t_switch) = _t(A.latency_column, df, "predicted", "a100")
-        D.clear_storage_cache()
-        _, t_optuna = _t(D.load_records, url, ["bench"], fast=False)
-        rows.append(dict(n=n, write=t_write, load=t_load, read=t_read, fig=t_fig, page=t_page, switch=t_switch,
-                         optuna=t_optuna, drawn=drawn, complete=int(plotted.sum()), front=int(front.sum()),
-                         kb=len(payload) / 1024))
-        r = rows[-1]
-        print(f"  {n:>6} trials: load {r['load']:.2f} s, figure {r['fig']:.2f} s, page {r['page']:.2f} s, "
-              f"device switch {r['switch']:.2f} s, Optuna-API read {r['optuna']:.2f} s (written in {r['write']:.1f} s)",
-              flush=True)
-
-    print("\n| trials | load (list + read + frame) | front + figure + JSON | page (AppTest, first run) | "
-          "points drawn / completed | figure JSON | device switch | read via Optuna's API |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['n']:,} | {r['load']:.2f} s | {r['fig']:.2f} s | {r['page']:.2f} s | {r['drawn']:,} / {r['complete']:,} "
-              f"| {r['kb']:.0f} KiB | {r['switch']:.2f} s | {r['optuna']:.2f} s |")
-    if len(rows) > 1:
-        a, b = rows[0], rows[-1]
-        print(f"\nratios {b['n']:,} / {a['n']:,} trials ({b['n'] / a['n']:.0f}x the data): load {b['load'] / a['load']:.1f}x, "
-              f"figure {b['fig'] / a['fig']:.1f}x, page {b['page'] / a['page']:.1f}x; "
-              f"SQL read vs Optuna's API at {b['n']:,}: {b['optuna'] / b['read']:.1f}x faster")
+    labels = ["library imports", *STEPS]
+    names = list(versions)
+    print(f"\n{args.trials:,} trials, load average now {os.getloadavg()[0]:.1f} (median of {args.rounds}, range)\n")
+    print("| step | " + " | ".join(names) + (" | ratio |" if len(names) == 2 else " |"))
+    print("|---" * (len(names) + 1 + (len(names) == 2)) + "|")
+    for label in labels:
+        cells = [_cell([run.get(label, "–") for run in results[n]]) for n in names]
+        ratio = ""
+        if len(names) == 2:
+            a, b = ([run.get(label) for run in results[n]] for n in names)
+            a, b = [v for v in a if isinstance(v, float)], [v for v in b if isinstance(v, float)]
+            ratio = f" {statistics.median(a) / statistics.median(b):.1f}x |" if a and b else " – |"
+        print(f"| {label} | " + " | ".join(cells) + " |" + ratio)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,14 @@
 """``streamlit run app.py``: the page driven by streamlit's AppTest, and once in a real headless browser.
 
 Fixture studies are written directly with Optuna (`test_explore.make_study`); the empty-state
-test runs the one real (tiny) search, through the page's demo button.
+test runs the one real (tiny) search, through the page's demo button. The page in a real browser is
+`test_app_browser.py`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from nas.config import ArchConfig
 from nas.registry import get_config
-from test_explore import FRONT, PLAN, make_study, small_configs, _attrs
+from test_explore import FRONT, PLAN, make_measured_study, make_study, small_configs, _attrs
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -67,22 +66,69 @@ def traces(at: AppTest) -> dict[str, dict]:
     return {t["name"]: t for t in chart(at)["data"]}
 
 
-def test_empty_state_shows_the_command_and_the_demo_fills_the_storage(_isolated_runs):
+def references(at: AppTest) -> dict:
+    """The trace of the canonical models' reference lines (its name says which profile predicted them)."""
+    refs = [t for name, t in traces(at).items() if name.startswith("canonical")]
+    assert len(refs) == 1, list(traces(at))
+    return refs[0]
+
+
+def reference_labels(at: AppTest) -> list[str]:
+    """The visible labels of the reference lines (annotations named ``reference``), left to right."""
+    return [a["text"] for a in chart(at)["layout"].get("annotations", []) if a.get("name") == "reference"]
+
+
+def test_empty_state_shows_the_command_and_the_demo_fills_the_storage(_isolated_runs, tmp_path):
     at = run_app(timeout=180)
     assert_clean(at)
     db = _isolated_runs / "nas.db"
-    assert "No studies in" in at.info[0].value and str(db) in at.info[0].value
+    assert "No storage file at" in at.info[0].value and str(db) in at.info[0].value
     assert at.code[0].value == "python -m nas.search --budget 30ms"
     assert not db.exists()  # looking does not create the database
+    # the demo into another storage writes next to it, nothing into the runs folder of the app
+    (tmp_path / "elsewhere").mkdir()
+    other = tmp_path / "elsewhere" / "nas.db"
+    at.text_input(key="storage").set_value(f"sqlite:///{other}").run()
+    assert str(tmp_path / "elsewhere") in " ".join(md.value for md in at.markdown)
+    before = sorted(p.name for p in _isolated_runs.iterdir())
     at.button(key="demo").click().run()
     assert_clean(at)
-    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{other}")
     done = [t for t in study.trials if t.user_attrs.get("status") != "rejected"]
     assert len(done) >= 8
+    assert sorted(p.name for p in _isolated_runs.iterdir()) == before
+    assert (tmp_path / "elsewhere" / "demo_space.yaml").exists() and (tmp_path / "elsewhere" / "demo").is_dir()
     m = metrics(at)
     assert int(m["trials"]) == len(study.trials) and int(m["completed"]) >= 1
+    assert not at.warning, [w.value for w in at.warning]  # one proxy, whatever the rejected trials recorded
+    assert chart(at)["layout"]["yaxis"]["title"]["text"] == "score (zero-cost:naswot)"
     names = traces(at)
-    assert "Pareto front" in names and "canonical (latency only)" in names
+    assert "Pareto front" in names and references(at)["name"] == "canonical, predicted for v100 (spec sheet, not calibrated)"
+
+
+def test_a_missing_folder_or_a_relative_path_says_where_it_resolved(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAS_STORAGE", f"sqlite:///{tmp_path / 'nope' / 'nas.db'}")
+    at = run_app()
+    assert not at.exception and len(at.error) == 1 and [b.key for b in at.button if b.key == "demo"] == []
+    msg = at.error[0].value
+    assert f"the folder {tmp_path / 'nope'} does not exist" in msg and "\n" not in msg
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NAS_STORAGE", "sqlite:///typo.db")
+    at = run_app()
+    assert_clean(at)
+    assert f"No storage file at {tmp_path / 'typo.db'} (relative to {tmp_path}" in at.info[0].value
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_an_interrupted_demo_or_a_users_demo_study_still_offers_the_demo(tmp_path, monkeypatch):
+    u = f"sqlite:///{tmp_path / 'nas.db'}"
+    mine = optuna.create_study(study_name="demo", storage=u)  # the user's own study called demo, nothing finished
+    mine.set_user_attr("settings", {"space": "mine.yaml"})
+    mine.ask()
+    monkeypatch.setenv("NAS_STORAGE", u)
+    at = run_app()
+    assert_clean(at)
+    assert at.button(key="demo") and "as study `demo-2`" in " ".join(md.value for md in at.markdown)
 
 
 def test_empty_state_names_a_custom_storage(tmp_path, monkeypatch):
@@ -97,16 +143,51 @@ def test_a_study_with_trials(url):
     at = run_app()
     assert_clean(at)
     m = metrics(at)
-    assert (m["trials"], m["completed"], m["pruned / rejected"], m["failed"]) == (str(len(PLAN)), "7", "1", "1")
+    assert (m["trials"], m["completed"], m["running"], m["pruned / rejected"], m["failed"]) == (
+        str(len(PLAN)), "7", "0", "1", "1")
     assert m["feasible under budget"] == "7"
     assert at.slider[0].value == pytest.approx(0.5)  # the study's budget
     t = traces(at)
     assert {c[0] for c in t["Pareto front"]["customdata"]} == {f"fixture#{i}" for i in FRONT}
     assert t["baselines"]["text"] == ["hardnet39ds"]
-    refs = [x for x in t["canonical (latency only)"]["text"] if x]
-    assert refs == ["tresnet_m (v100)", "resnet50 (v100)"]  # hardnet68 is in the study (rejected)
+    refs = [x.split(" ")[0] for x in reference_labels(at)]
+    assert sorted(refs) == ["hardnet68", "resnet50", "tresnet_m"]  # hardnet68 is in the study but has no accuracy
+    assert t["baselines without accuracy"]["text"] == ["hardnet68"]
     assert t["selected"]["customdata"][0][0] == "fixture#2"  # the fastest front point by default
     assert at.selectbox(key="selected").value == "fixture#2"
+
+
+def test_cpu_latency_is_predicted_with_a_calibrated_profile_and_says_so(tmp_path, monkeypatch):
+    u = f"sqlite:///{tmp_path / 'cpu.db'}"
+    make_measured_study(u)
+    monkeypatch.setenv("NAS_STORAGE", u)
+    at = run_app()
+    assert_clean(at)
+    assert at.radio(key="lat_mode").value == "measured"
+    refs = references(at)
+    assert refs["name"].startswith("canonical, predicted for cpu (calibrated here on ")
+    measured = {c[0]: c[6] for name, t in traces(at).items() if not name.startswith(("canonical", "selected", "Pareto"))
+                for c in t.get("customdata", [])}
+    at.radio(key="lat_mode").set_value("predicted").run()
+    at.selectbox(key="device").set_value("cpu").run()
+    assert_clean(at)
+    assert any("calibrated here on" in c.value and "held-out error" in c.value for c in at.sidebar.caption)
+    predicted = {c[0]: c[6] for name, t in traces(at).items() if not name.startswith(("canonical", "selected", "Pareto"))
+                 for c in t.get("customdata", [])}
+    assert set(predicted) == set(measured) and len(measured) == 16
+    ratios = sorted(predicted[k] / measured[k] for k in measured)
+    assert 0.7 < ratios[len(ratios) // 2] < 1.4  # not the micro-benchmark's ~5x optimistic figures
+    assert chart(at)["layout"]["xaxis"]["title"]["text"].startswith("latency (ms, predicted for cpu, calibrated here on ")
+
+
+def test_a_zero_cost_study_has_no_proxy_warning(tmp_path, monkeypatch):
+    u = f"sqlite:///{tmp_path / 'zc.db'}"
+    make_study(u, zero_cost=True)
+    monkeypatch.setenv("NAS_STORAGE", u)
+    at = run_app()
+    assert_clean(at)
+    assert not at.warning, [w.value for w in at.warning]
+    assert chart(at)["layout"]["yaxis"]["title"]["text"] == "score (zero-cost:naswot)"
 
 
 def test_budget_slider_greys_out_infeasible_points(url):
@@ -126,14 +207,61 @@ def test_selection_shows_the_architecture(url):
     cfg = get_config("hardnet39ds")
     assert any(cfg.arch_id in md.value and "hardnet39ds" in md.value for md in at.markdown)
     assert traces(at)["selected"]["customdata"][0][0] == "fixture#0"
-    stage_table = at.dataframe[0].value
-    assert list(stage_table["stage"]) == ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"]
+    stage_table = at.table[0].value
+    assert list(stage_table.index) == ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"]
+    assert list(stage_table.columns) == ["block", "depth", "SE", "output", "params", "MACs", "CIO", "MoC"]
+    assert stage_table.loc["stem", "SE"] == "–" and stage_table.loc["head", "depth"] == "–"  # not "None"
+    assert all(v.endswith(("\u00a0k", "\u00a0M", "\u00a0G")) or v.replace(".", "").isdigit() for v in stage_table["MACs"])
     block = at.selectbox(key="block-fixture#0")
     assert len(block.options) == 4
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     links = [c for c in charts if c["data"] and c["data"][0].get("name") == "links"]
     assert links and len(links[0]["data"][1]["x"]) == cfg.stages[0].depth + 1
     assert any(c["data"] and c["data"][0].get("name") == cfg.arch_id for c in charts)  # the proxy curve
+
+
+def test_a_rejected_baseline_can_be_selected_and_compared(url):
+    at = run_app()
+    assert any("hardnet68" in o and "rejected" in o for o in at.selectbox(key="selected").options)
+    at.selectbox(key="selected").set_value("fixture#1").run()
+    assert_clean(at)
+    assert any("hardnet68 (baseline)" in md.value and "rejected: over budget" in md.value for md in at.markdown)
+    assert traces(at)["selected"]["customdata"][0][0] == "fixture#1"
+    at.radio(key="view").set_value("Compare").run()
+    assert_clean(at)
+    assert at.selectbox(key="cmp_a").value == "fixture#1"
+
+
+def test_choices_survive_switching_views_and_storages(url, tmp_path):
+    make_study(url, name="second", budget=0.3)
+    at = run_app()
+    at.selectbox(key="selected").set_value("fixture#5").run()
+    at.radio(key="view").set_value("Trade-offs").run()
+    at.selectbox(key="edf_choice").set_value("family").run()
+    at.radio(key="view").set_value("Pareto front").run()
+    assert_clean(at)
+    assert at.selectbox(key="selected").value == "fixture#5"
+    at.radio(key="view").set_value("Compare").run()
+    assert at.selectbox(key="cmp_a").value == "fixture#5"
+    at.selectbox(key="cmp_b").set_value("fixture#3").run()
+    at.radio(key="view").set_value("Trade-offs").run()
+    assert at.selectbox(key="edf_choice").value == "family"
+    at.radio(key="view").set_value("Compare").run()
+    assert_clean(at)
+    assert (at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value) == ("fixture#5", "fixture#3")
+    at.selectbox(key="cmp_a").set_value("fixture#6").run()
+    at.radio(key="view").set_value("Pareto front").run()
+    assert at.selectbox(key="selected").value == "fixture#6"  # Compare's A is the selection
+    # another storage and back: each keeps its own study picks
+    at.multiselect(key="studies").set_value(["fixture", "second"]).run()
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    make_study(other, name="elsewhere")
+    at.text_input(key="storage").set_value(other).run()
+    assert_clean(at)
+    assert at.multiselect(key="studies").value == ["elsewhere"]
+    at.text_input(key="storage").set_value(url).run()
+    assert_clean(at)
+    assert at.multiselect(key="studies").value == ["fixture", "second"]
 
 
 def test_export_downloads_carry_the_selected_architecture(url, monkeypatch):
@@ -148,16 +276,64 @@ def test_export_downloads_carry_the_selected_architecture(url, monkeypatch):
     at = run_app()
     assert_clean(at)
     got = {name.rsplit(".", 1)[1]: data for _, data, name in calls}
-    assert set(got) == {"py", "json", "onnx"}
+    assert set(got) == {"py", "json", "onnx", "pt"}
     cfg = small_configs(6)[0]  # trial 2, selected by default
     assert ArchConfig.from_json(got["json"].decode()) == cfg
-    assert "import torch" in got["py"].decode()
-    assert callable(got["onnx"])  # made only when clicked: ONNX export takes seconds
+    assert callable(got["py"]) and callable(got["onnx"]) and callable(got["pt"])  # made only when clicked
+    assert "import torch" in got["py"]().decode() and "BatchNorm2d" in got["py"]().decode()
     assert all(name.startswith("fixture-trial2.") for _, _, name in calls)
     onnx = pytest.importorskip("onnx")
     model = onnx.load_from_string(got["onnx"]())
     props = {p.key: p.value for p in model.metadata_props}
     assert props.get("hardnas_arch_id") == cfg.arch_id
+    import io
+
+    import torch
+
+    scripted = torch.jit.load(io.BytesIO(got["pt"]()))
+    assert scripted(torch.randn(1, 3, 64, 64)).shape == (1, cfg.head.num_classes)
+    calls.clear()
+    at.toggle(key="deploy").set_value(True).run()  # BatchNorm folded, as the export command's --deploy
+    assert_clean(at)
+    deploy = {name: data for _, data, name in calls}
+    assert set(deploy) == {"fixture-trial2-deploy.py", "fixture-trial2.json", "fixture-trial2-deploy.onnx",
+                           "fixture-trial2-deploy.pt"}
+    assert "BatchNorm2d" not in deploy["fixture-trial2-deploy.py"]().decode()
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "⬇ pareto.csv" in labels and "⬇ pareto.json" in labels  # the front shown, as the search writes it
+
+
+def test_the_trials_view_lists_every_trial_with_its_outcome(url):
+    study = optuna.load_study(study_name="fixture", storage=url)
+    study.ask()  # a trial still running
+    at = run_app()
+    assert metrics(at)["running"] == "1"
+    at.radio(key="view").set_value("Trials").run()
+    assert_clean(at)
+    table = at.dataframe[0].value
+    assert len(table) == len(PLAN) + 1 and list(table["trial"])[:2] == [len(PLAN), len(PLAN) - 1]  # newest first
+    outcome = dict(zip(table["trial"], table["outcome"]))
+    assert outcome[1] == "rejected: over budget: predicted 0.9 ms > 0.5 ms" and outcome[len(PLAN)] == "running"
+    assert outcome[7] == "failed: proxy training: loss is NaN"
+    at.multiselect(key="trial_states").set_value(["PRUNED", "FAIL"]).run()
+    assert sorted(at.dataframe[0].value["trial"]) == [1, 7]
+    at.text_input(key="trial_filter").set_value("NaN").run()
+    assert list(at.dataframe[0].value["trial"]) == [7]
+    at.radio(key="view").set_value("Pareto front").run()
+    at.radio(key="view").set_value("Trials").run()
+    assert list(at.dataframe[0].value["trial"]) == [7]  # the filters stick
+
+
+def test_the_front_can_also_minimise_cio_as_the_searchs_pareto_csv(url):
+    at = run_app()
+    assert "accuracy and latency" in " ".join(c.value for c in at.caption)
+    two = {c[0] for c in traces(at)["Pareto front"]["customdata"]}
+    at.radio(key="front_objectives").set_value("accuracy, latency and CIO (as the search's pareto.csv)").run()
+    assert_clean(at)
+    t = traces(at)["Pareto front"]
+    three = {c[0] for c in t["customdata"]}
+    assert two <= three and t["mode"] == "markers"  # more points, no staircase
+    assert any("accuracy, latency and CIO" in c.value for c in at.caption)
 
 
 def test_corrupted_storage_is_one_error_line(tmp_path, monkeypatch):
@@ -184,6 +360,27 @@ def test_refresh_shows_trials_written_meanwhile(url):
     assert f"fixture#{len(PLAN)}" in {c[0] for c in traces(at)["Pareto front"]["customdata"]}
 
 
+def test_a_rerun_reads_the_trials_again_only_when_the_storage_changed(url, monkeypatch):
+    from nas.explore import data as D
+
+    reads = []
+    real = D.load_records
+    monkeypatch.setattr(D, "load_records", lambda *a, **k: reads.append(a) or real(*a, **k))
+    at = run_app()
+    assert len(reads) == 1
+    time.sleep(5.5)  # longer than the former time-to-live
+    at.run()
+    at.radio(key="view").set_value("Trials").run()
+    assert len(reads) == 1
+    study = optuna.load_study(study_name="fixture", storage=url)
+    cfg = small_configs(7)[6]
+    attrs = _attrs(cfg, 0.9, 0.15)
+    study.add_trial(optuna.trial.create_trial(values=[0.9, 0.15, float(attrs["cio"])], user_attrs=attrs))
+    at.run()  # no refresh button: the next interaction shows it
+    assert_clean(at)
+    assert len(reads) == 2 and metrics(at)["trials"] == str(len(PLAN) + 1)
+
+
 def test_overlaid_studies_other_device_and_views(url):
     make_study(url, name="second", budget=0.3)
     at = run_app()
@@ -202,16 +399,60 @@ def test_overlaid_studies_other_device_and_views(url):
     at.radio(key="view").set_value("Trade-offs").run()
     assert_clean(at)
     kinds = [json.loads(c.proto.spec)["data"][0]["type"] for c in at.get("plotly_chart")]
-    assert kinds[0] == "parcoords" and "scattergl" in kinds and kinds[-1] == "scatter"
-    titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "") for c in at.get("plotly_chart")]
-    assert sum("Kendall τ" in t for t in titles) == 2
+    assert kinds == ["parcoords", "scattergl", "scattergl", "scatter", "bar", "bar"]  # importances last: the slowest
+    assert sum("Kendall τ" in md.value and "Spearman ρ" in md.value for md in at.markdown) == 2
     assert not any("need at least" in i.value for i in at.info)  # 14 completed trials: importances shown
     at.selectbox(key="edf_choice").set_value("family").run()
     assert_clean(at)
     at.radio(key="view").set_value("Compare").run()
     assert_clean(at)
     a, b = at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value
-    assert a != b and len(at.dataframe) == 2
+    assert a != b and len(at.table) == 3  # the figures side by side, then each one's stages
+    figures = at.table[0].value
+    assert list(figures.columns) == ["A", "B", "B / A"] and "MoC (MACs / CIO)" in figures.index
+
+
+def _overlay(url: str, picks: list[str]) -> AppTest:
+    at = run_app()
+    at.multiselect(key="studies").set_value(picks).run()
+    assert_clean(at)
+    return at
+
+
+def test_overlays_take_budgets_set_for_the_latency_shown_whatever_the_click_order(url, tmp_path):
+    make_measured_study(url, name="cpu", budget=40.0)
+    make_study(url, name="tight", budget=0.3)
+    one = _overlay(url, ["fixture", "cpu"])
+    two = _overlay(url, ["cpu", "fixture"])
+    assert one.slider(key="budget").value == two.slider(key="budget").value == pytest.approx(40.0)  # measured
+    for at in (one, two):
+        at.radio(key="lat_mode").set_value("predicted").run()
+        at.selectbox(key="device").set_value("v100").run()
+        assert_clean(at)
+    assert one.slider(key="budget").value == two.slider(key="budget").value == pytest.approx(0.5)  # not cpu's 40 ms
+    note = " ".join(c.value for c in one.sidebar.caption)
+    assert "cpu: 40 ms (measured), another axis" in note and "fixture: 0.5 ms (predicted:v100)" in note
+    three = _overlay(url, ["tight", "fixture"])
+    assert three.slider(key="budget").value == pytest.approx(0.3)  # the smallest of those for this latency
+    three.multiselect(key="studies").set_value(["fixture", "tight"]).run()
+    assert three.slider(key="budget").value == pytest.approx(0.3)
+
+
+def test_overlays_never_share_an_axis_between_proxies_or_resolutions(url, tmp_path):
+    make_study(url, name="zc", zero_cost=True)
+    make_study(url, name="big", resolution=128)
+    at = _overlay(url, ["fixture", "zc"])
+    assert any("different accuracy proxies" in i.value and "not shown: zc" in i.value for i in at.info)
+    assert chart(at)["layout"]["yaxis"]["title"]["text"] == "proxy accuracy"
+    assert {c[2] for t in chart(at)["data"] for c in t.get("customdata", []) if c} == {"fixture"}
+    at.radio(key="proxy_group").set_value("zero-cost:naswot").run()
+    assert_clean(at)
+    assert chart(at)["layout"]["yaxis"]["title"]["text"] == "score (zero-cost:naswot)"
+    at = _overlay(url, ["fixture", "big"])
+    labels = reference_labels(at)
+    assert len(labels) == 6, labels
+    assert any(x.startswith("resnet50 @64px (predicted)") for x in labels)
+    assert any(x.startswith("resnet50 @128px (predicted)") for x in labels)
 
 
 def test_too_few_trials_for_importances_is_a_message(url):
@@ -271,73 +512,7 @@ def test_streamlit_run_from_the_repo_listens_on_localhost_only(tmp_path):
         log.close()
 
 
-# -- a real browser ----------------------------------------------------------------------------------
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_in_a_real_browser(tmp_path, url):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
-    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    if not (os.path.exists(chromium) and os.path.exists(driver_path)):
-        pytest.skip("no browser installed: needs chromium and chromedriver (Debian packages chromium, chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    port = _free_port()
-    log = open(tmp_path / "streamlit.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", APP, "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.fileWatcherType", "none",
-         "--", "--storage", url],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, "NAS_STORAGE": ""})
-    driver = None
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "streamlit.log").read_text()
-                time.sleep(0.3)
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = chromium
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1400,1600"):
-            opts.add_argument(flag)
-        from selenium.webdriver.chrome.service import Service
-
-        driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-        driver.set_page_load_timeout(60)
-        driver.get(f"http://127.0.0.1:{port}/")
-        wait = WebDriverWait(driver, 90)
-        wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".js-plotly-plot .main-svg")))
-        wait.until(lambda d: "hardnet39ds" in d.find_element(By.TAG_NAME, "body").text)
-        time.sleep(1.0)  # let the remaining charts draw before the screenshot
-        body = driver.find_element(By.TAG_NAME, "body").text
-        assert "hardnas explorer" in body
-        assert driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
-        legend = " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .legendtext"))
-        assert "Pareto front" in legend and "baselines" in legend
-        assert not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
-        shot = tmp_path / "pareto.png"
-        driver.save_screenshot(str(shot))
-        assert shot.stat().st_size > 10_000
-    finally:
-        if driver is not None:
-            driver.quit()
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()

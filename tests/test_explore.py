@@ -21,6 +21,7 @@ from nas.explore import analysis as A
 from nas.explore import data as D
 from nas.explore import downloads as X
 from nas.explore import figures as F
+from nas.explore import profiles as P
 from nas.explore.demo import create_command, demo_args
 from nas.explore.synthetic import synthetic_study
 from nas.latency.predict import predict
@@ -76,13 +77,19 @@ PLAN = [
 FRONT = {2, 3, 5, 6}
 
 
-def make_study(url: str, name: str = "fixture", budget: float = BUDGET, plan=PLAN) -> optuna.Study:
-    """A study written the way `nas.search` writes one: settings, objectives, seeds, user attributes."""
+def make_study(url: str, name: str = "fixture", budget: float = BUDGET, plan=PLAN, zero_cost: bool = False,
+               resolution: int = RES, device: str = "v100") -> optuna.Study:
+    """A study written the way `nas.search` writes one: settings, objectives, seeds, user attributes.
+
+    ``zero_cost``: NASWOT scores as accuracy; as in a real search, a trial rejected before its
+    evaluation records no proxy (the study's setting says ``zero-cost``)."""
     cfgs = small_configs(6)
     study = optuna.create_study(study_name=name, storage=url, directions=["maximize", "minimize", "minimize"])
     study.set_user_attr("settings", {"budget_ms": budget, "space": "tiny", "seed": 0, "device": "auto",
-                                     "resolution": RES, "batch": 1, "precision": "fp32", "latency": "predicted:v100",
-                                     "proxy": "train", "data": "digits", "objectives": ["accuracy", "latency", "cio"]})
+                                     "resolution": resolution, "batch": 1, "precision": "fp32",
+                                     "latency": f"predicted:{device}", "proxy": "zero-cost" if zero_cost else "train",
+                                     "zero_cost_metric": "naswot", "data": "digits",
+                                     "objectives": ["accuracy", "latency", "cio"]})
     study.set_user_attr("objectives", ["accuracy", "latency", "cio"])
     trials = []
     for number, which, acc, lat, state in plan:
@@ -94,10 +101,39 @@ def make_study(url: str, name: str = "fixture", budget: float = BUDGET, plan=PLA
             extra.update(status="rejected", reason=f"over budget: predicted {lat} ms > {budget} ms")
         if state == "FAIL":
             extra.update(status="failed", reason="proxy training: loss is NaN")
-        attrs = _attrs(cfg, acc, lat, **extra)
+        attrs = _attrs(cfg, None if acc is None else (1000 * acc if zero_cost else acc), lat, latency_device=device,
+                       budget_ms=budget, **extra)
+        if zero_cost:
+            attrs.pop("accuracy_curve", None)
+            if acc is None:
+                attrs.pop("proxy")
+            else:
+                attrs["proxy"] = "zero-cost:naswot"
+        acc = attrs.get("accuracy")
         st = getattr(optuna.trial.TrialState, state)
         values = [acc, lat, float(attrs["cio"])] if state == "COMPLETE" else None
         trials.append(optuna.trial.create_trial(state=st, values=values, user_attrs=attrs))
+    study.add_trials(trials)
+    return study
+
+
+def make_measured_study(url: str, name: str = "cpu", n: int = 16, factor: float = 5.0, budget: float = 1000.0,
+                        disturbed: int = 0) -> optuna.Study:
+    """A study whose latencies were measured on this CPU: ``factor`` x what the uncalibrated profile predicts
+    (a real micro-benchmarked profile is several times optimistic); the first ``disturbed`` are flagged."""
+    from nas.latency import cpu_profile, predict_ms
+
+    base = cpu_profile()
+    rng = random.Random(3)
+    study = optuna.create_study(study_name=name, storage=url, directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr("settings", {"budget_ms": budget, "resolution": RES, "batch": 1, "precision": "fp32",
+                                     "latency": "measured", "proxy": "train", "data": "digits"})
+    trials = []
+    for i, cfg in enumerate(small_configs(n, seed=7)):
+        ms = factor * predict_ms(cfg, base, RES) * rng.uniform(0.95, 1.05)
+        attrs = _attrs(cfg, 0.5 + 0.02 * i, ms, latency_source="measured", latency_device="cpu", budget_ms=budget,
+                       latency_disturbed=i < disturbed)
+        trials.append(optuna.trial.create_trial(values=[attrs["accuracy"], ms, float(attrs["cio"])], user_attrs=attrs))
     study.add_trials(trials)
     return study
 
@@ -124,9 +160,15 @@ def test_storage_url_priority(monkeypatch, _isolated_runs):
 
 
 def test_missing_sqlite_file_is_an_empty_storage_and_is_not_created(tmp_path):
-    url = f"sqlite:///{tmp_path / 'none' / 'nas.db'}"
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
     assert D.storage_is_missing(url) and D.list_studies(url) == []
+    assert not (tmp_path / "nas.db").exists()
+    assert D.storage_location(url) == str(tmp_path / "nas.db")
+    url = f"sqlite:///{tmp_path / 'none' / 'nas.db'}"  # a folder that does not exist: a mistyped path
+    with pytest.raises(D.StorageError, match=f"the folder {tmp_path / 'none'} does not exist"):
+        D.list_studies(url)
     assert not (tmp_path / "none").exists()
+    assert D.storage_location("postgresql://u@h/db") is None
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "folder", "bad-url", "unreachable", "missing-study"])
@@ -175,6 +217,16 @@ def test_fast_sql_read_equals_optunas_api(fixture_url):
     assert [r["state"] for r in fast] == [p[4] for p in PLAN]
 
 
+def test_a_zero_cost_study_is_one_proxy_though_rejected_trials_record_none(tmp_path):
+    url = f"sqlite:///{tmp_path / 'zc.db'}"
+    make_study(url, zero_cost=True)
+    df = D.records_frame(D.load_records(url, ["fixture"]))
+    assert set(df["proxy"]) == {"zero-cost:naswot"}
+    assert D.accuracy_proxies(df) == ["zero-cost:naswot"]
+    assert D.proxy_name(None, {"proxy": "zero-cost", "zero_cost_metric": "synflow"}) == "zero-cost:synflow"
+    assert D.proxy_name(None, {"proxy": "train"}) == "train" and D.proxy_name("", {}) == ""
+
+
 def test_records_frame_columns_and_design_features(frame):
     assert list(frame["key"][:2]) == ["fixture#0", "fixture#1"]
     row = frame.iloc[0]
@@ -205,7 +257,8 @@ def test_latency_column_measured_predicted_and_other_devices(frame):
     lat, src = A.latency_column(frame, "measured")
     assert lat.isna().all() and (src == "").all()  # never a prediction shown as a measurement
     lat, src = A.latency_column(frame, "predicted", "v100")
-    assert lat.equals(frame["latency_ms"].astype(float)) and src[0] == "predicted for v100"
+    assert lat.equals(frame["latency_ms"].astype(float))
+    assert src[0] == "predicted for v100 (spec sheet, not calibrated, as the search recorded it)"
     lat, src = A.latency_column(frame, "predicted", "jetson_nano")
     cfg = ArchConfig.from_json(frame.loc[2, "config"])
     assert lat[2] == pytest.approx(predict(cfg, "jetson_nano", RES).median_ms)
@@ -351,21 +404,65 @@ def test_pareto_figure_traces(frame):
     feas = A.feasible_mask(frame, lat, 0.3)
     front = A.front_mask(frame, lat, feas)
     fig = F.pareto_figure(frame, lat, src, feas, front, budget_ms=0.3, selected=["fixture#5"],
-                          references={"resnet50 (v100)": 1.5})
+                          references={"resnet50 (predicted)": 1.5, "tiny (predicted)": 0.05})
     assert isinstance(fig, go.Figure)
     names = [t.name for t in fig.data]
     assert names[0] == "infeasible" and "Pareto front" in names and "baselines" in names and "selected" in names
     assert "canonical (latency only)" in names
     by = {t.name: t for t in fig.data}
-    assert isinstance(by["infeasible"], go.Scattergl) and isinstance(by["hard"] if "hard" in by else fig.data[1], go.Scattergl)
+    # every point trace is WebGL, so the front, baselines and selection stack above the cloud in this order
+    points = [t for t in fig.data if t.name != "canonical (latency only)"]
+    assert all(isinstance(t, go.Scattergl) for t in points)
+    order = [t.name for t in points]
+    cloud = [i for i, n in enumerate(order) if n == "infeasible" or n in set(frame["family"])]
+    assert max(cloud) < order.index("Pareto front") < order.index("baselines") < order.index("selected")
     assert sorted(c[0] for c in by["infeasible"].customdata) == ["fixture#0", "fixture#5", "fixture#6"]
     assert [c[0] for c in by["Pareto front"].customdata] == ["fixture#2", "fixture#3"]  # sorted by latency
     assert list(by["baselines"].text) == ["hardnet39ds"] and by["baselines"].marker.symbol == "star"
     assert by["selected"].customdata[0][0] == "fixture#5"
-    plotted = sum(len(t.x) for t in fig.data if isinstance(t, go.Scattergl))
-    assert plotted == 7  # completed trials with accuracy and latency, each once
-    assert fig.layout.coloraxis.colorbar.title.text == "CIO (M)"
+    drawn = sum(len(by[n].x) for n in order if n == "infeasible" or n in set(frame["family"]))
+    assert drawn == 7  # completed trials with accuracy and latency, each once
     assert any("budget 0.3" in (a.text or "") for a in fig.layout.annotations)
+    # the axis spans the trials (and the budget), not the references; one beyond it is an arrow at the edge
+    assert fig.layout.xaxis.range[1] == pytest.approx(1.08 * 0.9)  # the slowest: the rejected baseline
+    refs = {a.text: a for a in fig.layout.annotations if a.name == "reference"}
+    assert set(refs) == {"tiny (predicted) 0.05 ms", "resnet50 (predicted) → 1.5 ms"}
+    assert refs["resnet50 (predicted) → 1.5 ms"].xref == "paper" and refs["tiny (predicted) 0.05 ms"].x == 0.05
+
+
+def test_pareto_colours_by_family_or_by_cio_on_a_scale_the_budget_does_not_move(frame):
+    lat, src = A.latency_column(frame, "predicted", "v100")
+    scales = []
+    for budget in (0.3, BUDGET):
+        feas = A.feasible_mask(frame, lat, budget)
+        fig = F.pareto_figure(frame, lat, src, feas, A.front_mask(frame, lat, feas), budget_ms=budget, colour_by="cio")
+        scales.append((fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax))
+        assert fig.layout.coloraxis.colorbar.title.text == "CIO (M elements)"
+    assert scales[0] == scales[1]
+    done = frame[(frame["state"] == "COMPLETE")]
+    assert scales[0] == pytest.approx((done["cio"].min() / 1e6, done["cio"].max() / 1e6))
+    fig = F.pareto_figure(frame, lat, src, A.feasible_mask(frame, lat, BUDGET), A.front_mask(frame, lat, feas))
+    families = [t for t in fig.data if t.name in set(frame["family"])]
+    assert len({t.marker.color for t in families}) == len(families)  # one colour per family
+    with pytest.raises(ValueError, match="colour_by"):
+        F.pareto_figure(frame, lat, src, feas, feas, colour_by="size")
+
+
+def test_rejected_baselines_are_drawn_on_a_no_accuracy_band_saying_why(frame):
+    assert frame.loc[1, "why"] == "rejected: over budget: predicted 0.9 ms > 0.5 ms"
+    assert frame.loc[7, "why"] == "failed: proxy training: loss is NaN" and frame.loc[2, "why"] == "ok"
+    lat, src = A.latency_column(frame, "predicted", "v100")
+    assert lat[1] == pytest.approx(0.9)  # the rejected baseline keeps its latency
+    feas = A.feasible_mask(frame, lat, BUDGET)
+    fig = F.pareto_figure(frame, lat, src, feas, A.front_mask(frame, lat, feas), selected=["fixture#1"])
+    by = {t.name: t for t in fig.data}
+    band = by["baselines without accuracy"]
+    assert list(band.text) == ["hardnet68"] and band.customdata[0][0] == "fixture#1"
+    assert band.x[0] == pytest.approx(0.9) and band.y[0] < frame["accuracy"].min()
+    assert band.customdata[0][12] == "rejected: over budget: predicted 0.9 ms > 0.5 ms"
+    assert "no accuracy" in band.hovertemplate
+    assert by["selected"].y[0] == band.y[0]  # the selection ring sits on the band
+    assert any(a.text == "no accuracy" for a in fig.layout.annotations)
 
 
 def test_pareto_figure_overlaid_studies_draw_one_front_each(frame):
@@ -384,7 +481,7 @@ def test_pareto_figure_respects_the_sample(frame):
     shown = pd.Series(False, index=frame.index)
     fig = F.pareto_figure(frame, lat, src, feas, front, shown=shown)
     drawn = {c[0] for t in fig.data if isinstance(t, go.Scattergl) for c in t.customdata}
-    assert drawn == {f"fixture#{i}" for i in FRONT} | {"fixture#0"}  # the front and the baseline stay
+    assert drawn == {f"fixture#{i}" for i in FRONT} | {"fixture#0", "fixture#1"}  # the front and the baselines stay
 
 
 def test_other_figures(frame):
@@ -398,8 +495,11 @@ def test_other_figures(frame):
     imp = F.importance_figure({"k": 0.7, "link_rule": 0.3}, "accuracy")
     assert list(imp.data[0].y) == ["link_rule", "k"]
     stats = A.rank_correlations(done["cio"], done["latency_ms"])
-    corr = F.cost_latency_figure(done["cio"], done["latency_ms"], done["family"], "CIO", stats)
-    assert "Kendall τ" in corr.layout.title.text and "Spearman ρ" in corr.layout.title.text
+    corr = F.cost_latency_figure(done["cio"], done["latency_ms"], done["family"], "CIO")
+    assert corr.layout.title.text is None  # the page writes the statistics above: a title runs under the toolbar
+    text = F.correlation_text(stats)
+    assert text.startswith("Kendall τ ") and "Spearman ρ" in text and text.endswith(f"over {len(done)} architectures")
+    assert F.correlation_text({"tau": math.nan, "n": 2}) == "too few points for a rank correlation (2)"
     assert sum(len(t.x) for t in corr.data) == len(done)
     edf = F.edf_figure(A.edf_by_choice(done, "family", 1 - done["accuracy"]), "family", "error")
     assert all(t.name.startswith("family=") for t in edf.data) and len(edf.data) == done["family"].nunique()
@@ -430,6 +530,48 @@ def test_clicked_key():
 # -- downloads, demo, synthetic studies ----------------------------------------------------------
 
 
+def test_front_downloads_are_the_searchs_pareto_files_with_the_latency_shown(frame):
+    import csv
+    import io
+
+    lat, src = A.latency_column(frame, "predicted", "jetson_nano")
+    feas = A.feasible_mask(frame, lat, None)
+    front = A.front_mask(frame, lat, feas)
+    rows, baselines = A.front_records(frame, lat, front, feas, "fixture", "predicted", "jetson_nano")
+    assert [r["number"] for r in rows] == list(frame.loc[lat[front].sort_values().index, "number"])
+    assert {r["latency_source"] for r in rows} == {"predicted"} and {r["latency_device"] for r in rows} == {"jetson_nano"}
+    assert [b["seed"] for b in baselines] == ["hardnet39ds", "hardnet68"]
+    files = X.front_files(rows, baselines)
+    table = list(csv.DictReader(io.StringIO(files["pareto.csv"].decode())))
+    assert list(table[0]) == ["number", "name", "arch_id", "accuracy", "latency_ms", "latency_source", "cio", "macs",
+                              "params", "feasible"]
+    assert [int(r["number"]) for r in table] == [r["number"] for r in rows]
+    assert float(table[0]["latency_ms"]) == pytest.approx(lat[front].min())
+    js = json.loads(files["pareto.json"])
+    assert len(js["front"]) == len(rows) and js["baselines"][1]["accuracy"] is None
+    assert js["front"][0]["config"]["stages"]  # configs as JSON objects, as the search writes them
+
+
+def test_front_over_accuracy_latency_and_cio_is_the_searchs(frame):
+    lat, _ = A.latency_column(frame, "predicted", "v100")
+    feas = A.feasible_mask(frame, lat, BUDGET)
+    three = A.front_mask(frame, lat, feas, objectives=("accuracy", "latency_ms", "cio"))
+    assert A.front_mask(frame, lat, feas).le(three).all()  # the 2-D front is part of the 3-D one
+    expected = pareto_front([{**r, "latency_ms": lat[i]} for i, r in frame.iterrows() if feas[i]], feasible_only=False)
+    assert set(frame.loc[three, "arch_id"]) == {r["arch_id"] for r in expected}
+    with pytest.raises(ValueError, match="front objectives"):
+        A.front_mask(frame, lat, feas, objectives=("accuracy", "params"))
+
+
+def test_trials_table_filters_and_orders(frame):
+    lat, src = A.latency_column(frame, "predicted", "v100")
+    table = A.trials_table(frame, lat, src)
+    assert list(table["trial"]) == list(range(len(PLAN) - 1, -1, -1))
+    assert table.loc[table["trial"] == 1, "outcome"].item().startswith("rejected: over budget")
+    assert list(A.trials_table(frame, lat, src, states=["FAIL"])["trial"]) == [7]
+    assert list(A.trials_table(frame, lat, src, contains="HARDNET68")["trial"]) == [1]
+
+
 def test_download_names_and_metadata():
     cfg = get_config("hardnet68")
     assert X.file_name(cfg, "onnx") == "hardnet68.onnx"
@@ -451,6 +593,19 @@ def test_export_through_the_export_package():
     py = X.export_file(cfg, "py", {"accuracy": 0.8, "latency_ms": 1.5}).decode()
     assert "import torch" in py
     compile(py, "exported.py", "exec")
+
+
+def test_the_demo_writes_next_to_its_storage_and_never_into_someone_elses_study(tmp_path, _isolated_runs):
+    from nas.explore.demo import demo_home, demo_study_name
+
+    url = f"sqlite:///{tmp_path / 'x' / 'nas.db'}"
+    assert demo_home(url) == (tmp_path / "x").resolve()
+    assert demo_home("postgresql://u@h/db") == _isolated_runs.resolve()
+    own = {"space": str(tmp_path / "x" / "demo_space.yaml")}
+    assert demo_study_name(url, {}) == "demo"
+    assert demo_study_name(url, {"demo": own}) == "demo"  # an earlier (maybe interrupted) demo: resumed
+    assert demo_study_name(url, {"demo": {"space": "mine.yaml"}}) == "demo-2"
+    assert demo_study_name(url, {"demo": {}, "demo-2": {}, "demo-3": own}) == "demo-3"
 
 
 def test_demo_command_lines(tmp_path):
@@ -481,4 +636,118 @@ def test_synthetic_bulk_study_reads_like_add_trials(tmp_path):
 def test_latency_progress_is_reported(frame):
     seen = []
     A.latency_column(frame, "predicted", "titanv", on_progress=lambda d, t: seen.append((d, t)))
-    assert seen[0] == (0, 7) and seen[-1] == (7, 7)
+    assert seen[0] == (0, 8) and seen[-1] == (8, 8)  # 7 completed trials and the rejected baseline
+
+
+# -- which profile a prediction comes from ------------------------------------------------------------
+
+
+def test_cpu_predictions_are_calibrated_on_the_studys_measurements(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cpu.db'}"
+    make_measured_study(url, disturbed=3)
+    df = D.records_frame(D.load_records(url, ["cpu"]))
+    clean = P.clean_cpu_measurements(df)
+    assert len(clean) == 13  # the disturbed ones are left out
+    plain = P.predictor("cpu")
+    assert plain.short == "micro-benchmark, not calibrated" and "micro-benchmark" in plain.label
+    fitted = P.predictor("cpu", clean)
+    assert fitted.short.startswith("calibrated here on ") and "held-out error" in fitted.source
+    assert fitted.key != plain.key
+    raw, _ = A.latency_column(df, "predicted", plain)
+    lat, src = A.latency_column(df, "predicted", fitted)
+    ratio = (lat / df["latency_ms"]).median()
+    assert (raw / df["latency_ms"]).median() < 0.3  # the uncalibrated profile is ~5x optimistic here
+    assert 0.7 < ratio < 1.4  # the calibrated one agrees with what was measured
+    assert src[0] == f"predicted for cpu ({fitted.short})"
+
+
+def test_a_calibrated_profile_saved_here_is_used_and_named(tmp_path):
+    from nas.latency import calibrate, predict_ms
+
+    url = f"sqlite:///{tmp_path / 'cpu.db'}"
+    make_measured_study(url)
+    df = D.records_frame(D.load_records(url, ["cpu"]))
+    cal = calibrate([ArchConfig.from_json(c) for c in df["config"]], list(df["latency_ms"]), "cpu", resolution=RES,
+                    save=True)
+    assert cal.accepted and cal.saved
+    pred = P.predictor("cpu")  # no measurements given: the saved calibration
+    assert pred.short == f"calibrated on {cal.fit_count}" and pred.source.startswith("calibrated on")
+    cfg = ArchConfig.from_json(df.loc[0, "config"])
+    assert P.predict_one(df.loc[0, "config"], pred, RES) == pytest.approx(predict_ms(cfg, cal.profile, RES))
+    assert P.predictor("v100").short == "spec sheet, not calibrated"
+
+
+def test_reference_lines_in_measured_mode_need_a_profile_of_the_measuring_device():
+    cpu = P.predictor("v100")  # any predictor stands in for this CPU's here
+    assert P.reference_predictor(["cpu", "cpu"], cpu) == (cpu, "")
+    pred, why = P.reference_predictor(["cuda:0 (NVIDIA H200)"], cpu)
+    assert pred is None and why == "no reference lines: measured on cuda:0 (NVIDIA H200), which has no device profile"
+
+
+
+# -- choices that stick ---------------------------------------------------------------------------------
+
+
+def test_restore_and_keep_make_a_widget_value_survive_runs_without_it():
+    from nas.explore.state import keep, restore
+
+    state: dict = {}
+    assert restore(state, "selected", "a", options=["a", "b"]) == "a"
+    state["selected"] = "b"  # the user picks b
+    keep(state, "selected")
+    del state["selected"]  # a run that does not draw the widget: streamlit forgets it
+    assert restore(state, "selected", "a", options=["a", "b", "c"]) == "b"
+    assert restore(state, "selected", "a", options=["a", "c"]) == "a"  # b is gone: the default
+    # one value per scope: the studies picked per storage URL
+    assert restore(state, "studies", ["x"], options=["x", "y"], scope="url1") == ["x"]
+    state["studies"] = ["x", "y"]
+    keep(state, "studies", scope="url1")
+    assert restore(state, "studies", ["z"], options=["z"], scope="url2") == ["z"]
+    assert restore(state, "studies", ["x"], options=["x", "y"], scope="url1") == ["x", "y"]
+    assert restore(state, "studies", ["x"], options=["y"], scope="url1") == ["y"]  # what is left of the picks
+    assert restore(state, "budget", 5.0, valid=lambda v: 0 <= v <= 10) == 5.0
+    state["budget"] = 50.0
+    assert restore(state, "budget", 5.0, valid=lambda v: 0 <= v <= 10) == 5.0  # out of range: the default
+
+
+def test_budgets_apply_to_the_latency_they_were_set_for():
+    settings = {"b": {"budget_ms": 0.3, "latency": "predicted:v100"}, "a": {"budget_ms": 0.5, "latency": "predicted:v100"},
+                "cpu": {"budget_ms": 40.0, "latency": "measured"}, "none": {"latency": "measured"}}
+    assert A.applicable_budgets(settings, "predicted", "v100") == {"a": 0.5, "b": 0.3}
+    assert A.applicable_budgets(settings, "measured", None) == {"cpu": 40.0}
+    assert A.applicable_budgets(settings, "predicted", "a100") == {}
+
+
+def test_reference_latencies_per_input_shape():
+    pred = P.predictor("v100")
+    one = P.reference_latencies(["resnet50"], pred, [(224, 1, "fp32")])
+    assert list(one) == ["resnet50 (predicted)"]
+    two = P.reference_latencies(["resnet50"], pred, [(224, 1, "fp32"), (64, 1, "fp32"), (64, 1, "fp32")])
+    assert list(two) == ["resnet50 @64px (predicted)", "resnet50 @224px (predicted)"]
+    assert two["resnet50 @224px (predicted)"] == pytest.approx(one["resnet50 (predicted)"])
+    assert two["resnet50 @64px (predicted)"] < two["resnet50 @224px (predicted)"]
+
+
+def test_storage_marker_changes_when_a_search_writes_and_only_then(tmp_path, fixture_url):
+    first = D.storage_marker(fixture_url)
+    assert first.startswith("rdb:") and D.storage_marker(fixture_url) == first
+    study = optuna.load_study(study_name="fixture", storage=fixture_url)
+    trial = study.ask()
+    second = D.storage_marker(fixture_url)
+    assert second != first  # a trial started
+    study.set_user_attr("x", 1)  # study attributes are not trial data
+    trial.set_user_attr("latency_ms", 0.3)
+    third = D.storage_marker(fixture_url)
+    assert third != second  # a running trial recorded a figure
+    study.tell(trial, [0.7, 0.3, 1.0])
+    assert D.storage_marker(fixture_url) != third  # it finished
+    optuna.create_study(study_name="another", storage=fixture_url)
+    assert D.storage_marker(fixture_url) != third
+    assert D.storage_marker(f"sqlite:///{tmp_path / 'none.db'}") == "missing"
+    journal = f"journal:{tmp_path / 'j.log'}"
+    from nas.search.storage import open_storage
+
+    s = optuna.create_study(study_name="j", storage=open_storage(journal))
+    before = D.storage_marker(journal)
+    s.ask()
+    assert before.startswith("journal:") and D.storage_marker(journal) != before

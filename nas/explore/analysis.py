@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,20 +21,26 @@ from ..errors import first_line
 from ..stats import kendall_tau, spearman_rho
 from .data import DESIGN_CHOICES, NUMERIC_CHOICES
 
+if TYPE_CHECKING:
+    from .profiles import Predictor
+
 __all__ = [
+    "applicable_budgets",
     "arch_config",
     "edf",
     "edf_by_choice",
     "feasible_mask",
+    "FRONTS",
     "front_mask",
+    "front_records",
     "harmonic_plans",
     "latency_column",
     "nice_ceiling",
     "param_importances",
-    "predicted_latency",
     "rank_correlations",
     "sample_for_display",
     "stage_rows",
+    "trials_table",
 ]
 
 
@@ -44,34 +50,23 @@ def arch_config(config_json: str) -> ArchConfig:
     return ArchConfig.from_json(config_json)
 
 
-@lru_cache(maxsize=200_000)
-def predicted_latency(config_json: str, device: str, resolution: int = 224, batch: int = 1,
-                      precision: str = "fp32") -> float:
-    """`nas.latency.predict` for one stored config on a device profile, in ms (NaN if it cannot be predicted).
-
-    Cached per (config, device, shape): switching the app's target device costs one roofline
-    evaluation per architecture once, then nothing.
-    """
-    from ..latency.predict import predict
-
-    try:
-        return float(predict(arch_config(config_json), device, resolution, batch, precision).median_ms)
-    except ValueError:
-        return math.nan
-
-
-def latency_column(df: pd.DataFrame, mode: str, device: str | None = None,
-                   on_progress: Callable[[int, int], None] | None = None) -> tuple[pd.Series, pd.Series]:
+def latency_column(df: pd.DataFrame, mode: str, device: "str | Predictor | None" = None,
+                   on_progress: Callable[[int, int], None] | None = None,
+                   rows: pd.Series | None = None) -> tuple[pd.Series, pd.Series]:
     """The latency each row shows and where it comes from, for ``mode`` ``measured`` or ``predicted``.
 
     ``measured``: the recorded latency of rows whose source is ``measured`` (NaN otherwise: a
-    prediction is never passed off as a measurement). ``predicted``: the recorded value when the
-    search predicted for the same ``device``, else `predicted_latency` on the row's config at its
-    study's resolution, batch and precision (completed trials only: the others are not plotted).
-    Returns (latency in ms, source label such as ``measured on cpu`` or ``predicted for v100``).
-    A first prediction costs a few ms per architecture (analysis + roofline): ``on_progress(done,
-    total)`` is called every 250 rows so a page can show a progress bar for large studies.
+    prediction is never passed off as a measurement). ``predicted``: with ``device`` a profile
+    name or a `Predictor` (see `nas.explore.profiles`): the search's own figure where it predicted
+    for the same published device, else the predictor's figure on the row's config at its study's
+    resolution, batch and precision, for completed trials and baselines (or the ``rows`` given).
+    This CPU's figures are always the predictor's: its profile depends on the machine and on
+    calibration, and one axis never mixes two of them. Returns (latency in ms, source label such
+    as ``measured on cpu`` or ``predicted for cpu (calibrated on 24)``). A first prediction costs
+    about a millisecond per architecture: ``on_progress(done, total)`` is called every 250 rows.
     """
+    from .profiles import Predictor, predict_one, predictor
+
     if mode not in ("measured", "predicted"):
         raise ValueError(f"latency mode: {mode!r} is not allowed; expected measured or predicted")
     if df.empty:
@@ -89,20 +84,24 @@ def latency_column(df: pd.DataFrame, mode: str, device: str | None = None,
         return lat.astype(float), src.where(ok, "")
     if not device:
         raise ValueError("latency device: missing; expected a device profile name for predicted latency")
-    recorded = (df["latency_source"] == "predicted") & (df["latency_device"] == device)
+    pred = device if isinstance(device, Predictor) else predictor(device)
+    recorded = (df["latency_source"] == "predicted") & (df["latency_device"] == pred.device) & (pred.device != "cpu")
     lat = df["latency_ms"].where(recorded).astype(float)
-    todo = ~recorded & (df["state"] == "COMPLETE") & (df["config"] != "")
+    wanted = rows if rows is not None else (df["state"] == "COMPLETE") | df["baseline"]
+    todo = ~recorded & wanted & (df["config"] != "")
     if todo.any():
         sub = df.loc[todo, ["config", "resolution", "batch", "precision"]]
         values = []
         for i, (c, r, b, p) in enumerate(sub.itertuples(index=False, name=None)):
             if on_progress is not None and i % 250 == 0:
                 on_progress(i, len(sub))
-            values.append(predicted_latency(c, device, int(r), int(b), str(p)))
+            values.append(predict_one(c, pred, int(r), int(b), str(p)))
         if on_progress is not None:
             on_progress(len(sub), len(sub))
         lat.loc[todo] = values
-    src = pd.Series(np.where(lat.notna(), f"predicted for {device}", ""), index=df.index, dtype=object)
+    label = f"predicted for {pred.device} ({pred.short})"
+    src = pd.Series(np.where(lat.notna(), label, ""), index=df.index, dtype=object)
+    src[recorded & lat.notna()] = f"predicted for {pred.device} ({pred.short}, as the search recorded it)"
     return lat, src
 
 
@@ -114,27 +113,90 @@ def feasible_mask(df: pd.DataFrame, latency: pd.Series, budget_ms: float | None)
     return ok
 
 
-def front_mask(df: pd.DataFrame, latency: pd.Series, feasible: pd.Series, by: str | None = "study") -> pd.Series:
-    """Rows on the accuracy-up / latency-down Pareto front of the feasible rows (per ``by`` group).
+#: the fronts the app offers: what the page calls it -> objective columns (accuracy maximised, the others minimised)
+FRONTS: dict[str, tuple[str, ...]] = {
+    "accuracy and latency": ("accuracy", "latency_ms"),
+    "accuracy, latency and CIO (as the search's pareto.csv)": ("accuracy", "latency_ms", "cio"),
+}
 
-    The front is `nas.search.results.pareto_front` on the two objectives: the first trial of each
-    architecture stands for it, and a point is kept when no feasible point has latency <= and
-    accuracy >= with one strictly better.
+
+def front_mask(df: pd.DataFrame, latency: pd.Series, feasible: pd.Series, by: str | None = "study",
+               objectives: Sequence[str] = ("accuracy", "latency_ms")) -> pd.Series:
+    """Rows on the Pareto front of the feasible rows (per ``by`` group), accuracy up, latency (and CIO) down.
+
+    The front is `nas.search.results.pareto_front` on ``objectives`` (a value of `FRONTS`; the
+    latency is the one shown): the first trial of each architecture stands for it, and a point is
+    kept when no feasible point is at least as good in every objective and better in one. With
+    CIO it is the front the search writes to ``pareto.csv``.
     """
     from ..search.results import pareto_front  # lazily: importing nas.search imports optuna
 
+    objectives = tuple(objectives)
+    if objectives not in FRONTS.values():
+        raise ValueError(f"front objectives: {objectives!r} is not allowed; expected one of "
+                         f"{', '.join(map(str, FRONTS.values()))}")
     out = pd.Series(False, index=df.index)
-    pool = df.loc[feasible, ["arch_id", "accuracy"] + ([by] if by else [])].copy()
+    others = [o for o in objectives if o not in ("accuracy", "latency_ms")]
+    pool = df.loc[feasible, ["arch_id", "accuracy", *others] + ([by] if by else [])].copy()
     pool["latency_ms"] = latency[feasible].astype(float)
     if pool.empty:
         return out
     groups = pool.groupby(by, sort=False) if by else [(None, pool)]
     for _, g in groups:
-        recs = [{"row": i, "state": "COMPLETE", "arch_id": a, "accuracy": acc, "latency_ms": lat}
-                for i, a, acc, lat in zip(g.index, g["arch_id"], g["accuracy"], g["latency_ms"])]
-        front = pareto_front(recs, objectives=("accuracy", "latency_ms"), maximize=("accuracy",), feasible_only=False)
+        recs = [{"row": i, "state": "COMPLETE", **r} for i, r in zip(g.index, g.to_dict("records"))]
+        front = pareto_front(recs, objectives=objectives, maximize=("accuracy",), feasible_only=False)
         out.loc[[r["row"] for r in front]] = True
     return out
+
+
+def applicable_budgets(settings: Mapping[str, Mapping[str, Any]], mode: str, device: str | None) -> dict[str, float]:
+    """The budgets of the studies whose search judged the latency shown (``measured``, or predicted for
+    ``device``), by study name: a budget set for another device or kind of latency is no line on this axis."""
+    wanted = "measured" if mode == "measured" else f"predicted:{device}"
+    return {name: float(s["budget_ms"]) for name, s in sorted(settings.items())
+            if s.get("budget_ms") is not None and str(s.get("latency") or "") == wanted}
+
+
+def trials_table(df: pd.DataFrame, latency: pd.Series, source: pd.Series, states: Sequence[str] | None = None,
+                 contains: str = "") -> pd.DataFrame:
+    """Every trial as the Trials view lists it, newest first: identity, state, outcome (``why``), the latency
+    shown with its source, what the search recorded, costs. Filtered to ``states`` and to rows whose
+    study, name, arch_id or outcome contains ``contains`` (case-insensitive)."""
+    keep = pd.Series(True, index=df.index)
+    if states is not None:
+        keep &= df["state"].isin(list(states))
+    text = contains.strip().lower()
+    if text:
+        hay = (df["study"] + " " + df["name"] + " " + df["arch_id"] + " " + df["why"]).str.lower()
+        keep &= hay.str.contains(text, regex=False)
+    rows = df.loc[keep]
+    table = pd.DataFrame({
+        "key": rows["key"], "study": rows["study"], "trial": rows["number"], "state": rows["state"],
+        "outcome": rows["why"], "name": rows["name"], "arch_id": rows["arch_id"], "accuracy": rows["accuracy"],
+        "latency (ms)": latency[keep], "latency source": source[keep], "recorded (ms)": rows["latency_ms"],
+        "recorded as": (rows["latency_source"] + " " + rows["latency_device"]).str.strip(),
+        "CIO": rows["cio"], "MACs": rows["macs"], "params": rows["params"], "family": rows["family"],
+    })
+    return table.sort_values(["study", "trial"], ascending=[True, False]).reset_index(drop=True)
+
+
+def front_records(df: pd.DataFrame, latency: pd.Series, front: pd.Series, feasible: pd.Series, study: str,
+                  mode: str, device: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(front, baselines) of one study as `nas.search.results.write_front` takes them, with the latency
+    shown: ``latency_source`` is ``mode`` (measured or predicted), ``latency_device`` the measuring
+    device, or the predicted ``device``."""
+    def record(i: Any) -> dict[str, Any]:
+        r = df.loc[i]
+        known = bool(latency.notna()[i])
+        rec = {k: r[k] for k in ("number", "name", "arch_id", "accuracy", "cio", "macs", "params", "moc", "proxy")}
+        rec.update(latency_ms=float(latency[i]), latency_source=mode if known else None,
+                   latency_device=(r["latency_device"] if mode == "measured" else device) if known else None,
+                   feasible=bool(feasible[i]), config=r["config"] or None, seed=r["name"] if r["baseline"] else None)
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in rec.items()}
+
+    mine = df["study"] == study
+    rows = [record(i) for i in latency[front & mine].sort_values().index]
+    return rows, [record(i) for i in df.index[mine & df["baseline"]]]
 
 
 def sample_for_display(df: pd.DataFrame, keep: pd.Series, max_points: int = 4000, strata: Sequence[str] = ("family",),
@@ -230,13 +292,14 @@ def rank_correlations(x: Sequence[float], y: Sequence[float], kendall_max: int |
 
 
 def param_importances(df: pd.DataFrame, target: pd.Series, choices: Sequence[str] = DESIGN_CHOICES,
-                      max_trials: int = 300, min_trials: int = 8, seed: int = 0, n_trees: int = 16) -> tuple[dict[str, float], str | None]:
+                      max_trials: int = 200, min_trials: int = 8, seed: int = 0, n_trees: int = 8) -> tuple[dict[str, float], str | None]:
     """Importance of each design choice for ``target`` with `optuna.importance.get_param_importances`.
 
     The choices are loaded as parameters of a throw-away in-memory study (categorical for the
     string choices, float for the numeric ones, NaN as -1 = "no harmonic block"), so studies of
-    different spaces share one set of names. fANOVA costs seconds per few hundred trials on
-    two cores, so above ``max_trials`` a seeded sample of that many is used. Returns (importances summing to 1, None) or
+    different spaces share one set of names. fANOVA's cost grows with trials x trees (about a
+    second for 300 trials and 16 trees here), so above ``max_trials`` a seeded sample of that many
+    is used, with ``n_trees`` trees. Returns (importances summing to 1, None) or
     ({}, a one-line reason) when there are too few trials or no choice varies; never raises.
     """
     import optuna

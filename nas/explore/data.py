@@ -14,6 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -23,15 +24,21 @@ from ..errors import first_line
 __all__ = [
     "DESIGN_CHOICES",
     "StorageError",
+    "accuracy_proxies",
     "StudyInfo",
     "clear_storage_cache",
     "default_storage_url",
     "design_features",
     "list_studies",
     "load_records",
+    "outcome",
+    "proxy_name",
     "records_frame",
     "resolve_storage_url",
     "storage_is_missing",
+    "storage_location",
+    "storage_marker",
+    "studies_by_proxy",
 ]
 
 #: design choices derived from every config (whatever space it came from), in display order;
@@ -88,6 +95,18 @@ def storage_is_missing(url: str) -> bool:
     return path is not None and not path.exists()
 
 
+def storage_location(url: str) -> str | None:
+    """Where a file storage's path resolves to, in words (``/abs/path.db``, plus the folder a relative path
+    is read from); None for server storages."""
+    from ..search.storage import storage_file
+
+    path = storage_file(url)
+    if path is None:
+        return None
+    where = str(path.expanduser().resolve())
+    return where if path.expanduser().is_absolute() else f"{where} (relative to {Path.cwd()}, where the app started)"
+
+
 _STORAGES: dict[str, Any] = {}
 
 
@@ -113,9 +132,61 @@ def _storage(url: str) -> Any:
     return storage
 
 
+def storage_marker(url: str) -> str:
+    """A cheap fingerprint of what the storage holds: it changes when a trial is added, finishes or records a
+    figure, when a study is created or deleted, or when a file storage is written.
+
+    The app caches study data under it instead of for a few seconds: a rerun costs one small query
+    (three ``MAX``/``COUNT`` over Optuna's tables on an RDB storage, a ``stat`` for a journal file),
+    and a search writing meanwhile shows up on the next interaction. ``names`` limits the trial
+    part to those studies (all when empty). A storage that cannot be asked gives a marker that
+    changes every 5 seconds (the app's former time-to-live).
+    """
+    import time
+
+    from ..search.storage import storage_file
+
+    path = storage_file(url)
+    if path is not None and not path.exists():
+        return "missing"
+    if _is_journal(url):
+        st = path.stat()
+        return f"journal:{st.st_size}:{st.st_mtime_ns}"
+    try:
+        import optuna
+        from sqlalchemy import text
+
+        storage = _storage(url)
+        if isinstance(storage, optuna.storages.RDBStorage):
+            with storage.engine.connect() as con:
+                row = con.execute(text(
+                    "SELECT (SELECT COUNT(*) FROM studies), (SELECT MAX(study_id) FROM studies), COUNT(*), "
+                    "MAX(trial_id), MAX(datetime_complete), SUM(CASE WHEN state = 'RUNNING' THEN 1 ELSE 0 END), "
+                    "(SELECT MAX(trial_user_attribute_id) FROM trial_user_attributes) FROM trials")).fetchone()
+            return "rdb:" + ":".join(str(v) for v in row)
+    except StorageError:
+        raise
+    except Exception:  # another schema, or the server is busy this instant: fall back on time
+        pass
+    return f"time:{int(time.time() // 5)}"
+
+
+def _is_journal(url: str) -> bool:
+    return url.startswith("journal:") or ("://" not in url and url.endswith((".log", ".jsonl")))
+
+
 def list_studies(url: str) -> list[StudyInfo]:
-    """Studies in the storage, by name; an empty list for a local file that does not exist yet."""
+    """Studies in the storage, by name; an empty list for a local file that does not exist yet.
+
+    A file whose folder does not exist either is a `StorageError` saying where the path resolved to
+    (a mistyped path, not an empty storage)."""
     if storage_is_missing(url):
+        from ..search.storage import storage_file
+
+        folder = storage_file(url).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise StorageError(f"storage {url}: the folder {folder} does not exist (the path resolves to "
+                               f"{storage_location(url)}); expected an existing folder")
         return []
 
     storage = _storage(url)
@@ -293,7 +364,7 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     the numbers in ``_NUMBERS`` (NaN when absent), ``latency_source``/``latency_device``,
     ``latency_disturbed``/``latency_slowdown`` (a measurement taken while other work ran),
     ``proxy``, ``status``, ``reason``, ``budget_ms``/``resolution``/``batch``/``precision`` of
-    the study, ``curve`` (per-epoch proxy accuracy) and `DESIGN_CHOICES`.
+    the study, ``curve`` (per-epoch proxy accuracy), `DESIGN_CHOICES` and ``why`` (`outcome`).
     """
     rows = []
     for r in records:
@@ -314,7 +385,7 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "latency_device": r.get("latency_device") or "",
             "latency_disturbed": bool(r.get("latency_disturbed")),
             "latency_slowdown": _num(r.get("latency_slowdown")),
-            "proxy": r.get("proxy") or settings.get("proxy") or "",
+            "proxy": proxy_name(r.get("proxy"), settings),
             "status": r.get("status") or "",
             "reason": r.get("reason") or "",
             "budget_ms": _num(settings.get("budget_ms", r.get("budget_ms"))),
@@ -329,6 +400,39 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         row.update(feats)
         rows.append(row)
     columns = ["key", "study", "number", "state", "name", "baseline", "arch_id", "config", *_NUMBERS,
-               "latency_source", "latency_device", "latency_disturbed", "latency_slowdown", "proxy", "status", "reason", "budget_ms", "resolution", "batch",
-               "precision", "curve", *DESIGN_CHOICES]
-    return pd.DataFrame(rows, columns=columns)
+               "latency_source", "latency_device", "latency_disturbed", "latency_slowdown", "proxy", "status", "reason",
+               "budget_ms", "resolution", "batch", "precision", "curve", *DESIGN_CHOICES]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["why"] = outcome(frame)
+    return frame
+
+
+def proxy_name(recorded: Any, settings: Mapping[str, Any]) -> str:
+    """The accuracy proxy of a trial as completed trials record it (``train``, ``zero-cost:naswot``).
+
+    A trial rejected before its evaluation records none; it gets the study's setting, named the
+    same way (the setting ``zero-cost`` with its metric), so one study never looks like two proxies.
+    """
+    if recorded:
+        return str(recorded)
+    proxy = str(settings.get("proxy") or "")
+    return f"zero-cost:{settings.get('zero_cost_metric') or 'naswot'}" if proxy == "zero-cost" else proxy
+
+
+def accuracy_proxies(frame: pd.DataFrame) -> list[str]:
+    """The proxies behind the accuracies shown (rows with an accuracy only), sorted."""
+    return sorted(set(frame.loc[frame["accuracy"].notna(), "proxy"]) - {""})
+
+
+def studies_by_proxy(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """Each accuracy proxy and the studies whose accuracies it gave (a study may appear under several)."""
+    rows = frame.loc[frame["accuracy"].notna() & (frame["proxy"] != ""), ["proxy", "study"]].drop_duplicates()
+    return {p: sorted(g["study"]) for p, g in rows.groupby("proxy", sort=True)}
+
+
+def outcome(frame: pd.DataFrame) -> pd.Series:
+    """What became of each trial in a few words: ``ok``, ``rejected: over budget: measured 48.2 ms > 40 ms``,
+    ``failed: proxy training: loss is NaN``, ``running``..."""
+    status = frame["status"].where(frame["status"] != "", frame["state"].str.lower())
+    status = status.where(frame["state"] != "RUNNING", "running")
+    return status.where(frame["reason"] == "", status + ": " + frame["reason"])

@@ -3,8 +3,11 @@
 The demo runs ``python -m nas.search`` in a subprocess (so a crash or Ctrl-C in it cannot take
 the app down) over a small space of harmonic and basic-block networks at 64x64, with latency
 predicted for a V100 and the NASWOT zero-cost score as accuracy: 8 trials, about 15-30 s on two
-shared CPU cores.
-Progress is read back from the storage the search writes, the same way the app reads results.
+shared CPU cores. Everything it writes goes next to the chosen storage (`demo_home`: the space
+file and the search's ``<study>/`` folder), never into the folder the app was started from; a
+study of that name that is not the demo's own is left alone (`demo_study_name`), and an
+interrupted demo is resumed by running it again. Progress is read back from the storage the
+search writes, the same way the app reads results.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import yaml
 
 from ..paths import runs_dir
 
-__all__ = ["DEMO_SPACE", "DEMO_STUDY", "DEMO_TRIALS", "create_command", "demo_args", "run_demo"]
+__all__ = ["DEMO_SPACE", "DEMO_STUDY", "DEMO_TRIALS", "create_command", "demo_args", "demo_home", "demo_study_name",
+           "run_demo"]
 
 DEMO_STUDY = "demo"
 DEMO_TRIALS = 8
@@ -56,6 +60,25 @@ def demo_args(url: str, space_file: Path, study: str = DEMO_STUDY, trials: int =
             "--study-name", study]
 
 
+def demo_home(url: str) -> Path:
+    """Where the demo writes: the folder of a file storage, else the search's runs folder."""
+    from ..search.storage import storage_file
+
+    path = storage_file(url)
+    return path.expanduser().resolve().parent if path is not None else runs_dir().resolve()
+
+
+def demo_study_name(url: str, studies: Mapping[str, Mapping[str, Any]]) -> str:
+    """``demo``, or ``demo-2``, ``demo-3``...: the first name that is free in the storage or an earlier demo's own
+    study (same space file: the search resumes it). ``studies``: name -> recorded settings."""
+    space = str(demo_home(url) / "demo_space.yaml")
+    for i in range(1, 1000):
+        name = DEMO_STUDY if i == 1 else f"{DEMO_STUDY}-{i}"
+        if name not in studies or str((studies[name] or {}).get("space")) == space:
+            return name
+    raise RuntimeError("demo search: no free study name demo..demo-999 in this storage")
+
+
 class _Progress:
     """Evaluated trials of the demo study, read from its storage (opened once: polling stays cheap)."""
 
@@ -83,12 +106,17 @@ def run_demo(url: str, on_progress: Callable[[int, int], None] | None = None, st
              trials: int = DEMO_TRIALS, timeout_s: float = 300.0, poll_s: float = 1.0) -> str:
     """Run the demo search into ``url`` and return the study name; progress as (evaluated, trials).
 
-    Raises RuntimeError with one line (the search's own error line) if the search fails.
+    The space file and the search's outputs go to `demo_home` (the search runs with
+    ``HARDNAS_RUNS`` there). Raises RuntimeError with one line (the search's own error line) if
+    the search fails.
     """
-    space_file = runs_dir() / "demo_space.yaml"
-    space_file.write_text(yaml.safe_dump(DEMO_SPACE, sort_keys=False))
+    home = demo_home(url)
+    space_file = home / "demo_space.yaml"
+    text = yaml.safe_dump(DEMO_SPACE, sort_keys=False)
+    if not space_file.exists() or space_file.read_text() != text:
+        space_file.write_text(text)
     cmd = [sys.executable, "-m", "nas.search", *demo_args(url, space_file, study, trials)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HARDNAS_RUNS": str(home)}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     start, last, evaluated = time.monotonic(), -2, _Progress(url, study)
     try:
