@@ -40,6 +40,7 @@ from .devices import PRECISIONS, device_name, fingerprint, resolve_device, resol
 from .fit import fit_profile
 from .interference import ForeignLoad, InterferencePolicy
 from .kernels import Kernel, conv_kernel, kernels_ms, kernels_of, linear_kernel, memory_kernel
+from .measure import _cpu_threads
 from .profiles import DEFAULT_EFFICIENCIES, PROFILES, DeviceProfile, check_profile, save_profile, saved_profiles
 
 __all__ = ["ProfileSample", "local_profile", "match_published", "profile_device"]
@@ -136,17 +137,8 @@ class _Clock:
         return statistics.median(times) if self.cuda else min(times)
 
 
-@contextlib.contextmanager
-def _threads(dev: torch.device, threads: int | None) -> Iterator[None]:
-    if dev.type != "cpu" or threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _threads(dev: torch.device, threads: int | None) -> contextlib.AbstractContextManager[None]:
+    return _cpu_threads(threads) if dev.type == "cpu" and threads else contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
