@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import torch
 
 from ..config import ArchConfig
+from ..resolution import Resolution
 from .files import check_writable, write_atomic
 from .formats import SUFFIXES, build_for_export, check_format, check_memory, export_bytes, weights_bytes
 from .pyfile import export_resolution
@@ -61,7 +62,7 @@ def default_filename(config: ArchConfig, fmt: str, deploy: bool = False) -> str:
     return f"{stem}{'-deploy' if deploy else ''}{SUFFIXES[check_format(fmt)][0]}"
 
 
-def latency_metadata(config: ArchConfig, latency: str, resolution: int, deploy: bool) -> dict[str, Any]:
+def latency_metadata(config: ArchConfig, latency: str, resolution: Resolution, deploy: bool) -> dict[str, Any]:
     """Docstring figures for ``latency``: ``measured`` (on this machine, cached), ``predicted:DEVICE`` or ``none``."""
     from ..latency import LatencyCache, measure, predict
     from ..paths import runs_dir
@@ -108,7 +109,7 @@ def _state_dict(weights: Any, config: ArchConfig) -> dict[str, torch.Tensor] | N
 
 def export(source: Any, fmt: str, out: str | os.PathLike | None, *, deploy: bool = False, force: bool = False,
            weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None, metadata: dict | None = None,
-           latency: str = "auto", resolution: int | None = None, storage: str | None = None,
+           latency: str = "auto", resolution: Resolution | None = None, storage: str | None = None,
            study_name: str | None = None, trial: int | None = None, best: bool = False,
            budget_ms: float | None = None) -> Path:
     """Export an architecture to ``out`` in format ``fmt``; returns the path written.
