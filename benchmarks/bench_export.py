@@ -57,7 +57,8 @@ def load_module(path: Path, name: str):
 
 
 def interleaved(models: dict[str, Any], x: torch.Tensor, threads: int, seconds: float,
-                max_rounds: int, inputs: dict[str, torch.Tensor] | None = None) -> dict[str, list[float]]:
+                max_rounds: int, inputs: dict[str, torch.Tensor] | None = None,
+                min_rounds: int = 11) -> dict[str, list[float]]:
     """Forward times in ms, one forward of each model per round, the order rotating each round.
 
     The method of `nas.latency.measure` (fixed threads, inference mode, warm-up, GC off,
@@ -85,7 +86,7 @@ def interleaved(models: dict[str, Any], x: torch.Tensor, threads: int, seconds: 
                     t0 = time.perf_counter_ns()
                     models[n](inputs.get(n, x))
                     out[n].append((time.perf_counter_ns() - t0) / 1e6)
-                if r >= 10 and time.perf_counter() - start > seconds:
+                if r + 1 >= min_rounds and time.perf_counter() - start > seconds:
                     break
     finally:
         gc.enable()
@@ -165,16 +166,17 @@ def runtimes_section(args: argparse.Namespace) -> None:
             print(f"\n{name} at {format_resolution(size)} (height x width), load average {load:.2f}")
             runners, inputs, prep = deploy_runners(cfg, x, threads, skip)
             check_outputs(runners, inputs, x)
-            times = interleaved(runners, x, threads, args.seconds, args.max_rounds, inputs)
+            times = interleaved(runners, x, threads, args.seconds, args.max_rounds, inputs, args.min_rounds)
             base = times["eager"]
-            print(f"  {len(base)} rounds; {'runtime':<28}{'median ms':>10}{'p10':>9}{'p90':>9}"
-                  f"{'/ eager':>9}{'(p10-p90)':>14}  ratio of medians, of p10s, preparation s")
+            print(f"  {len(base)} rounds")
+            print(f"  {'runtime':<28}{'median ms':>10}{'p10':>9}{'p90':>9}{'/ eager':>9}{'(p10-p90)':>16}"
+                  "  ratio of medians, of p10s; preparation s")
             medians[(size, name)] = {}
             for n, ts in times.items():
                 med, p10, p90 = _spread(ts)
                 pr, pr10, pr90 = _spread([a / b for a, b in zip(ts, base)])
                 medians[(size, name)][n] = med
-                print(f"  {'':{len(str(len(base))) + 9}}{n:<28}{med:10.2f}{p10:9.2f}{p90:9.2f}{pr:9.3f}"
+                print(f"  {n:<28}{med:10.2f}{p10:9.2f}{p90:9.2f}{pr:9.3f}"
                       f"   ({pr10:.3f}-{pr90:.3f})  {med / statistics.median(base):.3f}, "
                       f"{p10 / _spread(base)[1]:.3f}, {prep.get(n, 0):.1f}")
             load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -198,6 +200,7 @@ def main() -> None:
     p.add_argument("--max-rounds", type=int, default=2000, help="at most this many latency rounds")
     p.add_argument("--repeat", type=int, default=3, help="runs per export format (default 3)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the latency part (default: torch's)")
+    p.add_argument("--min-rounds", type=int, default=11, help="at least this many latency rounds (default 11)")
     p.add_argument("--runtimes", action="store_true", help="only section 3: deploy runtimes vs eager")
     p.add_argument("--models", default="hardnet68,hardnet39ds,tresnet_m,resnet50",
                    help="with --runtimes: canonical models, the last one is the reference of the ratios")

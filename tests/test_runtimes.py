@@ -127,3 +127,19 @@ def test_search_settings_take_hxw_and_a_runtime():
         SearchSettings(runtime="compile", latency="predicted:v100")
     with pytest.raises(ValueError, match=r"^resolution: '1080x' is not allowed"):
         SearchSettings(resolution="1080x")
+
+
+def test_export_records_the_runtime_of_its_measured_latency(tmp_path, monkeypatch):
+    import ast
+
+    from nas.export import export
+
+    monkeypatch.setenv("HARDNAS_RUNS", str(tmp_path / "runs"))
+    h, w = _odd(TINY)
+    out = export(TINY, "py", tmp_path / "m.py", resolution=(h, w), deploy=True, latency="measured",
+                 runtime="onnxruntime")
+    doc = " ".join(ast.get_docstring(ast.parse(out.read_text())).split())
+    latency = doc.split("Latency:")[1]
+    assert f"{h}x{w}" in latency and f"onnxruntime {ort.__version__}" in latency and "BN folded" in latency
+    with pytest.raises(ValueError, match=r"^runtime: 'tvm' is not allowed; expected one of eager"):
+        export(TINY, "py", tmp_path / "n.py", runtime="tvm")

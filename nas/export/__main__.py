@@ -38,6 +38,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--resolution", type=resolution_arg, default=None,
                    help="input size of the cost figures, the latency and the traced example: 224 or HxW "
                         "(height x width, e.g. 1080x1920; default 224)")
+    p.add_argument("--runtime", default="eager",
+                   help="runtime a measured latency runs under: eager, compile or onnxruntime (default eager)")
     g = p.add_argument_group("a trial of a study (instead of NAME|CONFIG)")
     g.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/nas.db) or journal:PATH")
     g.add_argument("--study-name", default=None, help="the study (may be left out when the storage holds one)")
@@ -69,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = export(args.source, fmt, args.out, deploy=args.deploy, force=args.force, weights=args.weights,
                       latency=args.latency, resolution=args.resolution, storage=args.storage,
-                      study_name=args.study_name, trial=args.trial, best=args.best, budget_ms=budget_ms)
+                      study_name=args.study_name, trial=args.trial, best=args.best, budget_ms=budget_ms,
+                      runtime=args.runtime)
     except ExportError as err:
         print(f"nas.export: error: {err}", file=sys.stderr)
         return 1

@@ -220,9 +220,10 @@ def measure(
     """Median forward latency of a model (or of the network a config describes) on ``device``.
 
     ``resolution`` is 224 or "HxW" (height x width). ``runtime`` is ``eager``, ``compile`` or
-    ``onnxruntime`` (`MEASURE_RUNTIMES`). ``channels_last`` defaults to True on CUDA and False on
-    CPU (ONNX Runtime picks its own layout: always False there). ``deploy`` folds BatchNorm into
-    the convs first. With a ``cache``, a measurement of the same architecture on the same device
+    ``onnxruntime`` (`MEASURE_RUNTIMES`). ``channels_last`` defaults to True on CUDA and for a
+    ``deploy`` model, False for the trained model on CPU (ONNX Runtime picks its own layout: always
+    False there). ``deploy`` folds BatchNorm into the convs first (what ``nas.export --deploy``
+    ships: channels_last, BatchNorm folded). With a ``cache``, a measurement of the same architecture on the same device
     fingerprint, shape, precision, layout, deploy flag, runtime and versions is reused (only
     clean, guarded figures are cached). ``interference`` (default on) times a canary between the
     runs; a result timed on a busy device says so in ``disturbed`` and ``canary_slowdown``.
@@ -237,7 +238,7 @@ def measure(
         config.check_resolution(resolution)
     resolution = canonical_resolution(resolution)
     if channels_last is None or runtime == "onnxruntime":
-        channels_last = dev.type == "cuda" and runtime != "onnxruntime"
+        channels_last = (dev.type == "cuda" or deploy) and runtime != "onnxruntime"
     threads = threads or torch.get_num_threads()
     arch_id = config.arch_id if isinstance(config, ArchConfig) else None
     context: dict[str, Any] = {
