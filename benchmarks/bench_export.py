@@ -58,7 +58,7 @@ def load_module(path: Path, name: str):
 
 def interleaved(models: dict[str, Any], x: torch.Tensor, threads: int, seconds: float,
                 max_rounds: int, inputs: dict[str, torch.Tensor] | None = None,
-                min_rounds: int = 11) -> dict[str, list[float]]:
+                min_rounds: int = 11, warmup: int = 3) -> dict[str, list[float]]:
     """Forward times in ms, one forward of each model per round, the order rotating each round.
 
     The method of `nas.latency.measure` (fixed threads, inference mode, warm-up, GC off,
@@ -76,7 +76,7 @@ def interleaved(models: dict[str, Any], x: torch.Tensor, threads: int, seconds: 
             for n, m in models.items():
                 if isinstance(m, torch.nn.Module):
                     m.eval()
-                for _ in range(3):
+                for _ in range(warmup):
                     m(inputs.get(n, x))
             gc.collect()
             gc.disable()
@@ -166,7 +166,8 @@ def runtimes_section(args: argparse.Namespace) -> None:
             print(f"\n{name} at {format_resolution(size)} (height x width), load average {load:.2f}")
             runners, inputs, prep = deploy_runners(cfg, x, threads, skip)
             check_outputs(runners, inputs, x)
-            times = interleaved(runners, x, threads, args.seconds, args.max_rounds, inputs, args.min_rounds)
+            times = interleaved(runners, x, threads, args.seconds, args.max_rounds, inputs, args.min_rounds,
+                                args.warmup)
             base = times["eager"]
             print(f"  {len(base)} rounds")
             print(f"  {'runtime':<28}{'median ms':>10}{'p10':>9}{'p90':>9}{'/ eager':>9}{'(p10-p90)':>16}"
@@ -200,6 +201,7 @@ def main() -> None:
     p.add_argument("--max-rounds", type=int, default=2000, help="at most this many latency rounds")
     p.add_argument("--repeat", type=int, default=3, help="runs per export format (default 3)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the latency part (default: torch's)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up forwards per model (default 3)")
     p.add_argument("--min-rounds", type=int, default=11, help="at least this many latency rounds (default 11)")
     p.add_argument("--runtimes", action="store_true", help="only section 3: deploy runtimes vs eager")
     p.add_argument("--models", default="hardnet68,hardnet39ds,tresnet_m,resnet50",
