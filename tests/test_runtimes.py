@@ -143,3 +143,15 @@ def test_export_records_the_runtime_of_its_measured_latency(tmp_path, monkeypatc
     assert f"{h}x{w}" in latency and f"onnxruntime {ort.__version__}" in latency and "BN folded" in latency
     with pytest.raises(ValueError, match=r"^runtime: 'tvm' is not allowed; expected one of eager"):
         export(TINY, "py", tmp_path / "n.py", runtime="tvm")
+
+
+def test_square_sizes_predict_bit_identically_in_every_form():
+    from nas.latency import predict, predict_ms, resolve_profile
+    from nas.latency.kernels import kernels_of
+
+    cfg, p = nas.get_config("hardnet68"), resolve_profile("v100")
+    ms = predict_ms(cfg, p, 224)
+    assert predict_ms(cfg, p, "224") == ms and predict_ms(cfg, p, "224x224") == ms and predict_ms(cfg, p, (224, 224)) == ms
+    assert kernels_of(cfg, "224x224") == kernels_of(cfg, 224)
+    assert predict(cfg, "v100", "224x224").context["resolution"] == 224
+    assert predict(cfg, "v100", "1080x1920").context["resolution"] == "1080x1920"
