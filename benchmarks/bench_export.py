@@ -1,6 +1,7 @@
 """Export benchmarks for HarDNet68, all measured in one run.
 
     python benchmarks/bench_export.py [--seconds 60] [--threads N] [--repeat 3]
+    python benchmarks/bench_export.py --runtimes [--models hardnet68,resnet50] [--sizes 224,1080x1920]
 
 1. Export time per format (``export_bytes``; onnx and torchscript include their built-in checks
    against PyTorch), median of ``--repeat`` runs.
@@ -10,6 +11,15 @@
    The models are timed side by side, interleaved forward by forward with the method of
    `nas.latency.measure`; ratios of medians, medians of paired (same-round) ratios and ratios of
    the 10th percentiles are printed. Nothing here asserts on wall time: it prints figures.
+
+``--runtimes`` runs this section instead:
+
+3. Deploy runtimes side by side, per model and input size (batch 1, fp32, ``--threads``): eager
+   PyTorch (the model as trained), and the deploy model (BatchNorm folded) in eager PyTorch,
+   in channels_last, as a frozen TorchScript graph, under ``torch.compile`` (inductor) and in ONNX
+   Runtime (all graph optimisations), interleaved forward by forward; each as a ratio to eager
+   (median of paired ratios, with their p10-p90 spread), then each model's ratio to the last model
+   given (HarDNet68 / ResNet-50 by default) under each runtime.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,6 +41,8 @@ import nas
 from nas.export import export_bytes
 from nas.fuse import fuse_model
 from nas.latency.devices import device_name
+from nas.latency.runtimes import prepare
+from nas.resolution import format_resolution, parse_resolution
 
 
 def section(title: str) -> None:
@@ -43,8 +56,9 @@ def load_module(path: Path, name: str):
     return module
 
 
-def interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, threads: int, seconds: float,
-                max_rounds: int) -> dict[str, list[float]]:
+def interleaved(models: dict[str, Any], x: torch.Tensor, threads: int, seconds: float,
+                max_rounds: int, inputs: dict[str, torch.Tensor] | None = None,
+                min_rounds: int = 11, warmup: int = 3) -> dict[str, list[float]]:
     """Forward times in ms, one forward of each model per round, the order rotating each round.
 
     The method of `nas.latency.measure` (fixed threads, inference mode, warm-up, GC off,
@@ -58,24 +72,126 @@ def interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, threads: in
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            for m in models.values():
-                m.eval()
-                for _ in range(3):
-                    m(x)
+            inputs = inputs or {}
+            for n, m in models.items():
+                if isinstance(m, torch.nn.Module):
+                    m.eval()
+                for _ in range(warmup):
+                    m(inputs.get(n, x))
             gc.collect()
             gc.disable()
             start = time.perf_counter()
             for r in range(max_rounds):
                 for n in names[r % len(names):] + names[:r % len(names)]:
                     t0 = time.perf_counter_ns()
-                    models[n](x)
+                    models[n](inputs.get(n, x))
                     out[n].append((time.perf_counter_ns() - t0) / 1e6)
-                if r >= 10 and time.perf_counter() - start > seconds:
+                if r + 1 >= min_rounds and time.perf_counter() - start > seconds:
                     break
     finally:
         gc.enable()
         torch.set_num_threads(before)
     return out
+
+
+def _spread(xs: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(xs, n=10) if len(xs) > 1 else [xs[0]] * 9
+    return statistics.median(xs), q[0], q[-1]
+
+
+def deploy_runners(cfg: nas.ArchConfig, x: torch.Tensor, threads: int,
+                   skip: set[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, float]]:
+    """Eager and every deploy runtime of ``cfg`` on ``x``: callables, their own inputs, preparation seconds."""
+    torch.manual_seed(0)
+    eager = nas.build_model(cfg).eval()
+    fused = fuse_model(eager)
+    runners: dict[str, Any] = {"eager": eager, "deploy": fused}
+    inputs: dict[str, torch.Tensor] = {}
+    prep: dict[str, float] = {}
+    with torch.inference_mode():
+        if "channels_last" not in skip:
+            runners["deploy, channels_last"] = fuse_model(eager).to(memory_format=torch.channels_last)
+            inputs["deploy, channels_last"] = x.contiguous(memory_format=torch.channels_last)
+        if "torchscript" not in skip:
+            t0 = time.perf_counter()
+            runners["deploy, torchscript frozen"] = torch.jit.freeze(torch.jit.script(fuse_model(eager)))
+            prep["deploy, torchscript frozen"] = time.perf_counter() - t0
+    for name in ("compile", "onnxruntime"):
+        if name in skip:
+            continue
+        t0 = time.perf_counter()
+        model = fuse_model(eager)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                run = prepare(name, model, x, threads, "fp32")
+                run(x)  # compiles here, not in the timed rounds
+        except Exception as err:  # one line, and the other runtimes still run
+            print(f"  deploy, {name}: cannot run here: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+            continue
+        finally:
+            torch.set_num_threads(before)
+        runners[f"deploy, {name}"] = run
+        prep[f"deploy, {name}"] = time.perf_counter() - t0
+    return runners, inputs, prep
+
+
+def check_outputs(runners: dict[str, Any], inputs: dict[str, torch.Tensor], x: torch.Tensor) -> None:
+    with torch.inference_mode():
+        ref = runners["eager"](x)
+        for n, run in runners.items():
+            if n == "eager":
+                continue
+            out = run(inputs.get(n, x))
+            out = torch.as_tensor(out[0]) if isinstance(out, (list, tuple)) else out
+            err = float((out.float() - ref).abs().max()) / max(1.0, float(ref.abs().max()))
+            print(f"  {n:<28} max |difference| to eager {err:.1e} of the largest output (documented tolerance 1e-4)")
+
+
+def runtimes_section(args: argparse.Namespace) -> None:
+    threads = args.threads or torch.get_num_threads()
+    skip = set(filter(None, args.skip.split(",")))
+    sizes = [s for s in args.sizes.split(",") if s]
+    models = [m for m in args.models.split(",") if m]
+    section(f"3. deploy runtimes vs eager: cpu ({device_name(torch.device('cpu'))}), {threads} threads, batch 1, "
+            f"fp32; interleaved forward by forward; CPU figures")
+    medians: dict[tuple[str, str], dict[str, float]] = {}
+    for size in sizes:
+        h, w = parse_resolution(size)
+        for name in models:
+            cfg = nas.get_config(name)
+            x = torch.randn(1, cfg.in_channels, h, w)
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+            print(f"\n{name} at {format_resolution(size)} (height x width), load average {load:.2f}")
+            runners, inputs, prep = deploy_runners(cfg, x, threads, skip)
+            check_outputs(runners, inputs, x)
+            times = interleaved(runners, x, threads, args.seconds, args.max_rounds, inputs, args.min_rounds,
+                                args.warmup)
+            base = times["eager"]
+            print(f"  {len(base)} rounds")
+            print(f"  {'runtime':<28}{'median ms':>10}{'p10':>9}{'p90':>9}{'/ eager':>9}{'(p10-p90)':>16}"
+                  "  ratio of medians, of p10s; preparation s")
+            medians[(size, name)] = {}
+            for n, ts in times.items():
+                med, p10, p90 = _spread(ts)
+                pr, pr10, pr90 = _spread([a / b for a, b in zip(ts, base)])
+                medians[(size, name)][n] = med
+                print(f"  {n:<28}{med:10.2f}{p10:9.2f}{p90:9.2f}{pr:9.3f}"
+                      f"   ({pr10:.3f}-{pr90:.3f})  {med / statistics.median(base):.3f}, "
+                      f"{p10 / _spread(base)[1]:.3f}, {prep.get(n, 0):.1f}")
+            load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+            if max(load, load_end) > threads + 0.5:
+                print(f"  DISTURBED: load average {load:.2f} -> {load_end:.2f} on {os.cpu_count()} cores while timing; "
+                      "the paired ratios are the figures to read")
+    if len(models) > 1:
+        ref = models[-1]
+        section(f"each model's median latency over {ref}'s, per runtime (same size, same run)")
+        for size in sizes:
+            for name in models[:-1]:
+                a, b = medians[(size, name)], medians[(size, ref)]
+                cells = ", ".join(f"{n} {a[n] / b[n]:.2f}" for n in a if n in b)
+                print(f"  {format_resolution(size)}  {name} / {ref}: {cells}")
 
 
 def main() -> None:
@@ -85,7 +201,18 @@ def main() -> None:
     p.add_argument("--max-rounds", type=int, default=2000, help="at most this many latency rounds")
     p.add_argument("--repeat", type=int, default=3, help="runs per export format (default 3)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the latency part (default: torch's)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up forwards per model (default 3)")
+    p.add_argument("--min-rounds", type=int, default=11, help="at least this many latency rounds (default 11)")
+    p.add_argument("--runtimes", action="store_true", help="only section 3: deploy runtimes vs eager")
+    p.add_argument("--models", default="hardnet68,hardnet39ds,tresnet_m,resnet50",
+                   help="with --runtimes: canonical models, the last one is the reference of the ratios")
+    p.add_argument("--sizes", default="224,1080x1920", help="with --runtimes: input sizes, 224 or HxW (height x width)")
+    p.add_argument("--skip", default="", help="with --runtimes: runtimes to leave out (channels_last, torchscript, "
+                                               "compile, onnxruntime)")
     args = p.parse_args()
+    if args.runtimes:
+        runtimes_section(args)
+        return
     cfg = nas.get_config(args.model)
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     print(f"{args.model}: torch {torch.__version__}, {torch.get_num_threads()} threads, "

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from .errors import check_choice, check_int, check_size, fail, parse_reason, read_text
+from .resolution import parse_resolution
 
 __all__ = [
     "ACTIVATIONS",
@@ -327,11 +328,20 @@ class ArchConfig:
             out.append(r)
         return out
 
-    def check_resolution(self, resolution: int) -> None:
-        """Raise `ValueError` unless ``resolution`` is a positive multiple of `reduction`."""
-        check_int("resolution", resolution, expected="a positive integer")
-        if resolution % self.reduction:
-            fail("resolution", resolution, f"a multiple of the network's stride {self.reduction}")
+    def check_resolution(self, resolution: Any) -> tuple[int, int]:
+        """``(height, width)`` of ``resolution`` (an int, ``"HxW"`` or a pair) if this network takes it.
+
+        PyTorch's shape rules apply at any size (convs and pools floor, the TResNet shortcut's
+        average pool rounds up), so a side need not be a multiple of the stride; it must be at
+        least the stride (else a feature map would vanish), and a multiple of 4 with a
+        space-to-depth stem (it folds 4x4 patches into channels). Else a one-line `ValueError`.
+        """
+        h, w = parse_resolution(resolution)
+        if min(h, w) < self.reduction:
+            fail("resolution", resolution, f"each side at least the network's stride {self.reduction}")
+        if self.stem.type == "space_to_depth" and (h % 4 or w % 4):
+            fail("resolution", resolution, "sides that are multiples of 4 (the space_to_depth stem folds 4x4 patches)")
+        return h, w
 
     @property
     def families(self) -> tuple[str, ...]:

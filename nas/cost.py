@@ -19,6 +19,7 @@ from .blocks import stage_cost
 from .config import ArchConfig
 from .errors import check_int
 from .modules import ClassifierHead
+from .resolution import Resolution, canonical_resolution, parse_resolution
 from .stems import stem_cost
 from .tracer import LayerCost, Tracer
 
@@ -45,7 +46,7 @@ class CostReport:
     """Per-layer records and totals for one config at one input shape."""
 
     arch_id: str
-    resolution: int
+    resolution: int | str  # canonical: 224 for a square input, "1080x1920" (height x width) otherwise
     batch: int
     bytes_per_element: int
     layers: tuple[LayerCost, ...]
@@ -79,6 +80,11 @@ class CostReport:
         return self.macs / self.cio if self.cio else 0.0
 
     @property
+    def input_hw(self) -> tuple[int, int]:
+        """Input height and width."""
+        return parse_resolution(self.resolution)
+
+    @property
     def conv_count(self) -> int:
         return sum(r.op == "conv" for r in self.layers)
 
@@ -107,11 +113,12 @@ class CostReport:
         }
 
 
-def analyze(config: ArchConfig, resolution: int = 224, batch: int = 1, bytes_per_element: int = 4) -> CostReport:
-    """Cost of ``config`` for a ``batch x in_channels x resolution x resolution`` input.
+def analyze(config: ArchConfig, resolution: Resolution = 224, batch: int = 1, bytes_per_element: int = 4) -> CostReport:
+    """Cost of ``config`` for a ``batch x in_channels x H x W`` input (``resolution``: 224 or "HxW").
 
-    Raises `ValueError` if ``config`` is not an `ArchConfig` (a dict, say: build one with
-    ``ArchConfig.from_dict``), the resolution is not a multiple of the network's stride, or the
+    Shapes follow PyTorch's rules at any size (see `ArchConfig.check_resolution`). Raises
+    `ValueError` if ``config`` is not an `ArchConfig` (a dict, say: build one with
+    ``ArchConfig.from_dict``), the network cannot take the resolution, or the
     batch or bytes per element is not a positive integer. Results are cached per arguments
     (``analyze.cache_clear()`` empties the cache).
     """
@@ -119,28 +126,28 @@ def analyze(config: ArchConfig, resolution: int = 224, batch: int = 1, bytes_per
     if not isinstance(config, ArchConfig):
         hint = " (ArchConfig.from_dict builds one from a dict)" if isinstance(config, Mapping) else ""
         raise ValueError(f"config: {type(config).__name__} is not allowed; expected an ArchConfig{hint}")
-    config.check_resolution(resolution)
+    h, w = config.check_resolution(resolution)
     check_int("batch", batch)
     check_int("bytes_per_element", bytes_per_element)
-    return _analyze(config, resolution, batch, bytes_per_element)
+    return _analyze(config, h, w, batch, bytes_per_element)
 
 
 @lru_cache(maxsize=2048)
-def _analyze(config: ArchConfig, resolution: int, batch: int, bytes_per_element: int) -> CostReport:
+def _analyze(config: ArchConfig, h: int, w: int, batch: int, bytes_per_element: int) -> CostReport:
     t = Tracer(batch, bytes_per_element)
-    x = (batch, config.in_channels, resolution, resolution)
+    x = (batch, config.in_channels, h, w)
     x = stem_cost(t, config.stem, x)
     for i, stage in enumerate(config.stages):
         x = stage_cost(t, f"stages.{i}", stage, x)
     ClassifierHead.cost(t, "head", x, x[1], config.head.num_classes, config.head.dropout)
-    return CostReport(config.arch_id, resolution, batch, bytes_per_element, tuple(t.layers))
+    return CostReport(config.arch_id, canonical_resolution((h, w)), batch, bytes_per_element, tuple(t.layers))
 
 
 analyze.cache_clear = _analyze.cache_clear  # type: ignore[attr-defined]
 analyze.cache_info = _analyze.cache_info  # type: ignore[attr-defined]
 
 
-def thop_profile(model: Any, resolution: int = 224, batch: int = 1) -> tuple[int, int]:
+def thop_profile(model: Any, resolution: Resolution = 224, batch: int = 1) -> tuple[int, int]:
     """``(macs, params)`` from ``thop.profile`` on a built model.
 
     The fixed blur filter is a custom module thop does not know; it is registered as the
@@ -156,7 +163,7 @@ def thop_profile(model: Any, resolution: int = 224, batch: int = 1) -> tuple[int
 
     was_training = model.training
     model.eval()
-    x = torch.zeros(batch, model.config.in_channels, resolution, resolution)
+    x = torch.zeros(batch, model.config.in_channels, *parse_resolution(resolution))
     try:
         macs, params = thop.profile(model, inputs=(x,), custom_ops={BlurPool2d: count_blur}, verbose=False)
     finally:

@@ -1,7 +1,7 @@
 """``python -m nas.describe NAME|CONFIG.json [...]``: params, MACs, CIO and MoC per stage and in total.
 
 Several models can be given to compare them side by side, e.g.
-``python -m nas.describe hardnet68 resnet50 --resolution 1024``.
+``python -m nas.describe hardnet68 resnet50 --resolution 1080x1920`` (height x width; 1024 is square).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from .cli import ArgumentParser, resolve_config, run
 from .cost import CostReport, analyze
+from .resolution import resolution_arg
 
 __all__ = ["cli", "format_report", "main"]
 
@@ -25,7 +26,8 @@ def _g(x: float) -> str:
 
 def format_report(name: str, report: CostReport, layers: bool = False) -> str:
     """A human-readable per-stage (or per-layer) table with totals."""
-    head = f"{name}  arch_id={report.arch_id}  input {report.batch}x{report.resolution}x{report.resolution}"
+    h, w = report.input_hw
+    head = f"{name}  arch_id={report.arch_id}  input {report.batch}x{h}x{w} (batch x height x width)"
     lines = [head, f"{'part':<28}{'params':>12}{'MACs':>12}{'CIO':>12}{'MoC':>8}  output"]
     rows: list[Any] = report.layers if layers else report.by_stage()
     for r in rows:
@@ -44,7 +46,8 @@ def format_report(name: str, report: CostReport, layers: bool = False) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m nas.describe", description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+", metavar="NAME|CONFIG", help="canonical model name or JSON/YAML config file")
-    p.add_argument("--resolution", type=int, default=224, help="input height and width (default 224)")
+    p.add_argument("--resolution", type=resolution_arg, default=224,
+                   help="input size: 224 (square) or HxW, height x width, e.g. 1080x1920 (default 224)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--layers", action="store_true", help="one row per layer instead of per stage")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")

@@ -2,7 +2,8 @@
 
 Every model keeps one contract (timm's): ``forward``, ``forward_features``, ``forward_head``,
 ``forward_stages`` (one feature map per stage, for detection / segmentation necks),
-``reset_classifier``, ``num_features`` and ``feature_info``.
+``reset_classifier``, ``num_features`` and ``feature_info`` (``feature_info_at(resolution)`` adds
+each stage's real output size at an input size).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .blocks import build_stage
 from .config import ArchConfig
 from .errors import check_int
 from .modules import ClassifierHead, init_weights
+from .resolution import Resolution
 from .stems import build_stem
 
 __all__ = ["ClassifierHead", "Net", "build_model"]
@@ -55,6 +57,14 @@ class Net(nn.Module):
             x = stage(x)
             outs.append(x)
         return outs
+
+    def feature_info_at(self, resolution: Resolution) -> list[dict]:
+        """`feature_info` with each stage's real output ``size`` (height, width) for an input of
+        ``resolution`` (224 or "HxW"), by PyTorch's shape rules (from `nas.analyze`, nothing run)."""
+        from .cost import analyze
+
+        stages = [s for s in analyze(self.config, resolution).by_stage() if s.name.startswith("stages.")]
+        return [{**info, "size": tuple(s.out_shape[2:])} for info, s in zip(self.feature_info, stages)]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits)

@@ -32,7 +32,7 @@ def hook_counts(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, int]]:
                 else:
                     macs = o.numel() * mod.in_features
                 cio = 0 if isinstance(mod, nn.Linear) else i.numel() + o.numel()
-                seen[name] = {"cio": cio, "macs": macs}
+                seen[name] = {"cio": cio, "macs": macs, "out_shape": tuple(o.shape)}
 
             handles.append(m.register_forward_hook(hook))
     try:

@@ -148,8 +148,9 @@ def test_any_change_gives_another_arch_id(seed):
 def test_reduction_and_resolution_check():
     cfg = get_config("hardnet68")
     assert cfg.reduction == 32 and cfg.stage_reductions() == [4, 8, 8, 16, 32]
-    cfg.check_resolution(224)
-    for bad in (100, 0, -32, 2.5, True):
+    assert cfg.check_resolution(224) == (224, 224) and cfg.check_resolution(100) == (100, 100)
+    assert cfg.check_resolution("1080x1920") == (1080, 1920) == cfg.check_resolution((1080, 1920))
+    for bad in (31, "31x100", 0, -32, 2.5, True, "big"):
         with pytest.raises(ValueError, match="resolution"):
             cfg.check_resolution(bad)
 

@@ -95,8 +95,8 @@ def test_layer_records_have_moc_and_shapes():
 
 def test_bad_inputs():
     cfg = nas.get_config("hardnet68")
-    with pytest.raises(ValueError, match="resolution: 100 is not allowed; expected a multiple of the network's stride 32"):
-        nas.analyze(cfg, 100)
+    with pytest.raises(ValueError, match="resolution: 16 is not allowed; expected each side at least the network's stride 32"):
+        nas.analyze(cfg, 16)
     with pytest.raises(ValueError, match="batch: 0 is not allowed"):
         nas.analyze(cfg, 224, 0)
     with pytest.raises(ValueError, match="expected an ArchConfig"):
@@ -135,3 +135,75 @@ def test_memory_bound_records_mirror_the_modules(seed):
     bns = {r.name for r in report.layers if r.op == "bn"}
     assert bns == {n for n, m in modules.items() if isinstance(m, nn.BatchNorm2d)}
     assert all(r.mem > 0 for r in report.layers if r.op in ("bn", "act", "concat", "add", "mul", "maxpool"))
+
+
+def _odd_sizes(cfg):
+    """Sizes that are not multiples of the stride: odd, non-square, the smallest allowed, and 176 x 1920/2."""
+    r, m = cfg.reduction, (4 if cfg.stem.type == "space_to_depth" else 1)
+    up = lambda v: -(-v // m) * m  # noqa: E731
+    return [(up(2 * r + 13), up(3 * r + 7)), (up(r), up(r + 5)), (up(5 * r + 17), up(2 * r + 3)), (176, 960)]
+
+
+def _meta_hooks(cfg, h, w, batch=1):
+    """The forward hooks' counts of the built model, run on the meta device (shapes only, no arithmetic)."""
+    with torch.device("meta"):
+        model = nas.build_model(cfg)
+    return hook_counts(model, torch.zeros(batch, cfg.in_channels, h, w, device="meta"))
+
+
+def _assert_exact(cfg, h, w, batch=1):
+    report = nas.analyze(cfg, f"{h}x{w}", batch=batch)
+    seen = _meta_hooks(cfg, h, w, batch)
+    analytic = {r.name: r for r in report.layers if r.op in ("conv", "blur", "linear")}
+    assert set(seen) == set(analytic)
+    for name, counts in seen.items():
+        a = analytic[name]
+        assert (a.cio, a.macs, a.out_shape) == (counts["cio"], counts["macs"], counts["out_shape"]), (name, h, w)
+    assert report.cio == sum(c["cio"] for c in seen.values()) and report.macs == sum(c["macs"] for c in seen.values())
+
+
+@pytest.mark.parametrize("cfg", list(_configs()))
+def test_analytic_cost_is_exact_at_odd_and_non_square_sizes(cfg):
+    for h, w in _odd_sizes(cfg):
+        _assert_exact(cfg, h, w, batch=2)
+
+
+@pytest.mark.parametrize("name", CANONICAL)
+def test_analytic_cost_is_exact_at_full_hd(name):
+    """1080x1920 (a landscape video frame, height x width) and its transpose, against the built model's hooks."""
+    cfg = nas.get_config(name)
+    for h, w in ((1080, 1920), (1920, 1080)):
+        _assert_exact(cfg, h, w)
+    # the cost of a transposed input is the same (square kernels, symmetric padding)
+    assert nas.analyze(cfg, "1080x1920").macs == nas.analyze(cfg, "1920x1080").macs
+
+
+@pytest.mark.parametrize("name", ["hardnet68", "tresnet_m", "resnet50"])
+def test_odd_size_matches_a_real_forward_pass_and_thop(name):
+    """Off the meta device too: a real forward at a size that is not a multiple of the stride, and thop."""
+    cfg = nas.get_config(name)
+    h, w = (68, 100) if cfg.stem.type == "space_to_depth" else (67, 99)
+    model = nas.build_model(cfg)
+    report = nas.analyze(cfg, f"{h}x{w}")
+    seen = hook_counts(model, torch.zeros(1, cfg.in_channels, h, w))
+    assert {n: (c["cio"], c["macs"]) for n, c in seen.items()} == {
+        r.name: (r.cio, r.macs) for r in report.layers if r.op in ("conv", "blur", "linear")}
+    macs, params = thop_profile(model, (h, w))
+    assert macs == report.thop_macs and params == report.params
+
+
+def test_resolution_forms_and_refusals():
+    cfg, s2d = nas.get_config("resnet50"), nas.get_config("tresnet_m")
+    assert nas.analyze(cfg, 176).resolution == 176 and nas.analyze(cfg, "176").resolution == 176
+    assert nas.analyze(cfg, "176x176") is nas.analyze(cfg, 176)  # one cache entry per shape
+    r = nas.analyze(cfg, (1080, 1920))
+    assert r.resolution == "1080x1920" and r.input_hw == (1080, 1920) and r.layers[0].in_shape == (1, 3, 1080, 1920)
+    assert r.summary()["resolution"] == "1080x1920"
+    with pytest.raises(ValueError, match=r"^resolution: '31x64' is not allowed; expected each side at least the "
+                                         r"network's stride 32$"):
+        nas.analyze(cfg, "31x64")
+    with pytest.raises(ValueError, match=r"^resolution: 226 is not allowed; expected sides that are multiples of 4"):
+        nas.analyze(s2d, 226)
+    for bad in ("1080x", "x", "0x5", -3, 0, 2.5, (1, 2, 3), True):
+        with pytest.raises(ValueError, match=r"^resolution: .* is not allowed; expected a positive integer or HxW"):
+            nas.analyze(cfg, bad)

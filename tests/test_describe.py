@@ -56,8 +56,8 @@ def test_reader_closing_the_pipe_early_is_not_an_error(args, read_first):
     ("args", "message"),
     [
         (["hardnet99"], "model: 'hardnet99' is not known; known models: hardnet39ds"),
-        (["hardnet68", "--resolution", "100"], "resolution: 100 is not allowed; expected a multiple of the network's stride 32"),
-        (["hardnet68", "--resolution", "abc"], "argument --resolution: invalid int value: 'abc'"),
+        (["hardnet68", "--resolution", "16"], "resolution: 16 is not allowed; expected each side at least the network's stride 32"),
+        (["hardnet68", "--resolution", "abc"], "argument --resolution: 'abc' is not allowed; expected a positive integer or HxW"),
         (["hardnet68", "--batch", "0"], "batch: 0 is not allowed"),
         (["missing.json"], "config: 'missing.json' does not exist or is not a file"),
     ],

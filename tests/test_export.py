@@ -595,7 +595,8 @@ def test_cli_unknown_names_are_one_line_exit_2(study, tmp_path, capsys):
     (["--storage", "nonsense", "--trial", "1"], "storage: 'nonsense' is not allowed"),
     (["hardnet68", "--budget", "30"], "budget: '30' is not allowed"),
     (["hardnet68", "--latency", "predicted:tpu"], "device profile: 'tpu' is not known"),
-    (["hardnet68", "--resolution", "100"], "resolution: 100 is not allowed; expected a multiple of the network's stride 32"),
+    (["hardnet68", "--resolution", "16x300"], "resolution: '16x300' is not allowed; expected each side at least the network's stride 32"),
+    (["hardnet68", "--resolution", "1080x"], "argument --resolution: '1080x' is not allowed; expected a positive integer or HxW"),
     (["hardnet68", "--weights", "/no/such.pt"], "weights: '/no/such.pt' does not exist"),
 ])
 def test_cli_usage_errors(args, message, tmp_path, capsys, monkeypatch):
@@ -693,3 +694,24 @@ def test_an_unwritable_folder_is_found_before_any_work(tmp_path, monkeypatch):
         export("hardnet39ds", "py", tmp_path / "a.py", latency="none")
     assert str(err.value) == (f"out: {str(tmp_path)!r} is not writable (Permission denied); expected a folder this "
                               "user may write to")
+
+
+def test_export_at_hxw_traces_that_shape_and_states_it(tmp_path):
+    """A non-square size that is not a multiple of the stride: the cost figures, the latency line and
+    the traced ONNX example all use it; the ONNX graph still takes other sizes."""
+    cfg = random_config(4)
+    r, m = cfg.reduction, (4 if cfg.stem.type == "space_to_depth" else 1)
+    h, w = -(-(2 * r + 5) // m) * m, -(-(3 * r + 3) // m) * m
+    py = export(cfg, "py", tmp_path / "m.py", resolution=f"{h}x{w}", latency="predicted:v100")
+    doc = " ".join(ast.get_docstring(ast.parse(py.read_text())).split())
+    assert f"Cost at 1x{cfg.in_channels}x{h}x{w}" in doc and f"{h}x{w}" in doc.split("Latency:")[1]
+    import onnx
+
+    model = nas.build_model(cfg).eval()
+    data = export_bytes(cfg, "onnx", metadata={"resolution": f"{h}x{w}"}, state_dict=model.state_dict())
+    meta = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+    assert json.loads(meta["hardnas_metadata"])["resolution"] == f"{h}x{w}"
+    x = torch.randn(1, cfg.in_channels, w, h)  # the transpose: the axes stay dynamic
+    with torch.no_grad():
+        want = model(x)
+    assert float((_ort(data, x) - want).abs().max()) <= 1e-4 * max(1.0, float(want.abs().max()))

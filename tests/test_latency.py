@@ -26,7 +26,8 @@ TINY = random_config(3)  # a small network: fast to time
 FAST = dict(max_seconds=0.3, min_runs=3, warmup=1)
 # cache mechanics must not depend on how busy the test machine is: a guard that never calls a run
 # disturbed (still guarded, so its figures are cacheable)
-CALM = dict(FAST, interference=InterferencePolicy(threshold=float("inf"), foreign_cores=float("inf")))
+CALM = dict(FAST, interference=InterferencePolicy(threshold=float("inf"), foreign_cores=float("inf"),
+                                                 spread_factor=float("inf")))
 
 
 def test_measure_cpu_reports_spread_and_context():
@@ -92,7 +93,9 @@ def test_failing_candidate_becomes_an_error_result():
         (dict(device="cpu", precision="fp8"), "precision: 'fp8' is not allowed; expected one of fp32, fp16, bf16"),
         (dict(device="cpu", precision="fp16"), "precision: 'fp16' is not allowed on cpu"),
         (dict(device="cpu", batch=0), "batch: 0 is not allowed"),
-        (dict(device="cpu", resolution=100), "resolution: 100 is not allowed; expected a multiple of the network's stride"),
+        (dict(device="cpu", resolution=16), "resolution: 16 is not allowed; expected each side at least the network's stride"),
+        (dict(device="cpu", resolution="64x"), "resolution: '64x' is not allowed; expected a positive integer or HxW"),
+        (dict(device="cpu", runtime="tvm"), "runtime: 'tvm' is not allowed; expected one of eager, compile, onnxruntime"),
     ],
 )
 def test_bad_arguments_raise_one_line(kwargs, message):
@@ -213,8 +216,10 @@ def test_predict_is_labelled_and_behaves_like_a_roofline():
     assert set(PROFILES) <= set(list_profiles()) and "cpu" in list_profiles()
     with pytest.raises(ValueError, match="device profile: 'tpu' is not known; known: cpu, gtx1080"):
         predict(cfg, "tpu")
-    with pytest.raises(ValueError, match="resolution: 100"):
-        predict(cfg, "v100", 100)
+    with pytest.raises(ValueError, match="resolution: 16 is not allowed"):
+        predict(cfg, "v100", 16)
+    assert predict_ms(cfg, p, "1024x2048") == pytest.approx(predict_ms(cfg, p, (2048, 1024)))
+    assert predict_ms(cfg, p, 1024) < predict_ms(cfg, p, "1024x2048") < 2.2 * predict_ms(cfg, p, 1024)
 
 
 def test_cpu_profile_is_profiled_once_and_cached(_isolated_runs, quiet_cpu):
@@ -275,7 +280,7 @@ def test_cli_measure_predict_and_errors():
     for args, msg in [(("hardnet68", "--precision", "fp16", "--device", "cpu"), "precision: 'fp16' is not allowed on cpu"),
                       (("hardnet68", "--device", "tpu"), "device: 'tpu' is not allowed"),
                       (("hardnet68", "--batch", "0"), "batch: 0 is not allowed"),
-                      (("hardnet68", "--resolution", "100"), "resolution: 100 is not allowed"),
+                      (("hardnet68", "--resolution", "16"), "resolution: 16 is not allowed"),
                       (("hardnet68", "--predict", "tpu"), "device profile: 'tpu' is not known")]:
         out = _cli(*args)
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and msg in out.stderr, (args, out.stderr)

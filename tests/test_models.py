@@ -104,3 +104,18 @@ def test_blur_filter_is_a_buffer_not_a_parameter():
     assert not any("filt" in n for n, _ in model.named_parameters())
     assert not any("filt" in k for k in model.state_dict())
     assert any(n.endswith("filt") for n, _ in model.named_buffers())
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_feature_info_at_reports_the_real_feature_map_sizes(seed):
+    """At a non-square size that is not a multiple of the stride, every stage's size is the forward pass's."""
+    cfg = random_config(seed)
+    r, m = cfg.reduction, (4 if cfg.stem.type == "space_to_depth" else 1)
+    h, w = -(-(2 * r + 9) // m) * m, -(-(3 * r + 5) // m) * m
+    model = nas.build_model(cfg).eval()
+    with torch.no_grad():
+        feats = model.forward_stages(torch.zeros(1, cfg.in_channels, h, w))
+    info = model.feature_info_at(f"{h}x{w}")
+    assert [i["size"] for i in info] == [tuple(f.shape[2:]) for f in feats]
+    assert [i["num_chs"] for i in info] == [f.shape[1] for f in feats]
+    assert [{k: v for k, v in i.items() if k != "size"} for i in info] == model.feature_info

@@ -290,7 +290,7 @@ def test_a_user_profile_cannot_shadow_a_packaged_one_and_the_cli_exits_2(_isolat
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "bandwidth_gbs 0 is not allowed" in out.stderr
     out = subprocess.run([sys.executable, "-m", "nas.latency", "hardnet68", "--runtime", "tensorrt"],
                          capture_output=True, text=True)
-    assert out.returncode == 2 and "only allowed with --predict" in out.stderr
+    assert out.returncode == 2 and "'tensorrt' is not allowed for a measurement; expected one of eager" in out.stderr
 
 
 def test_listing_reads_nothing_into_existence(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..cli import ArgumentParser, run
+from ..resolution import resolution_arg
 from .formats import FORMATS, SUFFIXES, ExportError
 
 
@@ -34,8 +35,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--latency", default="auto",
                    help="latency in the docstring: auto (a trial's own figure, else measured), measured, "
                         "predicted:<device> (python -m nas.latency --list; your own: runs/profiles/<device>.yaml) or none")
-    p.add_argument("--resolution", type=int, default=None,
-                   help="input size of the cost figures, the latency and the traced example (default 224)")
+    p.add_argument("--resolution", type=resolution_arg, default=None,
+                   help="input size of the cost figures, the latency and the traced example: 224 or HxW "
+                        "(height x width, e.g. 1080x1920; default 224)")
+    p.add_argument("--runtime", default="eager",
+                   help="runtime a measured latency runs under: eager, compile or onnxruntime (default eager)")
     g = p.add_argument_group("a trial of a study (instead of NAME|CONFIG)")
     g.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/nas.db) or journal:PATH")
     g.add_argument("--study-name", default=None, help="the study (may be left out when the storage holds one)")
@@ -67,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = export(args.source, fmt, args.out, deploy=args.deploy, force=args.force, weights=args.weights,
                       latency=args.latency, resolution=args.resolution, storage=args.storage,
-                      study_name=args.study_name, trial=args.trial, best=args.best, budget_ms=budget_ms)
+                      study_name=args.study_name, trial=args.trial, best=args.best, budget_ms=budget_ms,
+                      runtime=args.runtime)
     except ExportError as err:
         print(f"nas.export: error: {err}", file=sys.stderr)
         return 1

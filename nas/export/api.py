@@ -10,6 +10,9 @@ from typing import Any, Mapping
 import torch
 
 from ..config import ArchConfig
+from ..errors import check_choice
+from ..latency.runtimes import MEASURE_RUNTIMES
+from ..resolution import Resolution
 from .files import check_writable, write_atomic
 from .formats import SUFFIXES, build_for_export, check_format, check_memory, export_bytes, weights_bytes
 from .pyfile import export_resolution
@@ -61,15 +64,17 @@ def default_filename(config: ArchConfig, fmt: str, deploy: bool = False) -> str:
     return f"{stem}{'-deploy' if deploy else ''}{SUFFIXES[check_format(fmt)][0]}"
 
 
-def latency_metadata(config: ArchConfig, latency: str, resolution: int, deploy: bool) -> dict[str, Any]:
-    """Docstring figures for ``latency``: ``measured`` (on this machine, cached), ``predicted:DEVICE`` or ``none``."""
+def latency_metadata(config: ArchConfig, latency: str, resolution: Resolution, deploy: bool,
+                     runtime: str = "eager") -> dict[str, Any]:
+    """Docstring figures for ``latency``: ``measured`` (on this machine under ``runtime``, cached),
+    ``predicted:DEVICE`` or ``none``."""
     from ..latency import LatencyCache, measure, predict
     from ..paths import runs_dir
 
     if latency == "none":
         return {"latency_note": "not recorded at export"}
     if latency == "measured":
-        r = measure(config, device="auto", resolution=resolution, deploy=deploy,
+        r = measure(config, device="auto", resolution=resolution, deploy=deploy, runtime=runtime,
                     cache=LatencyCache(runs_dir() / "latency.db"))
     elif latency.startswith("predicted:") and latency.split(":", 1)[1]:
         r = predict(config, latency.split(":", 1)[1], resolution, deploy=deploy)
@@ -87,6 +92,8 @@ def latency_metadata(config: ArchConfig, latency: str, resolution: int, deploy: 
         meta.update(latency_disturbed=True, latency_slowdown=r.canary_slowdown)
     if deploy:
         meta["latency_deploy"] = True
+    if r.source == "measured" and runtime != "eager":
+        meta["latency_runtime"] = f"{runtime} {ctx.get('runtime_version') or ''}".strip()
     return meta
 
 
@@ -108,9 +115,9 @@ def _state_dict(weights: Any, config: ArchConfig) -> dict[str, torch.Tensor] | N
 
 def export(source: Any, fmt: str, out: str | os.PathLike | None, *, deploy: bool = False, force: bool = False,
            weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None, metadata: dict | None = None,
-           latency: str = "auto", resolution: int | None = None, storage: str | None = None,
+           latency: str = "auto", resolution: Resolution | None = None, storage: str | None = None,
            study_name: str | None = None, trial: int | None = None, best: bool = False,
-           budget_ms: float | None = None) -> Path:
+           budget_ms: float | None = None, runtime: str = "eager") -> Path:
     """Export an architecture to ``out`` in format ``fmt``; returns the path written.
 
     ``source`` is anything `resolve_source` takes (or None with ``storage``/``study_name``/``trial``/
@@ -118,11 +125,13 @@ def export(source: Any, fmt: str, out: str | os.PathLike | None, *, deploy: bool
     is then named by `default_filename`); None means the current folder. ``weights`` (a checkpoint
     path or a state dict of `nas.build_model(config)`) are embedded in onnx/torchscript and written
     next to a py/json/yaml export as ``<out>.safetensors``. ``latency``: ``auto`` (the trial's own
-    figure for a study source, else ``measured``), ``measured``, ``predicted:DEVICE`` or ``none``.
+    figure for a study source, else ``measured``), ``measured`` (under ``runtime``: eager, compile or
+    onnxruntime), ``predicted:DEVICE`` or ``none``.
     Existing files are refused unless ``force``; every file is written atomically.
     """
     fmt = check_format(fmt)
     _check_latency(latency)
+    check_choice("runtime", runtime, MEASURE_RUNTIMES)
     config, record = resolve_source(source, storage=storage, study_name=study_name, trial=trial, best=best,
                                     budget_ms=budget_ms)
     target = Path(out) if out is not None else Path.cwd()
@@ -147,9 +156,9 @@ def export(source: Any, fmt: str, out: str | os.PathLike | None, *, deploy: bool
     state_dict = _state_dict(weights, config)  # before any measurement: a bad checkpoint fails at once
     if measure:
         for key in ("latency_ms", "latency_source", "device", "precision", "batch", "latency_resolution",
-                    "latency_disturbed", "latency_slowdown"):
+                    "latency_disturbed", "latency_slowdown", "latency_runtime"):
             meta.pop(key, None)
-        meta.update(latency_metadata(config, "measured" if latency == "auto" else latency, res, deploy))
+        meta.update(latency_metadata(config, "measured" if latency == "auto" else latency, res, deploy, runtime))
     meta.update(given)
 
     data = export_bytes(config, fmt, deploy=deploy, metadata=meta, state_dict=state_dict)

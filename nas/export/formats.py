@@ -28,10 +28,11 @@ from ..config import ArchConfig
 from ..cost import analyze
 from ..fuse import fuse_model
 from ..model import build_model
+from ..resolution import Resolution, parse_resolution
 from .pyfile import export_resolution, render_py
 
 __all__ = ["FORMATS", "SUFFIXES", "ExportError", "available_memory", "build_for_export", "check_format",
-           "check_memory", "export_bytes", "memory_estimate", "weights_bytes"]
+           "check_memory", "export_bytes", "memory_estimate", "trace_onnx", "weights_bytes"]
 
 #: format -> file suffixes it is written with (the first is the default)
 SUFFIXES: dict[str, tuple[str, ...]] = {
@@ -64,7 +65,7 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def memory_estimate(config: ArchConfig, fmt: str, resolution: int, deploy: bool = False) -> int:
+def memory_estimate(config: ArchConfig, fmt: str, resolution: Resolution, deploy: bool = False) -> int:
     """Peak bytes an export of ``config`` needs, from the cost model: weight copies plus one forward's activations."""
     report = analyze(config, resolution)
     copies = _WEIGHT_COPIES.get(fmt, 2) + int(deploy)
@@ -104,7 +105,7 @@ def available_memory() -> int | None:
     return min(limits) if limits else None
 
 
-def check_memory(config: ArchConfig, fmt: str, resolution: int, deploy: bool = False) -> None:
+def check_memory(config: ArchConfig, fmt: str, resolution: Resolution, deploy: bool = False) -> None:
     """Refuse, in one line, an export whose estimated memory exceeds half of what is available now."""
     available = available_memory()
     if available is None:
@@ -169,11 +170,11 @@ def weights_bytes(config: ArchConfig, state_dict: Mapping[str, torch.Tensor] | N
     return save(tensors, metadata=meta)
 
 
-def _example(config: ArchConfig, resolution: int, batch: int = 2) -> torch.Tensor:
-    """A seeded input. The checks run on a batch of two at a small size (twice the network's
-    stride), unlike the traced example: that proves the dynamic axes and keeps the check cheap."""
+def _example(config: ArchConfig, resolution: Resolution, batch: int = 2) -> torch.Tensor:
+    """A seeded ``batch x C x H x W`` input. The checks run on a batch of two at a small size (twice
+    the network's stride), unlike the traced example: that proves the dynamic axes and keeps the check cheap."""
     g = torch.Generator().manual_seed(0)
-    return torch.randn(batch, config.in_channels, resolution, resolution, generator=g)
+    return torch.randn(batch, config.in_channels, *parse_resolution(resolution), generator=g)
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, tol: float) -> tuple[bool, float]:
@@ -190,22 +191,20 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _onnx_bytes(model: nn.Module, config: ArchConfig, resolution: int, meta: dict[str, str]) -> bytes:
-    _require_onnx()
-    import onnx
-    import onnxruntime as ort
-
-    x1 = _example(config, resolution, batch=1)
+def trace_onnx(model: nn.Module, x1: torch.Tensor, dynamic: bool = True) -> bytes:
+    """``model`` as an ONNX graph traced on the example ``x1``, with a dynamic batch (and, by the
+    TorchScript-based exporter, dynamic height and width) unless ``dynamic=False`` fixes ``x1``'s
+    shape (what a latency measurement runs); nothing checked yet."""
     names = dict(input_names=["input"], output_names=["logits"])
     buf = io.BytesIO()
     with _quiet(), torch.no_grad():
         try:
             # the TorchScript-based exporter: seconds where the dynamo one takes tens of them, and
             # available across the torch versions hardnas supports
+            axes = {"input": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}} if dynamic else None
             torch.onnx.export(model, (x1,), buf, dynamo=False, opset_version=17, do_constant_folding=True,
-                              dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}},
-                              **names)
-            data = buf.getvalue()
+                              dynamic_axes=axes, **names)
+            return buf.getvalue()
         except Exception as legacy_error:  # a torch without it (or a model it cannot trace): dynamo
             try:
                 import onnxscript  # noqa: F401
@@ -213,11 +212,20 @@ def _onnx_bytes(model: nn.Module, config: ArchConfig, resolution: int, meta: dic
                 raise ValueError(f"format: 'onnx' needs onnxscript here, which is not installed; {_ONNX_HINT}") from None
             batch = torch.export.Dim("batch", min=1, max=1024)
             try:
-                program = torch.onnx.export(model, (x1,), dynamo=True, dynamic_shapes={"x": {0: batch}}, **names)
+                program = torch.onnx.export(model, (x1,), dynamo=True,
+                                            dynamic_shapes={"x": {0: batch}} if dynamic else None, **names)
             except Exception as err:
                 raise ExportError(f"onnx: export failed ({type(legacy_error).__name__}: {legacy_error}; "
                                   f"then {type(err).__name__}: {err})".splitlines()[0]) from err
-            data = program.model_proto.SerializeToString()
+            return program.model_proto.SerializeToString()
+
+
+def _onnx_bytes(model: nn.Module, config: ArchConfig, resolution: Resolution, meta: dict[str, str]) -> bytes:
+    _require_onnx()
+    import onnx
+    import onnxruntime as ort
+
+    data = trace_onnx(model, _example(config, resolution, batch=1))
     proto = onnx.load_from_string(data)
     onnx.helper.set_model_props(proto, meta)
     data = proto.SerializeToString()
@@ -234,7 +242,7 @@ def _onnx_bytes(model: nn.Module, config: ArchConfig, resolution: int, meta: dic
     return data
 
 
-def _torchscript_bytes(model: nn.Module, config: ArchConfig, resolution: int, meta: dict[str, str]) -> bytes:
+def _torchscript_bytes(model: nn.Module, config: ArchConfig, resolution: Resolution, meta: dict[str, str]) -> bytes:
     x = _example(config, 2 * config.reduction)
     with _quiet():
         try:
@@ -266,8 +274,8 @@ def export_bytes(config: ArchConfig, fmt: str, *, deploy: bool = False, metadata
       dynamic batch size (and spatial size for ONNX), checked against PyTorch before returning.
 
     ``deploy`` folds BatchNorm into the convs (py, onnx, torchscript only). ``metadata`` may hold
-    ``latency_ms``, ``latency_source``, ``device``, ``accuracy``, ``resolution`` (the input size of the
-    cost figures and of the traced example; default 224 rounded up to the network's stride) and any
+    ``latency_ms``, ``latency_source``, ``device``, ``accuracy``, ``resolution`` (the input size, 224 or
+    "HxW", of the cost figures and of the traced example; default 224 rounded up to the network's stride) and any
     other scalar figures.
     """
     if not isinstance(config, ArchConfig):

@@ -29,6 +29,7 @@ from ..blocks import stage_recipe
 from ..config import STAGE_DEFAULTS, ArchConfig, StageConfig
 from ..cost import CostReport, analyze
 from ..recipe import Recipe
+from ..resolution import Resolution, canonical_resolution, format_resolution
 from ..stems import stem_recipe
 
 __all__ = ["compact_config", "export_resolution", "render_py"]
@@ -127,11 +128,12 @@ def compact_config(config: ArchConfig) -> dict[str, Any]:
     return out
 
 
-def export_resolution(config: ArchConfig, resolution: int | None = None) -> int:
-    """The input size figures refer to: ``resolution`` if given, else 224 rounded up to the stride."""
+def export_resolution(config: ArchConfig, resolution: Resolution | None = None) -> int | str:
+    """The input size figures refer to (canonical: 224 or "HxW"): ``resolution`` if given, else 224
+    rounded up to the stride."""
     if resolution is not None:
         config.check_resolution(resolution)
-        return resolution
+        return canonical_resolution(resolution)
     return int(math.ceil(224 / config.reduction) * config.reduction)
 
 
@@ -146,8 +148,9 @@ def _g(x: float) -> str:
 def _cost_lines(report: CostReport, deploy: bool, in_channels: int) -> list[str]:
     bn_params = sum(r.params for r in report.layers if r.op == "bn")
     params = report.params - bn_params // 2 if deploy else report.params
-    res = report.resolution
-    lines = [f"Cost at {report.batch}x{in_channels}x{res}x{res} (hardnas' analytic cost model):",
+    h, w = report.input_hw
+    lines = [f"Cost at {report.batch}x{in_channels}x{h}x{w} (batch x channels x height x width; hardnas' "
+             "analytic cost model):",
              f"    params  {params:,}" + ("  (BatchNorm folded into conv biases)" if deploy else ""),
              f"    MACs    {_g(report.macs)} conv + linear ({_g(report.thop_macs)} as thop counts)",
              f"    CIO     {_m(report.cio)} elements ({report.cio_bytes / 2 ** 20:,.1f} MiB at "
@@ -174,7 +177,9 @@ def _latency_line(meta: Mapping[str, Any]) -> str:
     details = [str(meta["precision"])] if meta.get("precision") else []
     details += [f"batch {meta['batch']}"] if meta.get("batch") is not None else []
     if meta.get("latency_resolution"):
-        details.append(f"{meta['latency_resolution']}x{meta['latency_resolution']}")
+        details.append(format_resolution(meta["latency_resolution"]))
+    if meta.get("latency_runtime") and meta["latency_runtime"] not in ("eager", "pytorch"):
+        details.append(str(meta["latency_runtime"]))
     if meta.get("latency_deploy"):
         details.append("BN folded")
     extra = f"; {', '.join(details)}" if details else ""
@@ -189,7 +194,7 @@ def _latency_line(meta: Mapping[str, Any]) -> str:
 
 _META_SHOWN = {"latency_ms", "latency_source", "device", "latency_device", "latency_note", "precision", "batch",
                "latency_disturbed", "latency_slowdown",
-               "latency_resolution", "latency_deploy", "resolution", "accuracy", "proxy",
+               "latency_resolution", "latency_deploy", "latency_runtime", "resolution", "accuracy", "proxy",
                # stated by the docstring already, from the config and the cost model
                "arch_id", "name", "params", "macs", "thop_macs", "cio", "moc", "config"}
 _META_LABELS = {"budget_ms": "Latency budget (ms)", "study": "Study", "trial": "Trial"}
@@ -251,7 +256,7 @@ def render_py(config: ArchConfig, *, deploy: bool = False, metadata: Mapping[str
 
     ``metadata`` holds figures for the docstring that the config does not determine: a latency
     (``latency_ms``, ``latency_source`` measured/predicted, ``device``), ``accuracy``, ``resolution``
-    (the input size the cost figures refer to; default 224 rounded up to the network's stride) and
+    (the input size the cost figures refer to, 224 or "HxW"; default 224 rounded up to the network's stride) and
     any other scalars, listed as they are.
     """
     if not isinstance(config, ArchConfig):
@@ -259,6 +264,7 @@ def render_py(config: ArchConfig, *, deploy: bool = False, metadata: Mapping[str
     meta = dict(metadata or {})
     res = export_resolution(config, meta.get("resolution"))
     report = analyze(config, res)
+    h, w = report.input_hw
 
     stem = stem_recipe(config.stem, config.in_channels)
     recipes = [stem]
@@ -276,6 +282,9 @@ def render_py(config: ArchConfig, *, deploy: bool = False, metadata: Mapping[str
     n_stages = len(config.stages)
     stages_src = "\n            ".join(stage_lines)
     nc, in_ch = config.head.num_classes, config.in_channels
+    build_note = ("\n\n    Deploy: the weights are in channels_last memory format, so every conv runs NHWC (faster with\n"
+                  "    oneDNN on CPU and with tensor cores; the same outputs).") if deploy else ""
+    build_tail = ".to(memory_format=torch.channels_last)" if deploy else ""
     net_src = f'''
 class Net(nn.Module):
     """{_doc_safe(" ".join((config.name or config.arch_id).split()))}: stem -> {n_stages} stage{"s" if n_stages > 1 else ""} -> classifier head ({ch} features)."""
@@ -299,14 +308,14 @@ class Net(nn.Module):
 
 
 def build(num_classes: int = {nc}) -> Net:
-    """The network, freshly initialised, with a classifier for ``num_classes`` outputs."""
-    return Net(num_classes)
+    """The network, freshly initialised, with a classifier for ``num_classes`` outputs.{build_note}"""
+    return Net(num_classes){build_tail}
 
 
 if __name__ == "__main__":
     model = build().eval()
     with torch.no_grad():
-        out = model(torch.randn(1, {in_ch}, {res}, {res}))
+        out = model(torch.randn(1, {in_ch}, {h}, {w}))
     print(f"{{sum(p.numel() for p in model.parameters()):,}} parameters, output {{tuple(out.shape)}}")
 '''
     body = _modules_src(recipes, _activations(config), deploy)

@@ -4,6 +4,7 @@ Examples::
 
     python -m nas.latency hardnet68                       # measured on this machine
     python -m nas.latency hardnet68 --deploy --resolution 512
+    python -m nas.latency hardnet68 --deploy --runtime onnxruntime --resolution 1080x1920
     python -m nas.latency hardnet68 --predict 1080ti --resolution 1024
     python -m nas.latency hardnet39ds --predict jetson_nano --resolution 320 --runtime tensorrt
     python -m nas.latency --profile --device cuda          # calibrate this GPU's profile (<= 60 s)
@@ -23,6 +24,7 @@ import torch
 from ..cli import ArgumentParser, resolve_config, run
 from ..errors import check_int
 from ..paths import runs_dir
+from ..resolution import resolution_arg
 from .cache import LatencyCache
 from .devices import PRECISIONS
 from .kernels import KERNEL_CLASSES, RUNTIMES
@@ -30,13 +32,15 @@ from .measure import measure
 from .predict import predict
 from .profiles import list_profiles, resolve_profile
 from .profiling import profile_device
+from .runtimes import MEASURE_RUNTIMES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m nas.latency", description=__doc__.splitlines()[0])
     p.add_argument("model", metavar="NAME|CONFIG", nargs="?", help="canonical model name or JSON/YAML config file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--resolution", type=resolution_arg, default=224,
+                   help="input size: 224 (square) or HxW, height x width, e.g. 1080x1920 (default 224)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)} (default fp32)")
     p.add_argument("--deploy", action="store_true", help="fold BatchNorm into the convs first")
@@ -46,8 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=2.0, help="time cap for the timed runs (default 2)")
     p.add_argument("--predict", metavar="DEVICE", default=None,
                    help=f"predict instead of measuring, for one of: {', '.join(list_profiles())}")
-    p.add_argument("--runtime", default="pytorch", help=f"with --predict: {' or '.join(RUNTIMES)} (default pytorch: "
-                   "eager, every op a kernel; tensorrt: norms folded, activations/adds fused, concatenations in place)")
+    p.add_argument("--runtime", default=None,
+                   help=f"measured: {', '.join(MEASURE_RUNTIMES)} (default eager; compile: torch.compile with inductor; "
+                        f"onnxruntime: the exported graph, all graph optimisations on); with --predict: "
+                        f"{' or '.join(RUNTIMES)} (default pytorch: eager, every op a kernel; tensorrt: norms folded, "
+                        "activations/adds fused, concatenations in place)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write runs/latency.db")
     p.add_argument("--no-guard", action="store_true",
                    help="time without the interference canary (figures are then never flagged disturbed)")
@@ -65,20 +72,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _profile(args)
     if args.model is None:
         p.error("NAME|CONFIG is required unless --profile or --list is given")
-    if args.runtime != "pytorch" and not args.predict:
-        p.error(f"--runtime {args.runtime} is only allowed with --predict (measurements run eager PyTorch)")
+    allowed = tuple(RUNTIMES) if args.predict else tuple(MEASURE_RUNTIMES)
+    runtime = args.runtime or allowed[0]
+    if runtime not in allowed:
+        p.error(f"argument --runtime: {runtime!r} is not allowed {'with --predict' if args.predict else 'for a measurement'}; "
+                f"expected one of {', '.join(allowed)}")
     config = resolve_config(args.model)
     if args.threads is not None:
         check_int("threads", args.threads)
     if args.predict:
         result = predict(config, args.predict, args.resolution, args.batch, args.precision, args.deploy,
-                         runtime=args.runtime)
+                         runtime=runtime)
     else:
         cache = None if args.no_cache else LatencyCache(runs_dir() / "latency.db")
         result = measure(config, device=args.device, resolution=args.resolution, batch=args.batch,
                          precision=args.precision, channels_last=args.channels_last, deploy=args.deploy,
                          threads=args.threads, max_seconds=args.max_seconds, cache=cache,
-                         interference=not args.no_guard)
+                         interference=not args.no_guard, runtime=runtime)
     line = result.describe()
     print(json.dumps(result.to_dict(), indent=2) if args.json else f"{config.name or args.model} {line}")
     if not result.ok:

@@ -1,7 +1,8 @@
 """SQLite cache of measurements, so a search never re-measures an architecture on the same device.
 
 Keyed by arch_id + device fingerprint (hardware, threads, torch build) + shape + precision +
-layout + deploy flag. Each row carries a checksum of its payload; a file SQLite cannot read, a
+layout + deploy flag + runtime and its version (eager PyTorch's version is the torch build, so an
+eager key is what it was before runtimes existed and old caches stay valid). Each row carries a checksum of its payload; a file SQLite cannot read, a
 wrong schema or a row whose checksum fails means the cache is corrupt: it is reported (logged
 as a warning and counted in `LatencyCache.rebuilt`), moved aside as ``*.corrupt-<time>`` and
 rebuilt empty, never silently used.
@@ -35,6 +36,8 @@ _SCHEMA = ("CREATE TABLE IF NOT EXISTS measurements (key TEXT PRIMARY KEY, arch_
 def cache_key(arch_id: str, context: dict[str, Any]) -> str:
     """The identity of a measurement: architecture and every context field that changes timing."""
     fields = {k: context[k] for k in _KEY_FIELDS}
+    if context.get("runtime", "eager") != "eager":
+        fields.update(runtime=context["runtime"], runtime_version=context.get("runtime_version"))
     return hashlib.sha256(json.dumps([arch_id, fields], sort_keys=True).encode()).hexdigest()
 
 

@@ -46,6 +46,7 @@ import numpy as np
 from ..config import ArchConfig
 from ..cost import analyze
 from ..errors import check_choice, check_int
+from ..resolution import Resolution, canonical_resolution
 from ..tracer import KINDS
 from .devices import PRECISIONS, bytes_per_element
 
@@ -174,7 +175,7 @@ def memory_kernel(elements_read_written: int, precision: str = "fp32", runtime: 
 
 
 @lru_cache(maxsize=4096)
-def _kernels(config: ArchConfig, resolution: int, batch: int, precision: str, deploy: bool,
+def _kernels(config: ArchConfig, resolution: int | str, batch: int, precision: str, deploy: bool,
              runtime: str) -> tuple[Kernel, ...]:
     report = analyze(config, resolution, batch, bytes_per_element(precision))
     dropped = RUNTIMES[runtime].fused | ({"norm"} if deploy else set())
@@ -196,12 +197,12 @@ def _kernels(config: ArchConfig, resolution: int, batch: int, precision: str, de
     return tuple(out)
 
 
-def kernels_of(config: ArchConfig, resolution: int = 224, batch: int = 1, precision: str = "fp32",
+def kernels_of(config: ArchConfig, resolution: Resolution = 224, batch: int = 1, precision: str = "fp32",
                deploy: bool = False, runtime: str = "pytorch") -> list[Kernel]:
-    """The kernels ``config`` launches for a ``batch x C x resolution x resolution`` input."""
+    """The kernels ``config`` launches for a ``batch x C x H x W`` input (``resolution``: 224 or "HxW")."""
     _check(precision, runtime)
     check_int("batch", batch)
-    return list(_kernels(config, resolution, batch, precision, deploy, runtime))
+    return list(_kernels(config, canonical_resolution(resolution), batch, precision, deploy, runtime))
 
 
 # --- the time model -------------------------------------------------------------------------------

@@ -11,9 +11,15 @@ windows of runs; windows timed while the canary was slower than its quiet baseli
 busy spells are waited out (bounded), and a figure that stays disturbed is flagged
 (``disturbed``, ``canary_slowdown``) instead of passed off as the device's latency.
 
-A candidate that fails (out of memory, a shape error...) becomes a result with ``error`` set;
-measurement never raises for a bad model. Bad *arguments* (unknown device, fp16 on CPU, a
-resolution the network cannot take) raise `ValueError`, since those are the caller's to fix.
+Runtimes (`nas.latency.runtimes`): ``eager`` PyTorch, ``compile`` (torch.compile, inductor) or
+``onnxruntime`` (the exported graph, all ORT graph optimisations on); the result's context and
+the cache key record the runtime and its version, and preparing it (compiling, exporting) happens
+before warm-up, outside the timed runs.
+
+A candidate that fails (out of memory, a shape error, a runtime that cannot run it...) becomes a
+result with ``error`` set; measurement never raises for a bad model. Bad *arguments* (unknown
+device or runtime, fp16 on CPU, a resolution the network cannot take) raise `ValueError`, since
+those are the caller's to fix.
 """
 
 from __future__ import annotations
@@ -29,14 +35,16 @@ import torch
 from torch import nn
 
 from ..config import ArchConfig
-from ..errors import check_int, failure_reason
+from ..errors import check_choice, check_int, failure_reason
 from ..fuse import fuse_model
 from ..model import build_model
+from ..resolution import Resolution, canonical_resolution, parse_resolution
 from . import interference as guard
 from .cache import LatencyCache, cache_key
 from .devices import device_name, fingerprint, resolve_device, resolve_precision
 from .interference import GuardedTiming, InterferencePolicy
 from .result import LatencyResult
+from .runtimes import MEASURE_RUNTIMES, prepare, runtime_version
 
 __all__ = ["measure"]
 
@@ -194,11 +202,12 @@ def measure(
     model_or_config: nn.Module | ArchConfig,
     *,
     device: str | torch.device = "auto",
-    resolution: int = 224,
+    resolution: Resolution = 224,
     batch: int = 1,
     precision: str = "fp32",
     channels_last: bool | None = None,
     deploy: bool = False,
+    runtime: str = "eager",
     threads: int | None = None,
     target_rel_iqr: float = 0.02,
     max_seconds: float = 2.0,
@@ -210,9 +219,12 @@ def measure(
 ) -> LatencyResult:
     """Median forward latency of a model (or of the network a config describes) on ``device``.
 
-    ``channels_last`` defaults to True on CUDA and False on CPU. ``deploy`` folds BatchNorm into
-    the convs first. With a ``cache``, a measurement of the same architecture on the same
-    device fingerprint, shape, precision, layout, deploy flag and torch version is reused (only
+    ``resolution`` is 224 or "HxW" (height x width). ``runtime`` is ``eager``, ``compile`` or
+    ``onnxruntime`` (`MEASURE_RUNTIMES`). ``channels_last`` defaults to True on CUDA and for a
+    ``deploy`` model, False for the trained model on CPU (ONNX Runtime picks its own layout: always
+    False there). ``deploy`` folds BatchNorm into the convs first (what ``nas.export --deploy``
+    ships: channels_last, BatchNorm folded). With a ``cache``, a measurement of the same architecture on the same device
+    fingerprint, shape, precision, layout, deploy flag, runtime and versions is reused (only
     clean, guarded figures are cached). ``interference`` (default on) times a canary between the
     runs; a result timed on a busy device says so in ``disturbed`` and ``canary_slowdown``.
     """
@@ -220,19 +232,20 @@ def measure(
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     check_int("batch", batch)
+    check_choice("runtime", runtime, MEASURE_RUNTIMES)
     config = model_or_config if isinstance(model_or_config, ArchConfig) else getattr(model_or_config, "config", None)
     if isinstance(config, ArchConfig):
         config.check_resolution(resolution)
-    else:
-        check_int("resolution", resolution, expected="a positive integer")
-    if channels_last is None:
-        channels_last = dev.type == "cuda"
+    resolution = canonical_resolution(resolution)
+    if channels_last is None or runtime == "onnxruntime":
+        channels_last = (dev.type == "cuda" or deploy) and runtime != "onnxruntime"
     threads = threads or torch.get_num_threads()
     arch_id = config.arch_id if isinstance(config, ArchConfig) else None
     context: dict[str, Any] = {
         "device_name": device_name(dev), "fingerprint": fingerprint(dev, threads), "torch": torch.__version__,
         "threads": threads, "precision": precision, "resolution": resolution, "batch": batch,
         "channels_last": channels_last, "deploy": deploy, "cached": False,
+        "runtime": runtime, "runtime_version": runtime_version(runtime),
     }
     key = None
     if cache is not None and arch_id is not None:
@@ -244,15 +257,16 @@ def measure(
     in_ch = config.in_channels if isinstance(config, ArchConfig) else 3
     limits = dict(target_rel_iqr=target_rel_iqr, max_seconds=max_seconds, min_runs=min_runs, max_runs=max_runs)
     result = _run(model_or_config, dev, in_ch, resolution, batch, precision, channels_last, deploy, threads,
-                  limits, policy, warmup, arch_id, context)
+                  limits, policy, warmup, arch_id, context, runtime)
     if key is not None and result.clean and result.guarded:
         cache.put(key, arch_id, context["fingerprint"], result)
     return result
 
 
-def _run(model_or_config: nn.Module | ArchConfig, dev: torch.device, in_ch: int, resolution: int, batch: int,
+def _run(model_or_config: nn.Module | ArchConfig, dev: torch.device, in_ch: int, resolution: int | str, batch: int,
          precision: str, channels_last: bool, deploy: bool, threads: int, limits: dict[str, Any],
-         policy: InterferencePolicy, warmup: int, arch_id: str | None, context: dict[str, Any]) -> LatencyResult:
+         policy: InterferencePolicy, warmup: int, arch_id: str | None, context: dict[str, Any],
+         runtime: str = "eager") -> LatencyResult:
     name = str(dev) if dev.type == "cpu" else f"{dev} ({context['device_name']})"
     try:
         model = build_model(model_or_config) if isinstance(model_or_config, ArchConfig) else model_or_config
@@ -260,8 +274,10 @@ def _run(model_or_config: nn.Module | ArchConfig, dev: torch.device, in_ch: int,
         was_training = model.training
         model.eval()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        x = torch.randn(batch, in_ch, resolution, resolution).to(dev, memory_format=fmt)
+        x = torch.randn(batch, in_ch, *parse_resolution(resolution)).to(dev, memory_format=fmt)
         model = model.to(dev, memory_format=fmt)
+        with _cpu_threads(threads) if dev.type == "cpu" else contextlib.nullcontext():
+            runner = prepare(runtime, model, x, threads, precision)
         timer = _Timer(**limits)
         timing: GuardedTiming | None = None
         try:
@@ -270,17 +286,17 @@ def _run(model_or_config: nn.Module | ArchConfig, dev: torch.device, in_ch: int,
                 torch.backends.cudnn.benchmark = True
                 try:
                     if policy.enabled:
-                        timing = _time_guarded(model, x, precision, warmup, policy, context["fingerprint"], limits)
+                        timing = _time_guarded(runner, x, precision, warmup, policy, context["fingerprint"], limits)
                     else:
-                        _time_cuda(model, x, precision, warmup, timer)
+                        _time_cuda(runner, x, precision, warmup, timer)
                 finally:
                     torch.backends.cudnn.benchmark = prev
             else:
                 with _cpu_threads(threads):
                     if policy.enabled:
-                        timing = _time_guarded(model, x, precision, warmup, policy, context["fingerprint"], limits)
+                        timing = _time_guarded(runner, x, precision, warmup, policy, context["fingerprint"], limits)
                     else:
-                        _time_cpu(model, x, precision, warmup, timer)
+                        _time_cpu(runner, x, precision, warmup, timer)
         finally:
             model.train(was_training)
     except Exception as err:  # a failing candidate is a result, never a crash of the caller

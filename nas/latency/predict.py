@@ -27,6 +27,7 @@ import numpy as np
 
 from ..config import ArchConfig
 from ..errors import check_choice, check_int
+from ..resolution import Resolution, canonical_resolution
 from .devices import PRECISIONS
 from .fit import fit_profile
 from .kernels import RUNTIMES, Table, evaluate, kernels_of, prepare, profile_parameters, table
@@ -44,28 +45,28 @@ def _check(precision: str, batch: int, runtime: str = "pytorch") -> None:
     check_choice("runtime", runtime, tuple(RUNTIMES))
 
 
-def predict_ms(config: ArchConfig, profile: DeviceProfile, resolution: int = 224, batch: int = 1,
+def predict_ms(config: ArchConfig, profile: DeviceProfile, resolution: Resolution = 224, batch: int = 1,
                precision: str = "fp32", deploy: bool = False, runtime: str = "pytorch") -> float:
     """The predicted latency in ms (the number alone; `predict` wraps it with its context)."""
     _check(precision, batch, runtime)
-    t = _table(config, resolution, batch, precision, deploy, runtime)
+    t = _table(config, canonical_resolution(resolution), batch, precision, deploy, runtime)
     return float(evaluate(prepare(t, profile), *profile_parameters(profile))[0])
 
 
 @lru_cache(maxsize=4096)
-def _table(config: ArchConfig, resolution: int, batch: int, precision: str, deploy: bool, runtime: str) -> Table:
+def _table(config: ArchConfig, resolution: int | str, batch: int, precision: str, deploy: bool, runtime: str) -> Table:
     return table([kernels_of(config, resolution, batch, precision, deploy, runtime)])
 
 
-def predict(config: ArchConfig, device: str | DeviceProfile = "cpu", resolution: int = 224, batch: int = 1,
+def predict(config: ArchConfig, device: str | DeviceProfile = "cpu", resolution: Resolution = 224, batch: int = 1,
             precision: str = "fp32", deploy: bool = False, *, runtime: str = "pytorch") -> LatencyResult:
     """Predicted latency of ``config`` on a device profile (``cpu`` = this machine, or a published
     GPU) under ``runtime`` (eager ``pytorch``, or a ``tensorrt`` engine)."""
     profile = resolve_profile(device)
     ms = predict_ms(config, profile, resolution, batch, precision, deploy, runtime)
     context = {"profile": profile.name, "profile_source": profile.source, "profile_provenance": profile.provenance,
-               "precision": precision, "resolution": resolution, "batch": batch, "deploy": deploy,
-               "runtime": runtime}
+               "precision": precision, "resolution": canonical_resolution(resolution), "batch": batch,
+               "deploy": deploy, "runtime": runtime}
     return LatencyResult(ms, "predicted", profile.name, arch_id=config.arch_id, context=context)
 
 
@@ -117,7 +118,7 @@ def _clean_inputs(configs: Sequence[ArchConfig], measured: Sequence[float | Late
 
 
 def calibrate(configs: Sequence[ArchConfig], measured_ms: Sequence[float | LatencyResult],
-              device: str | DeviceProfile = "cpu", *, resolution: int = 224, batch: int = 1, precision: str = "fp32",
+              device: str | DeviceProfile = "cpu", *, resolution: Resolution = 224, batch: int = 1, precision: str = "fp32",
               deploy: bool = False, disturbed: Sequence[bool] | None = None, holdout: float = 0.25,
               save: bool = False) -> CalibrationResult:
     """Fit a profile's efficiencies and per-kernel overhead (`fit_profile`) to measured latencies,

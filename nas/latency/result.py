@@ -80,12 +80,15 @@ class LatencyResult:
     def describe(self) -> str:
         """One line a human can read."""
         ctx = self.context
-        shape = f"{ctx.get('batch', '?')}x{ctx.get('resolution', '?')}x{ctx.get('resolution', '?')}"
+        res = ctx.get("resolution", "?")
+        hw = res if isinstance(res, str) and "x" in res else f"{res}x{res}"
+        shape = f"{ctx.get('batch', '?')}x{hw}"
         where = f"{self.device}, {ctx.get('precision', 'fp32')}, batch x res {shape}"
         if ctx.get("deploy"):
             where += ", BN folded"
-        if ctx.get("runtime", "pytorch") != "pytorch":
-            where += f", {ctx['runtime']} engine"
+        if ctx.get("runtime", "pytorch") not in ("pytorch", "eager"):
+            version = f" {ctx['runtime_version']}" if ctx.get("runtime_version") else ""
+            where += f", {ctx['runtime']}{version} engine" if self.source == "predicted" else f", {ctx['runtime']}{version}"
         if not self.ok:
             return f"{self.arch_id or 'model'}: {self.source} latency failed on {where}: {self.error}"
         if self.source == "predicted":

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..cli import ArgumentParser, run
+from ..latency.runtimes import MEASURE_RUNTIMES
 from ..paths import runs_dir
+from ..resolution import parse_resolution, resolution_arg
 from .results import shortfall
 from .settings import SearchSettings, check_study_name, parse_budget, parse_objectives
 
@@ -44,7 +46,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="where latency is measured and proxies train: auto, cpu, cuda[:N]")
-    p.add_argument("--resolution", type=int, default=224, help="input resolution for latency and cost (default 224)")
+    p.add_argument("--resolution", type=resolution_arg, default=224,
+                   help="input size for latency and cost: 224 or HxW, height x width, e.g. 1080x1920 (default 224)")
+    p.add_argument("--runtime", default="eager",
+                   help=f"runtime measured latencies run under: {', '.join(MEASURE_RUNTIMES)} (default eager)")
     p.add_argument("--batch", type=int, default=1, help="batch size for latency (default 1)")
     p.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16 for latency")
     p.add_argument("--latency", default="measured",
@@ -103,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency=args.latency, proxy=args.proxy, zero_cost_metric=args.zero_cost_metric, data=args.data,
         proxy_epochs=args.proxy_epochs, objectives=parse_objectives(args.objectives), sampler=args.sampler,
         gate_factor=args.gate_factor, backend=args.backend, workers=args.workers, gpus_per_trial=args.gpus_per_trial,
+        runtime=args.runtime,
     )
     study_name = check_study_name(args.study_name if args.study_name is not None else settings.default_study_name())
     _validate_early(settings)
@@ -156,9 +162,10 @@ def _validate_early(s: SearchSettings) -> None:
         resolve_precision(s.precision, dev)
     load_dataset(None if s.data == "digits" else s.data, seed=s.seed)
     strides = {lay: 4 * 2 ** lay.count("R") for lay in space.layouts}
+    side = min(parse_resolution(s.resolution))
     for lay, stride in strides.items():
-        if s.resolution % stride:
-            raise ValueError(f"resolution: {s.resolution} is not allowed; expected a multiple of "
+        if side < stride:
+            raise ValueError(f"resolution: {s.resolution!r} is not allowed; expected each side at least "
                              f"{max(strides.values())} (layout {lay!r} of space {space.name!r} has stride {stride})")
 
 

@@ -145,7 +145,7 @@ def measure_settled(config: ArchConfig, s: SearchSettings, sleep: Callable[[floa
     """`measure`, and once more after a back-off when the first result is disturbed (the later one is kept)."""
     def once() -> LatencyResult:
         return measure(config, device=s.device, resolution=s.resolution, batch=s.batch, precision=s.precision,
-                       cache=_cache())
+                       runtime=s.runtime, cache=_cache())
 
     lat = once()
     if lat.ok and lat.disturbed:

@@ -70,8 +70,8 @@ class _GateCalibration:
         from ..config import ArchConfig
         from ..latency import calibrate
 
-        if self.s.latency_kind != "measured" or resolve_device(self.s.device).type != "cpu":
-            return
+        if self.s.latency_kind != "measured" or resolve_device(self.s.device).type != "cpu" or self.s.runtime != "eager":
+            return  # the saved cpu profile models eager PyTorch: figures under another runtime must not refit it
         clean = {}
         for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):  # oldest first: newest held out
             a = t.user_attrs

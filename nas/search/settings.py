@@ -12,6 +12,8 @@ from typing import Any
 from ..errors import check_choice, check_int
 from ..latency.devices import PRECISIONS
 from ..latency.profiles import list_profiles, resolve_profile
+from ..latency.runtimes import MEASURE_RUNTIMES
+from ..resolution import canonical_resolution
 
 __all__ = ["MAX_BUDGET_MS", "OBJECTIVES", "SearchSettings", "check_study_name", "parse_budget", "parse_latency",
            "parse_objectives"]
@@ -89,7 +91,7 @@ class SearchSettings:
     timeout_s: float | None = None
     seed: int = 0
     device: str = "auto"
-    resolution: int = 224
+    resolution: int | str = 224  # canonical: 224 (square) or "HxW" (height x width)
     batch: int = 1
     precision: str = "fp32"
     latency: str = "measured"
@@ -103,10 +105,16 @@ class SearchSettings:
     backend: str = "optuna"
     workers: int = 1
     gpus_per_trial: float | None = None
+    runtime: str = "eager"  # what measured latencies run under (nas.latency.runtimes)
 
     def __post_init__(self) -> None:
         check_choice("precision", self.precision, PRECISIONS)
-        for name in ("trials", "batch", "resolution", "workers"):
+        object.__setattr__(self, "resolution", canonical_resolution(self.resolution))
+        check_choice("runtime", self.runtime, MEASURE_RUNTIMES)
+        if self.runtime != "eager" and self.latency != "measured":
+            raise ValueError(f"runtime: {self.runtime!r} is not allowed with --latency {self.latency}; expected it "
+                             "only with measured latencies (a prediction models eager PyTorch)")
+        for name in ("trials", "batch", "workers"):
             check_int(name, getattr(self, name), expected="a positive integer")
         if self.timeout_s is not None and not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
             raise ValueError(f"timeout: {self.timeout_s!r} is not allowed; expected a positive, finite number of seconds")
@@ -163,6 +171,8 @@ class SearchSettings:
         d = dataclasses.asdict(self)
         for volatile in ("trials", "timeout_s", "workers", "backend", "gpus_per_trial"):
             d.pop(volatile)
+        if d["runtime"] == "eager":  # what every study measured before runtimes existed: resumes still match
+            d.pop("runtime")
         d["objectives"] = list(self.objectives)
         return d
 
