@@ -165,7 +165,7 @@ def _validate_early(s: SearchSettings) -> None:
 def _report(study, s: SearchSettings, folder: Path) -> list[dict[str, Any]]:
     """Print the summary, the front and the baselines, write the front's files; returns the trial records."""
     from ..config import ArchConfig
-    from .results import format_table, is_interrupted, pareto_front, trial_records, write_front
+    from .results import format_table, is_interrupted, pareto_front, trial_records, write_front, yardstick
 
     recs = trial_records(study)
     front = pareto_front(recs)
@@ -189,7 +189,11 @@ def _report(study, s: SearchSettings, folder: Path) -> list[dict[str, Any]]:
     print(format_table(front, f"\nPareto front (feasible: latency <= {s.budget_ms:g} ms; accuracy = "
                               f"{'proxy training on ' + s.data if s.proxy == 'train' else s.zero_cost_metric}):"))
     print(format_table([{**b, "name": f"{b.get('seed')}{'' if b.get('feasible') else ' *'}"} for b in baselines],
-                       "\nBaselines (canonical configs; * = not feasible or not completed):"))
+                       "\nBaselines (canonical configs, evaluated like any candidate; * = over the budget or not "
+                       "completed: infeasible, never on the front):"))
+    lines = yardstick(front, baselines, s.budget_ms)
+    if lines:
+        print("\nThe front beside the baselines:\n" + "\n".join(lines))
     js, cs = write_front(folder, front, baselines)
     print(f"\nwrote {js} and {cs}")
     feasible = [r for r in front if r.get("accuracy") is not None]
