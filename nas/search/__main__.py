@@ -55,7 +55,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--proxy-epochs", type=float, default=4.0, help="epochs of the training proxy (default 4)")
     p.add_argument("--data", default="digits", help="digits (embedded), cifar10, cifar100 or a path (default digits)")
     p.add_argument("--objectives", default="accuracy,latency,cio", help="comma list among accuracy, latency, cio, macs, params")
-    p.add_argument("--sampler", default="tpe", help="tpe, nsga2 or random (default tpe)")
+    p.add_argument("--sampler", default="tpe",
+                   help="tpe, nsga2, random, evolution (mutations of the seeds and the front) or budget (random "
+                        "proposals), the last two steered to the budget edge by the latency predictor (default tpe)")
     p.add_argument("--gate-factor", type=float, default=2.0,
                    help="reject before training when the predicted latency exceeds this many budgets (default 2)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/nas.db) or journal:PATH")

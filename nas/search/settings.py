@@ -13,7 +13,7 @@ from ..errors import check_choice, check_int
 from ..latency.devices import PRECISIONS
 from ..latency.profiles import list_profiles, resolve_profile
 
-__all__ = ["MAX_BUDGET_MS", "OBJECTIVES", "SearchSettings", "check_study_name", "parse_budget", "parse_latency",
+__all__ = ["MAX_BUDGET_MS", "OBJECTIVES", "SAMPLERS", "SearchSettings", "check_study_name", "parse_budget", "parse_latency",
            "parse_objectives"]
 
 #: objective name -> Optuna direction
@@ -24,6 +24,9 @@ OBJECTIVES: dict[str, str] = {
     "macs": "minimize",
     "params": "minimize",
 }
+SAMPLERS = ("tpe", "nsga2", "random", "evolution", "budget")
+"""``--sampler``: Optuna's TPE, NSGA-II and random; seed-aware evolution and random proposals, both
+steered to the budget edge by the latency predictor (`nas.search.evolution`)."""
 _UNITS = {"ms": 1.0, "s": 1000.0, "us": 0.001}
 MAX_BUDGET_MS = 3_600_000.0
 """One hour: a latency budget above it is a typo (and ``1e999ms`` would be infinite)."""
@@ -117,8 +120,8 @@ class SearchSettings:
             raise ValueError(f"proxy: {self.proxy!r} is not allowed; expected train or zero-cost")
         if self.zero_cost_metric not in ("synflow", "naswot", "grad_norm"):
             raise ValueError(f"zero_cost_metric: {self.zero_cost_metric!r} is not allowed; expected synflow, naswot or grad_norm")
-        if self.sampler not in ("tpe", "nsga2", "random"):
-            raise ValueError(f"sampler: {self.sampler!r} is not allowed; expected tpe, nsga2 or random")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler: {self.sampler!r} is not allowed; expected one of {', '.join(SAMPLERS)}")
         if self.backend not in ("optuna", "ray"):
             raise ValueError(f"backend: {self.backend!r} is not allowed; expected optuna or ray")
         self._check_ray_devices()
