@@ -58,6 +58,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--sampler", default="tpe",
                    help="tpe, nsga2, random, evolution (mutations of the seeds and the front) or budget (random "
                         "proposals), the last two steered to the budget edge by the latency predictor (default tpe)")
+    p.add_argument("--fidelity", default="median",
+                   help="when a proxy training stops early: median (below the median at an epoch) or halving "
+                        "(successive halving: top third at epochs 1, 3, 9...) (default median)")
     p.add_argument("--gate-factor", type=float, default=2.0,
                    help="reject before training when the predicted latency exceeds this many budgets (default 2)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/nas.db) or journal:PATH")
@@ -104,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed, device=args.device, resolution=args.resolution, batch=args.batch, precision=args.precision,
         latency=args.latency, proxy=args.proxy, zero_cost_metric=args.zero_cost_metric, data=args.data,
         proxy_epochs=args.proxy_epochs, objectives=parse_objectives(args.objectives), sampler=args.sampler,
-        gate_factor=args.gate_factor, backend=args.backend, workers=args.workers, gpus_per_trial=args.gpus_per_trial,
+        gate_factor=args.gate_factor, fidelity=args.fidelity, backend=args.backend, workers=args.workers, gpus_per_trial=args.gpus_per_trial,
     )
     study_name = check_study_name(args.study_name if args.study_name is not None else settings.default_study_name())
     _validate_early(settings)

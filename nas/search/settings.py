@@ -106,6 +106,7 @@ class SearchSettings:
     backend: str = "optuna"
     workers: int = 1
     gpus_per_trial: float | None = None
+    fidelity: str = "median"
 
     def __post_init__(self) -> None:
         check_choice("precision", self.precision, PRECISIONS)
@@ -122,6 +123,8 @@ class SearchSettings:
             raise ValueError(f"zero_cost_metric: {self.zero_cost_metric!r} is not allowed; expected synflow, naswot or grad_norm")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler: {self.sampler!r} is not allowed; expected one of {', '.join(SAMPLERS)}")
+        if self.fidelity not in ("median", "halving"):
+            raise ValueError(f"fidelity: {self.fidelity!r} is not allowed; expected median or halving")
         if self.backend not in ("optuna", "ray"):
             raise ValueError(f"backend: {self.backend!r} is not allowed; expected optuna or ray")
         self._check_ray_devices()
@@ -164,7 +167,7 @@ class SearchSettings:
     def identity(self) -> dict[str, Any]:
         """The settings that change what a trial's numbers mean (a resumed study must match them)."""
         d = dataclasses.asdict(self)
-        for volatile in ("trials", "timeout_s", "workers", "backend", "gpus_per_trial"):
+        for volatile in ("trials", "timeout_s", "workers", "backend", "gpus_per_trial", "fidelity"):
             d.pop(volatile)
         d["objectives"] = list(self.objectives)
         return d
