@@ -60,7 +60,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--proxy-epochs", type=float, default=4.0, help="epochs of the training proxy (default 4)")
     p.add_argument("--data", default="digits", help="digits (embedded), cifar10, cifar100 or a path (default digits)")
     p.add_argument("--objectives", default="accuracy,latency,cio", help="comma list among accuracy, latency, cio, macs, params")
-    p.add_argument("--sampler", default="tpe", help="tpe, nsga2 or random (default tpe)")
+    p.add_argument("--sampler", default="tpe",
+                   help="tpe, nsga2, random, evolution (mutations of the seeds and the front) or budget (random "
+                        "proposals), the last two steered to the budget edge by the latency predictor (default tpe)")
+    p.add_argument("--fidelity", default="median",
+                   help="when a proxy training stops early: median (below the median at an epoch) or halving "
+                        "(successive halving: top third at epochs 1, 3, 9...) (default median)")
     p.add_argument("--gate-factor", type=float, default=2.0,
                    help="reject before training when the predicted latency exceeds this many budgets (default 2)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/nas.db) or journal:PATH")
@@ -107,8 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed, device=args.device, resolution=args.resolution, batch=args.batch, precision=args.precision,
         latency=args.latency, proxy=args.proxy, zero_cost_metric=args.zero_cost_metric, data=args.data,
         proxy_epochs=args.proxy_epochs, objectives=parse_objectives(args.objectives), sampler=args.sampler,
-        gate_factor=args.gate_factor, backend=args.backend, workers=args.workers, gpus_per_trial=args.gpus_per_trial,
-        runtime=args.runtime,
+        gate_factor=args.gate_factor, fidelity=args.fidelity, backend=args.backend, workers=args.workers,
+        gpus_per_trial=args.gpus_per_trial, runtime=args.runtime,
     )
     study_name = check_study_name(args.study_name if args.study_name is not None else settings.default_study_name())
     _validate_early(settings)
@@ -172,7 +177,7 @@ def _validate_early(s: SearchSettings) -> None:
 def _report(study, s: SearchSettings, folder: Path) -> list[dict[str, Any]]:
     """Print the summary, the front and the baselines, write the front's files; returns the trial records."""
     from ..config import ArchConfig
-    from .results import format_table, is_interrupted, pareto_front, trial_records, write_front
+    from .results import format_table, is_interrupted, pareto_front, trial_records, write_front, yardstick
 
     recs = trial_records(study)
     front = pareto_front(recs)
@@ -196,7 +201,11 @@ def _report(study, s: SearchSettings, folder: Path) -> list[dict[str, Any]]:
     print(format_table(front, f"\nPareto front (feasible: latency <= {s.budget_ms:g} ms; accuracy = "
                               f"{'proxy training on ' + s.data if s.proxy == 'train' else s.zero_cost_metric}):"))
     print(format_table([{**b, "name": f"{b.get('seed')}{'' if b.get('feasible') else ' *'}"} for b in baselines],
-                       "\nBaselines (canonical configs; * = not feasible or not completed):"))
+                       "\nBaselines (canonical configs, evaluated like any candidate; * = over the budget or not "
+                       "completed: infeasible, never on the front):"))
+    lines = yardstick(front, baselines, s.budget_ms)
+    if lines:
+        print("\nThe front beside the baselines:\n" + "\n".join(lines))
     js, cs = write_front(folder, front, baselines)
     print(f"\nwrote {js} and {cs}")
     feasible = [r for r in front if r.get("accuracy") is not None]

@@ -3,12 +3,18 @@
 `evaluate` never raises for a bad candidate: it returns metrics with ``status`` one of
 ``ok``, ``rejected`` (the gate or the budget said no before training, with the reason) or
 ``failed`` (latency or training broke, with the reason).
+
+A baseline (a canonical config, ``baseline=True``) is never rejected: it gets the same latency and
+proxy accuracy as any candidate, also over the budget (``over_budget`` says so, and its constraint
+marks it infeasible), and its proxy result is cached by arch_id + proxy settings + data + seed in
+``runs/proxy_cache.db``, so it is paid once for all studies that share them.
 """
 
 from __future__ import annotations
 
 import time
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable
 
 from ..config import ArchConfig
@@ -21,10 +27,10 @@ from ..latency.predict import predict_ms
 from ..latency.profiles import DeviceProfile, resolve_profile
 from ..latency.profiling import local_profile
 from ..paths import runs_dir
-from ..proxy import ProxyBudget, train_eval, zero_cost
+from ..proxy import ProxyBudget, ProxyCache, train_eval, zero_cost
 from .settings import SearchSettings
 
-__all__ = ["METRIC_OF", "evaluate", "measure_settled", "objective_values"]
+__all__ = ["METRIC_OF", "evaluate", "gate_profile", "measure_settled", "objective_values", "proxy_context"]
 
 METRIC_OF = {"accuracy": "accuracy", "latency": "latency_ms", "cio": "cio", "macs": "macs", "params": "params"}
 """The metric that holds each objective's value."""
@@ -40,26 +46,42 @@ def _cache() -> LatencyCache:
     return LatencyCache(runs_dir() / "latency.db")
 
 
+def _proxy_cache() -> ProxyCache:
+    return ProxyCache(runs_dir() / "proxy_cache.db")
+
+
+def proxy_context(s: SearchSettings) -> dict[str, Any]:
+    """The settings a proxy figure depends on (the key of the baseline cache beside the arch_id)."""
+    data = str(Path(s.data).resolve()) if s.data != "digits" and Path(s.data).exists() else s.data
+    ctx: dict[str, Any] = {"proxy": s.proxy, "data": data, "seed": s.seed, "device": resolve_device(s.device).type}
+    if s.proxy == "train":
+        ctx["proxy_epochs"] = s.proxy_epochs
+    else:
+        ctx["zero_cost_metric"] = s.zero_cost_metric
+    return ctx
+
+
 def evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, float], bool | None] | None = None,
-             metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+             metrics: dict[str, Any] | None = None, baseline: bool = False) -> dict[str, Any]:
     """All metrics of one candidate as a flat dict of JSON-friendly values.
 
     Pass ``metrics`` to watch them fill in (latency is in it before the proxy training starts).
     Whatever a candidate does, this returns: an unexpected exception is a ``failed`` status.
+    A ``baseline`` passes the gate and the budget, is never stopped early and uses the proxy cache.
     """
     m = metrics if metrics is not None else {}
     start = time.perf_counter()
     try:
-        return _evaluate(config, s, on_epoch, m)
+        return _evaluate(config, s, None if baseline else on_epoch, m, baseline)
     except Exception as err:  # one bad candidate never ends the search
         m.update(arch_id=config.arch_id, config=config.to_json(indent=None), status="failed",
                  reason=failure_reason(err), wall_s=time.perf_counter() - start)
         return m
 
 
-def _gate_profile(s: SearchSettings) -> DeviceProfile:
-    """The profile the gate (and a disturbed measurement) predicts with: the chosen published one, this
-    CPU's, or the measuring GPU's own (`local_profile`: saved, else profiled once in about a minute)."""
+def gate_profile(s: SearchSettings) -> DeviceProfile:
+    """The profile the gate, a disturbed measurement and budget-aware proposals predict with: the chosen
+    published one, this CPU's, or the measuring GPU's own (`local_profile`: saved, else profiled once)."""
     if s.latency_kind == "predicted":
         return resolve_profile(s.latency_device)
     dev = resolve_device(s.device)
@@ -67,7 +89,7 @@ def _gate_profile(s: SearchSettings) -> DeviceProfile:
 
 
 def _evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, float], bool | None] | None,
-              m: dict[str, Any]) -> dict[str, Any]:
+              m: dict[str, Any], baseline: bool) -> dict[str, Any]:
     start = time.perf_counter()
     cost = analyze(config, s.resolution, s.batch)
     m.update({"arch_id": config.arch_id, "config": config.to_json(indent=None), "params": cost.params,
@@ -78,10 +100,10 @@ def _evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, fl
         m.update(status=status, reason=reason, wall_s=time.perf_counter() - start)
         return m
 
-    gate = _gate_profile(s)
+    gate = gate_profile(s)
     gate_ms = predict_ms(config, gate, s.resolution, s.batch, s.precision)
     m["gate_predicted_ms"] = gate_ms
-    if gate_ms > s.gate_factor * s.budget_ms:
+    if gate_ms > s.gate_factor * s.budget_ms and not baseline:
         return done("rejected", f"gate: predicted {gate_ms:.1f} ms on {gate.name} is over "
                                 f"{s.gate_factor:g}x the {s.budget_ms:g} ms budget")
     if s.latency_kind == "measured":
@@ -99,9 +121,28 @@ def _evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, fl
     if not lat.ok:
         return done("failed", f"latency: {lat.error}")
     m["latency_ms"] = lat.median_ms
-    if lat.median_ms > s.budget_ms:
+    m["over_budget"] = lat.median_ms > s.budget_ms
+    if lat.median_ms > s.budget_ms and not baseline:
         flag = " (the measurement was disturbed by other work)" if m.get("latency_disturbed") else ""
         return done("rejected", f"over budget: {lat.source} {lat.median_ms:.1f} ms > {s.budget_ms:g} ms{flag}")
+
+    if baseline:
+        cached = _proxy_cache().get(config.arch_id, proxy_context(s))
+        if cached is not None:
+            m.update(cached, proxy_cached=True)
+            return done("ok", None)
+    _proxy(config, s, on_epoch, m)
+    if baseline and m["status"] == "ok":
+        _proxy_cache().put(config.arch_id, proxy_context(s), m)
+    m["wall_s"] = time.perf_counter() - start
+    return m
+
+
+def _proxy(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, float], bool | None] | None,
+           m: dict[str, Any]) -> None:
+    """The proxy accuracy (training or zero-cost) into ``m``; its status too when it is not ok."""
+    def done(status: str, reason: str | None) -> None:
+        m.update(status=status, reason=reason)
 
     data = _dataset(s.data, s.seed)
     try:

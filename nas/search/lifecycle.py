@@ -9,7 +9,8 @@
    (bounded by the deadline and Ctrl-C); otherwise `evaluate` runs.
 5. `outcome` / `record`: the evaluation status decides the trial's state, values, constraint and
    user attributes: ok -> COMPLETE; rejected (gate, budget) or pruned -> PRUNED; failed -> FAIL
-   (a verdict); interrupted -> FAIL that does not count and runs again.
+   (a verdict); interrupted -> FAIL that does not count and runs again. A baseline is never
+   rejected: over the budget it is COMPLETE with a positive latency constraint (infeasible).
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ def make_sampler(s: SearchSettings, offset: int) -> optuna.samplers.BaseSampler:
     seed = s.seed + offset  # a second process joining the study must not propose the same points
     if s.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if s.sampler in ("evolution", "budget"):
+        from ..space import load_space
+        from .evolution import EvolutionSampler
+
+        return EvolutionSampler(load_space(s.space), s, seed, evolve=s.sampler == "evolution")
     if s.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, s.trials // 3)))
     # constraints come from trial.set_constraint("latency", ...) (Optuna 5's interface)
@@ -328,12 +334,15 @@ def reuse(twin: FrozenTrial, s: SearchSettings) -> Outcome:
 def settle(study: optuna.Study, number: int, config: ArchConfig, s: SearchSettings, deadline: float | None = None,
            on_epoch: Callable[[int, float], bool | None] | None = None,
            metrics: dict[str, Any] | None = None) -> Outcome:
-    """A claimed trial's outcome: a twin's result, or the evaluation's (``metrics`` fills in as it runs)."""
+    """A claimed trial's outcome: a twin's result, or the evaluation's (``metrics`` fills in as it runs).
+
+    A config named after a seed (`claim` names it) is a baseline: evaluated whatever its latency.
+    """
     twin = evaluated_twin(study, number, config.arch_id, deadline)
     if twin is not None:
         return reuse(twin, s)
     with interruptible(True):
-        m = evaluate(config, s, on_epoch=on_epoch, metrics=metrics)
+        m = evaluate(config, s, on_epoch=on_epoch, metrics=metrics, baseline=bool(config.name))
     if _STOP.is_set():
         raise KeyboardInterrupt
     m["budget_ms"] = s.budget_ms

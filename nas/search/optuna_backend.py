@@ -4,7 +4,8 @@
 * architectures are deduplicated by ``arch_id``: a repeat reuses the first evaluation;
 * the cheap gate and the budget reject hopeless candidates before any training (PRUNED, with
   the reason); a crashing or NaN candidate becomes a FAIL with its reason and the search goes on;
-* a training whose accuracy after an epoch is below the median of completed trials stops (PRUNED);
+* a training stops early (PRUNED) by the ``--fidelity`` rule (`nas.search.fidelity`): below the median, or
+  out of the top third at a successive-halving rung;
 * every metric is a trial user attribute; the storage is SQLite in ``runs/`` by default, any
   RDB URL (PostgreSQL...) or a journal file;
 * a trial whose process died (kill -9) or was stopped (Ctrl-C) is failed as ``interrupted``
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -28,6 +28,7 @@ import optuna
 
 from ..latency.devices import resolve_device
 from ..space import SearchSpace, load_space
+from .fidelity import stop_rule
 from .lifecycle import (DeadlineReached, Outcome, claim, enqueue_seeds, evaluated_count, interrupted, interruptible,
                         open_study, record, report_failure, requeue_interrupted, say, settle, stop_requested)
 from .results import REJECTION_CAP
@@ -85,27 +86,9 @@ class _GateCalibration:
             say(f"nas.search: latency gate: {cal.reason}")
 
 
-def _median_stop(study: optuna.Study) -> Callable[[int, float], bool]:
-    """Stop a training whose accuracy after an epoch is below the median of completed trials then.
-
-    Optuna's pruners do not support multi-objective studies, so the median-stopping rule is
-    applied here on the per-epoch curves the completed trials recorded (after 5 of them).
-    """
-
-    def stop(epoch: int, acc: float) -> bool:
-        if stop_requested():
-            return True
-        curves = [t.user_attrs.get("accuracy_curve") or [] for t in study.get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-        at = [c[epoch - 1] for c in curves if len(c) >= epoch]
-        return len(at) >= 5 and acc < statistics.median(at)
-
-    return stop
-
-
 def _objective(study: optuna.Study, space: SearchSpace, s: SearchSettings,
                deadline: float | None) -> Callable[[optuna.Trial], list[float]]:
-    stop = _median_stop(study)
+    stop = stop_rule(study, s)
 
     def objective(trial: optuna.Trial) -> list[float]:
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = ["REJECTION_CAP", "format_table", "shortfall", "hypervolume", "is_interrupted", "nondominated", "pareto_front", "trial_metadata", "trial_records",
-           "write_front"]
+           "write_front", "yardstick"]
 
 _COLUMNS = ("number", "name", "arch_id", "accuracy", "latency_ms", "latency_source", "cio", "macs", "params", "feasible")
 
@@ -207,13 +207,34 @@ def format_table(rows: Sequence[dict[str, Any]], title: str) -> str:
     return "\n".join(lines)
 
 
+def yardstick(front: Sequence[dict[str, Any]], baselines: Sequence[dict[str, Any]], budget_ms: float) -> list[str]:
+    """Lines comparing the front with the canonical baselines: what the search bought over them."""
+    scored = [b for b in baselines if b.get("state") == "COMPLETE" and b.get("accuracy") is not None]
+    if not scored:
+        return []
+    lines = []
+    best = max(front, key=lambda r: r["accuracy"]) if front else None
+    for b in sorted(scored, key=lambda r: r["latency_ms"]):
+        where = "fits" if b.get("feasible") else f"over the {budget_ms:g} ms budget"
+        line = f"  {b.get('seed') or b.get('name')}: accuracy {b['accuracy']:.3f} at {b['latency_ms']:.2f} ms ({where})"
+        if best is not None:
+            beat = [r for r in front if r["accuracy"] >= b["accuracy"] and r["latency_ms"] <= b["latency_ms"]
+                    and r.get("arch_id") != b.get("arch_id")]
+            line += (f"; dominated by trial {beat[0]['number']} ({beat[0]['accuracy']:.3f} at {beat[0]['latency_ms']:.2f} ms)"
+                     if beat else f"; the front's best is {best['accuracy'] - b['accuracy']:+.3f} accuracy "
+                                  f"at {best['latency_ms'] / b['latency_ms']:.2f}x its latency")
+        lines.append(line)
+    return lines
+
+
 def write_front(folder: Path, front: Sequence[dict[str, Any]], baselines: Sequence[dict[str, Any]]) -> tuple[Path, Path]:
     """``pareto.json`` (front + baselines with configs) and ``pareto.csv`` (front, one row per architecture)."""
     folder.mkdir(parents=True, exist_ok=True)
     js, cs = folder / "pareto.json", folder / "pareto.csv"
     keep = ("number", "name", "arch_id", "accuracy", "latency_ms", "latency_source", "latency_device", "cio", "macs",
             "thop_macs", "params", "moc", "feasible", "config", "proxy", "seed", "latency_disturbed",
-            "latency_slowdown", "latency_raw_ms")
+            "latency_slowdown", "latency_raw_ms", "state", "status", "reason", "over_budget", "proxy_cached",
+            "budget_ms")
 
     def slim(r: dict[str, Any]) -> dict[str, Any]:
         d = {k: _finite_or_none(r.get(k)) for k in keep if k in r}

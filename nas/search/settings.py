@@ -15,7 +15,7 @@ from ..latency.profiles import list_profiles, resolve_profile
 from ..latency.runtimes import MEASURE_RUNTIMES
 from ..resolution import canonical_resolution
 
-__all__ = ["MAX_BUDGET_MS", "OBJECTIVES", "SearchSettings", "check_study_name", "parse_budget", "parse_latency",
+__all__ = ["MAX_BUDGET_MS", "OBJECTIVES", "SAMPLERS", "SearchSettings", "check_study_name", "parse_budget", "parse_latency",
            "parse_objectives"]
 
 #: objective name -> Optuna direction
@@ -26,6 +26,9 @@ OBJECTIVES: dict[str, str] = {
     "macs": "minimize",
     "params": "minimize",
 }
+SAMPLERS = ("tpe", "nsga2", "random", "evolution", "budget")
+"""``--sampler``: Optuna's TPE, NSGA-II and random; seed-aware evolution and random proposals, both
+steered to the budget edge by the latency predictor (`nas.search.evolution`)."""
 _UNITS = {"ms": 1.0, "s": 1000.0, "us": 0.001}
 MAX_BUDGET_MS = 3_600_000.0
 """One hour: a latency budget above it is a typo (and ``1e999ms`` would be infinite)."""
@@ -106,6 +109,7 @@ class SearchSettings:
     workers: int = 1
     gpus_per_trial: float | None = None
     runtime: str = "eager"  # what measured latencies run under (nas.latency.runtimes)
+    fidelity: str = "median"
 
     def __post_init__(self) -> None:
         check_choice("precision", self.precision, PRECISIONS)
@@ -125,8 +129,10 @@ class SearchSettings:
             raise ValueError(f"proxy: {self.proxy!r} is not allowed; expected train or zero-cost")
         if self.zero_cost_metric not in ("synflow", "naswot", "grad_norm"):
             raise ValueError(f"zero_cost_metric: {self.zero_cost_metric!r} is not allowed; expected synflow, naswot or grad_norm")
-        if self.sampler not in ("tpe", "nsga2", "random"):
-            raise ValueError(f"sampler: {self.sampler!r} is not allowed; expected tpe, nsga2 or random")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler: {self.sampler!r} is not allowed; expected one of {', '.join(SAMPLERS)}")
+        if self.fidelity not in ("median", "halving"):
+            raise ValueError(f"fidelity: {self.fidelity!r} is not allowed; expected median or halving")
         if self.backend not in ("optuna", "ray"):
             raise ValueError(f"backend: {self.backend!r} is not allowed; expected optuna or ray")
         self._check_ray_devices()
@@ -169,7 +175,7 @@ class SearchSettings:
     def identity(self) -> dict[str, Any]:
         """The settings that change what a trial's numbers mean (a resumed study must match them)."""
         d = dataclasses.asdict(self)
-        for volatile in ("trials", "timeout_s", "workers", "backend", "gpus_per_trial"):
+        for volatile in ("trials", "timeout_s", "workers", "backend", "gpus_per_trial", "fidelity"):
             d.pop(volatile)
         if d["runtime"] == "eager":  # what every study measured before runtimes existed: resumes still match
             d.pop("runtime")
