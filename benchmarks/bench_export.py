@@ -44,6 +44,8 @@ from nas.latency.devices import device_name
 from nas.latency.runtimes import prepare
 from nas.resolution import format_resolution, parse_resolution
 
+from gpu_check_lib.common import model_with_nontrivial_bn  # benchmarks/ is the script's folder
+
 
 def section(title: str) -> None:
     print(f"\n== {title}")
@@ -219,14 +221,7 @@ def main() -> None:
           f"cpu ({device_name(torch.device('cpu'))}), load average at start {load[0]:.2f}; CPU figures")
 
     # the weights every model below shares: the fresh initialisation with non-trivial BatchNorms
-    torch.manual_seed(0)
-    package = nas.build_model(cfg).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in package.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    package = model_with_nontrivial_bn(cfg)
     state = package.state_dict()
 
     section(f"1. export time per format ({args.model}, median of {args.repeat})")

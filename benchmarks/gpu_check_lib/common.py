@@ -168,3 +168,17 @@ def fidelity(pred: Sequence[float], meas: Sequence[float]) -> dict[str, Any]:
 def package_root() -> str:
     """The folder holding the ``nas`` this process imported (the search subprocess must import the same)."""
     return str(Path(nas.__file__).resolve().parent.parent)
+
+
+def model_with_nontrivial_bn(cfg: ArchConfig) -> torch.nn.Module:
+    """The network ``cfg`` describes, freshly initialised (seed 0), with BatchNorm scales and variances
+    drawn in [0.5, 1.5) so that folding them is not a no-op; in eval mode."""
+    torch.manual_seed(0)
+    model = nas.build_model(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model

@@ -24,7 +24,7 @@ from nas.fuse import fuse_model
 from nas.latency import LatencyResult
 from nas.paths import runs_dir
 
-from .common import Shared, package_root, timed
+from .common import Shared, model_with_nontrivial_bn, package_root, timed
 from .harness import Section, SectionError, failure_line
 
 def _search_budget_ms(sec: Section, sh: Shared) -> float:
@@ -164,14 +164,7 @@ def _export_variants(sec: Section, cfg: ArchConfig, folder: Path) -> dict[str, t
     """The in-package model (BatchNorm statistics made non-trivial), BN-folded, and its exports, same weights."""
     from nas.export import export_bytes
 
-    torch.manual_seed(0)
-    package = nas.build_model(cfg).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in package.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    package = model_with_nontrivial_bn(cfg)
     state, fused = package.state_dict(), fuse_model(package)
     variants: dict[str, torch.nn.Module] = {"eager (package)": package, "package, BN folded": fused}
     for label, fmt, deploy in (("exported .py", "py", False), ("exported .py --deploy", "py", True),
