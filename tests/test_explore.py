@@ -649,7 +649,7 @@ def test_cpu_predictions_are_calibrated_on_the_studys_measurements(tmp_path):
     clean = P.clean_cpu_measurements(df)
     assert len(clean) == 13  # the disturbed ones are left out
     plain = P.predictor("cpu")
-    assert plain.short == "micro-benchmark, not calibrated" and "micro-benchmark" in plain.label
+    assert plain.short == "micro-benchmarked here" and "profiled here" in plain.label
     fitted = P.predictor("cpu", clean)
     assert fitted.short.startswith("calibrated here on ") and "held-out error" in fitted.source
     assert fitted.key != plain.key

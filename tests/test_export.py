@@ -144,7 +144,9 @@ def _check_results(results: list[dict], expected_params: dict[str, int]) -> None
     for r in results:
         assert r["keys"], f"{r['id']}: state_dict keys differ from the package's"
         assert r["params"] == expected_params[r["id"]], r
-        assert r["err"] <= 1e-5 * max(1.0, r["scale"]), r
+        # a deploy file folds BatchNorm and runs channels_last: other summation orders (docs/export.md: 1e-4)
+        tol = 1e-4 if r["id"].endswith("-deploy") else 1e-5
+        assert r["err"] <= tol * max(1.0, r["scale"]), r
 
 
 def _torchscript_jobs(configs: dict[str, tuple[nas.ArchConfig, bool]], tmp: Path) -> list[dict]:

@@ -52,6 +52,8 @@ def _short(profile: DeviceProfile) -> str:
     n = (profile.calibration or {}).get("configs")
     if n:
         return f"calibrated on {n}"
+    if profile.provenance.get("profiled"):  # nas.latency.profile_device: micro-benchmarks and small networks here
+        return "micro-benchmarked here"
     return "micro-benchmark, not calibrated" if profile.name == "cpu" else "spec sheet, not calibrated"
 
 
