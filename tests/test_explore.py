@@ -3,6 +3,7 @@ correlations, importances, figures, downloads and the synthetic-study writer."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import random
@@ -370,6 +371,21 @@ def test_param_importances_find_the_choice_that_matters():
     assert A.param_importances(flat, target)[1] == "no design choice varies among these trials"
 
 
+def test_param_importances_look_at_the_best_end_of_the_target():
+    """The best accuracies are set by the link rule, the lowest latencies by the depth: each direction finds its own."""
+    rng = np.random.RandomState(1)
+    n = 300
+    df = pd.DataFrame({"stem": rng.choice(["hardnet", "resnet"], n), "family": "hard", "k": rng.randint(4, 40, n).astype(float),
+                       "m": 1.7, "link_rule": rng.choice(["harmonic", "dense", "chain"], n), "depth": rng.randint(2, 20, n),
+                       "se": "none", "stages": 3})
+    df.loc[df.index[::7], "k"] = np.nan  # no harmonic block: a level of its own, not a crash
+    target = pd.Series(np.where(df["link_rule"] == "harmonic", 2.0, 0.01 * df["depth"]) + rng.normal(0, 1e-3, n))
+    best_high, _ = A.param_importances(df, target, maximize=True)
+    best_low, _ = A.param_importances(df, target, maximize=False)
+    assert max(best_high, key=best_high.get) == "link_rule"
+    assert max(best_low, key=best_low.get) == "depth"
+
+
 def test_stage_rows_sum_to_the_cost_report():
     cfg = get_config("hardnet68")
     rows = A.stage_rows(cfg, 224)
@@ -659,6 +675,27 @@ def test_cpu_predictions_are_calibrated_on_the_studys_measurements(tmp_path):
     assert (raw / df["latency_ms"]).median() < 0.3  # the uncalibrated profile is ~5x optimistic here
     assert 0.7 < ratio < 1.4  # the calibrated one agrees with what was measured
     assert src[0] == f"predicted for cpu ({fitted.short})"
+
+
+def test_a_warm_up_makes_a_device_switch_a_lookup(tmp_path, monkeypatch):
+    """After `warm_up`, predicting every row for a device never seen builds no kernel table again."""
+    predict_module = importlib.import_module("nas.latency.predict")
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    make_study(url)
+    df = D.records_frame(D.load_records(url, ["fixture"]))
+    thread = P.warm_up(df)
+    assert thread is not None
+    thread.join(timeout=120)
+    assert not thread.is_alive() and P.warm_up(df) is None  # nothing left to warm
+    monkeypatch.setattr(predict_module, "kernels_of", lambda *a, **k: pytest.fail("a kernel table was rebuilt"))
+    lat, src = A.latency_column(df, "predicted", "l4")
+    done = (df["state"] == "COMPLETE") | df["baseline"]
+    assert lat[done].notna().all() and lat[done].gt(0).all()
+    pred = P.predictor("l4")
+    one = [P.predict_one(c, pred, r, b, p) for c, r, b, p in df.loc[done, ["config", "resolution", "batch", "precision"]]
+           .itertuples(index=False, name=None)]
+    assert lat[done].tolist() == pytest.approx(one)
 
 
 def test_a_calibrated_profile_saved_here_is_used_and_named(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import subprocess
 import sys
@@ -13,13 +14,38 @@ import yaml
 
 import nas
 from nas.latency import (KERNEL_CLASSES, PROFILES, DeviceProfile, check_profile, conv_kernel, fit_profile,
-                         kernels_ms, kernels_of, linear_kernel, list_profiles, memory_kernel, predict, predict_ms,
-                         resolve_profile)
+                         kernels_ms, kernels_of, linear_kernel, list_profiles, memory_kernel, predict, predict_many,
+                         predict_ms, resolve_profile, warm_tables)
 from nas.latency import families as F
 from nas.latency.profiles import DATA, DEFAULT_EFFICIENCIES, FITTABLE
 from nas.stats import kendall_tau
 
 # --- kernel records --------------------------------------------------------------------------------
+
+
+def test_many_predictions_at_once_equal_one_at_a_time_and_reuse_warm_tables(monkeypatch):
+    import random
+
+    predict_module = importlib.import_module("nas.latency.predict")
+    from nas.sampling import random_config
+
+    rng = random.Random(5)
+    configs = [random_config(rng) for _ in range(12)] + [nas.get_config("resnet50")]
+    for device, size, precision in (("v100", 64, "fp16"), ("a100", "48x80", "fp32"), ("cpu", 64, "fp32")):
+        profile = resolve_profile(device)
+        many = predict_many(configs, profile, size, 2, precision)
+        one = [predict_ms(c, profile, size, 2, precision) for c in configs]
+        assert many == pytest.approx(one, rel=1e-9)
+    # an input too small for one network: NaN for it, the others predicted
+    tiny = predict_many([nas.get_config("resnet50"), configs[0]], resolve_profile("t4"), 8)
+    assert math.isnan(tiny[0]) and tiny[1] > 0
+    assert predict_many([], resolve_profile("t4")).shape == (0,)
+    with pytest.raises(ValueError, match="precision"):
+        predict_many(configs, resolve_profile("t4"), precision="fp8")
+    # once warmed, a prediction for another device builds nothing: no cost trace is run
+    assert warm_tables(configs, "40x72") == len(configs)
+    monkeypatch.setattr(predict_module, "kernels_of", lambda *a, **k: pytest.fail("a kernel table was rebuilt"))
+    assert np.isfinite(predict_many(configs, resolve_profile("l4"), "40x72")).all()
 
 
 def test_kernels_come_from_the_cost_tracer_and_runtimes_drop_what_they_fuse():

@@ -211,16 +211,16 @@ def parallel_coordinates_figure(df: pd.DataFrame, colour: pd.Series, colour_labe
         col = df[c]
         if c in NUMERIC_CHOICES:
             v = col.astype(float).fillna(-1.0)
-            dims.append(dict(label=c if c not in ("k", "m") else f"{c} (-1: none)", values=v.tolist()))
+            dims.append(dict(label=c if c not in ("k", "m") else f"{c} (-1: none)", values=v.to_numpy()))
         else:
             cats = sorted(col.astype(str).unique())
             code = {v: i for i, v in enumerate(cats)}
-            dims.append(dict(label=c, values=[code[v] for v in col.astype(str)], tickvals=list(range(len(cats))),
+            dims.append(dict(label=c, values=col.astype(str).map(code).to_numpy(), tickvals=list(range(len(cats))),
                              ticktext=cats))
-    dims.append(dict(label=colour_label, values=colour.astype(float).tolist()))
+    dims.append(dict(label=colour_label, values=colour.astype(float).to_numpy()))
     first_width = max([len(dims[0]["label"])] + [len(str(t)) for t in dims[0].get("ticktext", [])])
     fig = go.Figure(go.Parcoords(
-        line=dict(color=colour.astype(float).tolist(), colorscale="Viridis", showscale=True,
+        line=dict(color=colour.astype(float).to_numpy(), colorscale="Viridis", showscale=True,
                   colorbar=dict(title=dict(text=colour_label, side="right"), thickness=14)),
         dimensions=dims, name="design choices", labelfont=dict(size=12), tickfont=dict(size=11),
     ))
@@ -235,7 +235,7 @@ def importance_figure(importances: Mapping[str, float], target_label: str) -> go
     items = sorted(importances.items(), key=lambda kv: kv[1])
     fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h", name="importance",
                            text=[f"{v:.2f}" for _, v in items], textposition="auto"))
-    fig.update_layout(xaxis_title=f"importance for {target_label} (fANOVA, sums to 1)", height=60 + 32 * max(1, len(items)),
+    fig.update_layout(xaxis_title=f"importance for {target_label} (PED-ANOVA, sums to 1)", height=60 + 32 * max(1, len(items)),
                       margin=dict(l=10, r=10, t=30, b=10))
     return fig
 

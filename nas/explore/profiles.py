@@ -14,16 +14,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
-from ..latency import DeviceProfile, calibrate, load_cpu_profile, predict_ms, resolve_profile
+from ..latency import DeviceProfile, calibrate, load_cpu_profile, predict_many, resolve_profile, warm_tables
 
-__all__ = ["MIN_CALIBRATION", "MAX_CALIBRATION", "Predictor", "clean_cpu_measurements", "predict_one", "predictor",
-           "reference_latencies", "reference_predictor"]
+__all__ = ["MIN_CALIBRATION", "MAX_CALIBRATION", "Predictor", "clean_cpu_measurements", "predict_one", "predict_rows",
+           "predictor", "reference_latencies", "warm_up", "reference_predictor"]
 
 MIN_CALIBRATION = 8  # clean measurements before the app fits this CPU's profile (as the search's gate does)
 MAX_CALIBRATION = 400  # newest clean measurements a fit uses: a big CPU study stays quick to calibrate
@@ -138,13 +139,88 @@ def reference_latencies(names: Sequence[str], pred: Predictor, shapes: Sequence[
     return out
 
 
-@lru_cache(maxsize=200_000)
-def predict_one(config_json: str, pred: Predictor, resolution: int = 224, batch: int = 1,
-                precision: str = "fp32") -> float:
-    """`nas.latency.predict_ms` of one stored config with ``pred``'s profile (NaN when it cannot be predicted)."""
+#: (config JSON, profile key, input size, batch, precision) -> ms; cleared when it outgrows `_MEMO_MAX`
+_MEMO: dict[tuple, float] = {}
+_MEMO_MAX = 200_000
+
+
+def _size(resolution: int | str) -> int | str:
+    return resolution if isinstance(resolution, str) else int(resolution)
+
+
+def predict_rows(configs: Sequence[str], pred: Predictor, resolution: int | str = 224, batch: int = 1,
+                 precision: str = "fp32") -> np.ndarray:
+    """`nas.latency.predict_many` of stored configs with ``pred``'s profile (NaN where one cannot be predicted),
+    memoised per config and profile content: a rerun, or a device switched back to, costs a lookup."""
+    shape = (_size(resolution), int(batch), str(precision))
+    keys = [(c, pred.key) + shape for c in configs]
+    todo = sorted({k[0] for k in keys if k not in _MEMO})
+    if todo:
+        if len(_MEMO) + len(todo) > _MEMO_MAX:
+            _MEMO.clear()
+        values = np.full(len(todo), math.nan)
+        parsed, at = _parse_all(todo)
+        if parsed:
+            try:
+                values[at] = predict_many(parsed, pred.profile, *shape)
+            except ValueError:  # an input shape the predictor does not take (e.g. a precision it has no peak for)
+                pass
+        _MEMO.update({(c, pred.key) + shape: float(v) for c, v in zip(todo, values)})
+    return np.array([_MEMO[k] for k in keys], float)
+
+
+_WARMING: list[threading.Thread] = []
+
+
+def _parse_all(configs: Sequence[str]) -> tuple[list, list[int]]:
+    """The configs this version can read, and their positions (a stored config may be from another version)."""
     from .analysis import arch_config
 
-    try:
-        return float(predict_ms(arch_config(config_json), pred.profile, resolution, batch, precision))
-    except ValueError:
-        return math.nan
+    parsed, at = [], []
+    for i, c in enumerate(configs):
+        try:
+            parsed.append(arch_config(c))
+            at.append(i)
+        except ValueError:
+            pass
+    return parsed, at
+
+
+def warm_up(df: pd.DataFrame) -> threading.Thread | None:
+    """Build, in a background thread, the kernel tables a prediction of ``df``'s rows for any device needs.
+
+    A first switch to another device then costs a vectorised evaluation instead of one cost trace
+    per architecture (~1 ms each: 5 s for a 5,000-trial study). The thread walks the configs in
+    the opposite order to `predict_rows` (`nas.latency.warm_tables`), so a switch made before it
+    has finished shares the work with it. None when a warm-up is still running or nothing is left.
+    """
+    if (_WARMING and _WARMING[-1].is_alive()) or df.empty:
+        return None
+    rows = df[((df["state"] == "COMPLETE") | df["baseline"]) & (df["config"] != "")]
+    jobs = []
+    for (r, b, p), g in rows.groupby(["resolution", "batch", "precision"], sort=False):
+        shape = (_size(r), int(b), str(p))
+        configs = [c for c in sorted(set(g["config"])) if (c, shape) not in _WARMED]
+        if configs:
+            jobs.append((configs, shape))
+    if not jobs:
+        return None
+
+    def run() -> None:
+        for configs, shape in jobs:
+            warm_tables(_parse_all(configs)[0], *shape)
+            _WARMED.update((c, shape) for c in configs)
+
+    thread = threading.Thread(target=run, name="nas-explore-warm-up", daemon=True)
+    _WARMING[:] = [thread]
+    thread.start()
+    return thread
+
+
+_WARMED: set[tuple] = set()  # (config JSON, shape) whose kernel table a warm-up has built
+
+
+def predict_one(config_json: str, pred: Predictor, resolution: int | str = 224, batch: int = 1,
+                precision: str = "fp32") -> float:
+    """`predict_rows` of one stored config."""
+    return float(predict_rows([config_json], pred, resolution, batch, precision)[0])

@@ -21,7 +21,7 @@ from .interference import InterferencePolicy
 from .kernels import (KERNEL_CLASSES, RUNTIMES, Kernel, conv_kernel, kernels_ms, kernels_of, linear_kernel,
                       memory_kernel)
 from .measure import measure
-from .predict import CalibrationResult, calibrate, predict, predict_ms
+from .predict import CalibrationResult, calibrate, predict, predict_many, predict_ms, warm_tables
 from .profiles import (BOUNDS, PROFILES, DeviceProfile, ProfileLoad, check_profile, cpu_profile, list_profiles,
                        load_cpu_profile, resolve_profile, save_profile, user_profiles_dir)
 from .profiling import local_profile, match_published, profile_device
@@ -55,9 +55,11 @@ __all__ = [
     "measure",
     "memory_kernel",
     "predict",
+    "predict_many",
     "predict_ms",
     "profile_device",
     "resolve_profile",
     "save_profile",
     "user_profiles_dir",
+    "warm_tables",
 ]

@@ -252,6 +252,15 @@ def table(groups_of_kernels: Sequence[Sequence[Kernel]]) -> Table:
                  ints[:, 2], ints[:, 3])
 
 
+def concat(tables: Sequence[Table]) -> Table:
+    """One `Table` of several single-sample tables, sample ``i`` being ``tables[i]``."""
+    if not tables:
+        return table([])
+    cat = {f.name: np.concatenate([getattr(t, f.name) for t in tables]) for f in dataclasses.fields(Table)}
+    cat["owner"] = np.repeat(np.arange(len(tables)), [len(t) for t in tables])
+    return Table(**cat)
+
+
 def _pad(x: np.ndarray, block: np.ndarray | int) -> np.ndarray:
     return np.ceil(x / block) * block
 

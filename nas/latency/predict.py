@@ -30,11 +30,11 @@ from ..errors import check_choice, check_int
 from ..resolution import Resolution, canonical_resolution
 from .devices import PRECISIONS
 from .fit import fit_profile
-from .kernels import RUNTIMES, Table, evaluate, kernels_of, prepare, profile_parameters, table
+from .kernels import RUNTIMES, Table, concat, evaluate, kernels_of, prepare, profile_parameters, table
 from .profiles import DeviceProfile, check_profile, resolve_profile, save_profile
 from .result import LatencyResult
 
-__all__ = ["CalibrationResult", "calibrate", "predict", "predict_ms"]
+__all__ = ["CalibrationResult", "calibrate", "predict", "predict_many", "predict_ms", "warm_tables"]
 
 log = logging.getLogger("nas.latency")
 
@@ -53,7 +53,47 @@ def predict_ms(config: ArchConfig, profile: DeviceProfile, resolution: Resolutio
     return float(evaluate(prepare(t, profile), *profile_parameters(profile))[0])
 
 
-@lru_cache(maxsize=4096)
+def predict_many(configs: Sequence[ArchConfig], profile: DeviceProfile, resolution: Resolution = 224, batch: int = 1,
+                 precision: str = "fp32", deploy: bool = False, runtime: str = "pytorch") -> np.ndarray:
+    """`predict_ms` of many configs in one vectorised evaluation; NaN for a config the input size does not fit."""
+    _check(precision, batch, runtime)
+    size = canonical_resolution(resolution)
+    tables, where = [], []
+    for i, config in enumerate(configs):
+        try:
+            tables.append(_table(config, size, batch, precision, deploy, runtime))
+        except ValueError:  # e.g. an input smaller than the network's stride allows
+            continue
+        where.append(i)
+    out = np.full(len(configs), np.nan)
+    if tables:
+        out[where] = evaluate(prepare(concat(tables), profile, len(tables)), *profile_parameters(profile))
+    return out
+
+
+def warm_tables(configs: Sequence[ArchConfig], resolution: Resolution = 224, batch: int = 1, precision: str = "fp32",
+                deploy: bool = False, runtime: str = "pytorch") -> int:
+    """Build and keep the kernel tables `predict_many` of ``configs`` will need, last config first.
+
+    The tables do not depend on the device, so a warm-up run ahead of time (in a background
+    thread, say) makes a later prediction for any profile a vectorised evaluation. Going through
+    the configs backwards, a warm-up and a `predict_many` over the same list meet in the middle
+    instead of building the same tables twice. Returns how many tables could be built.
+    """
+    _check(precision, batch, runtime)
+    size, built = canonical_resolution(resolution), 0
+    for config in reversed(configs):
+        try:
+            _table(config, size, batch, precision, deploy, runtime)
+            built += 1
+        except ValueError:
+            pass
+    return built
+
+
+#: an architecture's kernel table is small (~7 KB for 70 kernels) and costs an `analyze` to build:
+#: this many keep a 5,000-trial study's tables at two input shapes
+@lru_cache(maxsize=12_288)
 def _table(config: ArchConfig, resolution: int | str, batch: int, precision: str, deploy: bool, runtime: str) -> Table:
     return table([kernels_of(config, resolution, batch, precision, deploy, runtime)])
 
