@@ -21,6 +21,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..latency import DeviceProfile, calibrate, load_cpu_profile, predict_ms, resolve_profile
+from ..resolution import Resolution, canonical_resolution, format_resolution, parse_resolution
 
 __all__ = ["MIN_CALIBRATION", "MAX_CALIBRATION", "Predictor", "clean_cpu_measurements", "predict_one", "predictor",
            "reference_latencies", "reference_predictor"]
@@ -58,11 +59,12 @@ def _short(profile: DeviceProfile) -> str:
 
 
 def clean_cpu_measurements(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows measured on this kind of CPU and not disturbed, oldest first: what a CPU profile can be fitted on."""
+    """Rows measured on this kind of CPU in eager PyTorch (what the CPU profile models) and not disturbed,
+    oldest first: what a CPU profile can be fitted on."""
     if df.empty:
         return df
     ok = ((df["latency_source"] == "measured") & (df["latency_device"] == "cpu") & ~df["latency_disturbed"]
-          & df["latency_ms"].gt(0) & (df["config"] != ""))
+          & (df["latency_runtime"] == "eager") & df["latency_ms"].gt(0) & (df["config"] != ""))
     return df.loc[ok].sort_values(["study", "number"])
 
 
@@ -104,42 +106,50 @@ def _fit(base: DeviceProfile, rows: pd.DataFrame):
     sub = sub.drop_duplicates("arch_id", keep="last")
     try:
         return calibrate([arch_config(c) for c in sub["config"]], [float(x) for x in sub["latency_ms"]], base,
-                         resolution=int(shape[0]), batch=int(shape[1]), precision=str(shape[2]), save=False)
+                         resolution=shape[0], batch=int(shape[1]), precision=str(shape[2]), save=False)
     except ValueError:  # fewer than calibrate needs once duplicates are gone, or an invalid shape
         return None
 
 
-def reference_predictor(measured_devices: Sequence[str], cpu: Predictor | None) -> tuple[Predictor | None, str]:
-    """The profile for reference lines in measured mode: this CPU's when everything was measured on a CPU.
+def reference_predictor(measured_devices: Sequence[str], cpu: Predictor | None,
+                        runtimes: Sequence[str] = ("eager",)) -> tuple[Predictor | None, str]:
+    """The profile for reference lines in measured mode: this CPU's when everything was measured on a CPU in
+    eager PyTorch (``runtimes``: the runtime names measured under; the profile models eager kernels).
 
     Returns (predictor or None, why none) — a GPU without a profile gets no predicted lines.
     """
     devices = sorted({d for d in measured_devices if d})
+    other = sorted({r for r in runtimes if r} - {"eager"})
+    if devices and all(d == "cpu" for d in devices) and other:
+        return None, f"no reference lines: measured under {', '.join(other)}, which the cpu profile (eager PyTorch) does not model"
     if devices and all(d == "cpu" for d in devices):
         return cpu, ""
     return None, (f"no reference lines: measured on {', '.join(devices)}, which has no device profile"
                   if devices else "no reference lines: nothing was measured")
 
 
-def reference_latencies(names: Sequence[str], pred: Predictor, shapes: Sequence[tuple[int, int, str]]) -> dict[str, float]:
-    """Predicted latency of canonical models (by registry name) at each input shape of the studies shown:
-    ``{"resnet50 (predicted)": ms}``, or ``{"resnet50 @224px (predicted)": ms, ...}`` when the studies differ
-    in resolution (batch and precision join the label when those differ)."""
+def reference_latencies(names: Sequence[str], pred: Predictor,
+                        shapes: Sequence[tuple[Resolution, int, str]]) -> dict[str, float]:
+    """Predicted latency of canonical models (by registry name) at each input shape of the studies shown, each
+    at its study's own HxW: ``{"resnet50 (predicted)": ms}``, or ``{"resnet50 @224x224 (predicted)": ms,
+    "resnet50 @1080x1920 (predicted)": ms}`` when the studies differ in input size (batch and precision join
+    the label when those differ)."""
     from ..registry import get_config
 
-    shapes = sorted(set((int(r), int(b), str(p)) for r, b, p in shapes))
+    shapes = sorted(set((parse_resolution(r), int(b), str(p)) for r, b, p in shapes))
     vary = [len({s[i] for s in shapes}) > 1 for i in range(3)]
     out = {}
     for name in names:
         config = get_config(name).to_json(indent=None)
-        for r, b, p in shapes:
-            tag = " ".join(t for t, v in ((f"@{r}px", vary[0]), (f"batch {b}", vary[1]), (p, vary[2])) if v)
-            out[f"{name}{' ' + tag if tag else ''} (predicted)"] = predict_one(config, pred, r, b, p)
+        for hw, b, p in shapes:
+            tag = " ".join(t for t, v in ((f"@{format_resolution(hw)}", vary[0]), (f"batch {b}", vary[1]),
+                                          (p, vary[2])) if v)
+            out[f"{name}{' ' + tag if tag else ''} (predicted)"] = predict_one(config, pred, canonical_resolution(hw), b, p)
     return out
 
 
 @lru_cache(maxsize=200_000)
-def predict_one(config_json: str, pred: Predictor, resolution: int = 224, batch: int = 1,
+def predict_one(config_json: str, pred: Predictor, resolution: Resolution = 224, batch: int = 1,
                 precision: str = "fp32") -> float:
     """`nas.latency.predict_ms` of one stored config with ``pred``'s profile (NaN when it cannot be predicted)."""
     from .analysis import arch_config
