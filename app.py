@@ -26,6 +26,7 @@ from nas.explore import profiles as P
 from nas.explore import state as S
 from nas.explore import text as T
 from nas.latency.profiles import list_profiles
+from nas.resolution import format_resolution
 
 MAX_POINTS = 4000  # trials drawn in the Pareto plot; beyond, front + baselines + a stratified sample
 REFERENCES = ("hardnet68", "tresnet_m", "resnet50")  # canonical models drawn as latency lines when not in a study
@@ -202,7 +203,8 @@ def _accuracy_label(proxy: str) -> str:
 
 def arch_summary(row: pd.Series, lat: float, src: str) -> None:
     title = f"`{row['arch_id']}`" + (f" — {row['name']} (baseline)" if row["name"] else "")
-    st.markdown(f"#### {title}\n{row['study']} · trial {row['number']} · {row['why']} · family {row['family']}")
+    st.markdown(f"#### {title}\n{row['study']} · trial {row['number']} · {row['why']} · family {row['family']} · "
+                f"input {format_resolution(row['resolution'])}")
     c = st.columns(6)
     c[0].metric(_accuracy_label(str(row["proxy"])), T.num(row["accuracy"], 4))
     c[1].metric("latency (ms)", T.num(lat, 4), help=src or "no latency for this choice")
@@ -215,14 +217,16 @@ def arch_summary(row: pd.Series, lat: float, src: str) -> None:
 
 def _latency_note(row: pd.Series, src: str) -> None:
     recorded = row["latency_source"] or "none"
+    runtime = T.runtime(row["latency_runtime"], row["latency_runtime_version"])
     busy = (f" Its measurement was disturbed by other work (reference workload {T.num(row['latency_slowdown'])}x "
             "slower), so the search recorded this device's prediction instead." if row.get("latency_disturbed") else "")
     st.caption(f"Latency shown: {src or 'none'}. Recorded by the search: {T.num(row['latency_ms'], 4)} ms, "
-               f"{recorded}{' on ' + row['latency_device'] if row['latency_device'] else ''}.{busy}")
+               f"{recorded}{' on ' + row['latency_device'] if row['latency_device'] else ''}"
+               f"{' under ' + runtime if runtime else ''} at {format_resolution(row['resolution'])}.{busy}")
 
 
 def stage_table(row: pd.Series) -> None:
-    st.table(pd.DataFrame(T.stage_table(A.stage_rows(A.arch_config(row["config"]), int(row["resolution"])))
+    st.table(pd.DataFrame(T.stage_table(A.stage_rows(A.arch_config(row["config"]), row["resolution"]))
                           ).set_index("stage"))
 
 
@@ -233,8 +237,8 @@ def arch_detail(row: pd.Series, lat: float, src: str) -> None:
         st.warning("This trial has no stored config.")
         return
     config = A.arch_config(row["config"])
-    st.markdown(f"**Per stage** (at {row['resolution']}x{row['resolution']}; CIO in feature-map elements, "
-                "MoC = MACs / CIO)")
+    st.markdown(f"**Per stage** (at {format_resolution(row['resolution'])}, height x width; output is channels x "
+                "height x width; CIO in feature-map elements, MoC = MACs / CIO)")
     stage_table(row)
     left, right = st.columns([3, 2])
     with left:
@@ -487,11 +491,16 @@ def main() -> None:
     if mode == "measured":
         measured_on = df.loc[df["latency_source"] == "measured", "latency_device"]
         cpu = _predictor("cpu", url, tuple(picked), marker) if set(measured_on) == {"cpu"} else None
-        ref_pred, ref_note = P.reference_predictor(list(measured_on), cpu)
+        runtimes = A.measured_runtimes(df)
+        ref_pred, ref_note = P.reference_predictor(
+            list(measured_on), cpu, list(df.loc[df["latency_source"] == "measured", "latency_runtime"]))
         if measured_on.nunique() > 1:
             st.warning(f"These latencies were measured on different devices ({', '.join(sorted(set(measured_on)))}): "
                        "compare points of one device, or switch to predicted for one target.")
-        latency_label = "latency (ms, measured)"
+        if len(runtimes) > 1:
+            st.warning(f"These latencies were measured under different runtimes ({', '.join(runtimes)}): "
+                       "compare points of one runtime (the hover names each point's).")
+        latency_label = f"latency (ms, measured{' under ' + ' / '.join(runtimes) if runtimes else ''})"
     else:
         ref_pred, ref_note = pred, ""
         latency_label = f"latency (ms, predicted for {device}, {pred.short})"
@@ -502,6 +511,7 @@ def main() -> None:
     c[2].metric("running", int((df["state"] == "RUNNING").sum()))
     c[3].metric("pruned / rejected", int((df["state"] == "PRUNED").sum()))
     c[4].metric("failed", int((df["state"] == "FAIL").sum()))
+    st.caption("  \n".join(A.study_lines(df, {n: info[n].settings for n in set(df["study"])})))
     view = _choose(st.radio, "view", VIEWS, "view", VIEWS[0], horizontal=True, label_visibility="collapsed")
     if view == "Trials":
         c[5].metric("with an accuracy", int(df["accuracy"].notna().sum()))

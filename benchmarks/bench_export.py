@@ -45,6 +45,7 @@ from nas.latency.runtimes import prepare
 from nas.resolution import format_resolution, parse_resolution
 
 from gpu_check_lib.common import model_with_nontrivial_bn  # benchmarks/ is the script's folder
+from runtime_ratios import load_average, print_model_ratios, print_runtime_table
 
 
 def section(title: str) -> None:
@@ -94,11 +95,6 @@ def interleaved(models: dict[str, Any], x: torch.Tensor, threads: int, seconds: 
         gc.enable()
         torch.set_num_threads(before)
     return out
-
-
-def _spread(xs: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(xs, n=10) if len(xs) > 1 else [xs[0]] * 9
-    return statistics.median(xs), q[0], q[-1]
 
 
 def deploy_runners(cfg: nas.ArchConfig, x: torch.Tensor, threads: int,
@@ -164,36 +160,20 @@ def runtimes_section(args: argparse.Namespace) -> None:
         for name in models:
             cfg = nas.get_config(name)
             x = torch.randn(1, cfg.in_channels, h, w)
-            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+            load = load_average()
             print(f"\n{name} at {format_resolution(size)} (height x width), load average {load:.2f}")
             runners, inputs, prep = deploy_runners(cfg, x, threads, skip)
             check_outputs(runners, inputs, x)
             times = interleaved(runners, x, threads, args.seconds, args.max_rounds, inputs, args.min_rounds,
                                 args.warmup)
-            base = times["eager"]
-            print(f"  {len(base)} rounds")
-            print(f"  {'runtime':<28}{'median ms':>10}{'p10':>9}{'p90':>9}{'/ eager':>9}{'(p10-p90)':>16}"
-                  "  ratio of medians, of p10s; preparation s")
-            medians[(size, name)] = {}
-            for n, ts in times.items():
-                med, p10, p90 = _spread(ts)
-                pr, pr10, pr90 = _spread([a / b for a, b in zip(ts, base)])
-                medians[(size, name)][n] = med
-                print(f"  {n:<28}{med:10.2f}{p10:9.2f}{p90:9.2f}{pr:9.3f}"
-                      f"   ({pr10:.3f}-{pr90:.3f})  {med / statistics.median(base):.3f}, "
-                      f"{p10 / _spread(base)[1]:.3f}, {prep.get(n, 0):.1f}")
-            load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+            print(f"  {len(times['eager'])} rounds")
+            medians[(size, name)] = print_runtime_table(times, extra={n: f"{prep.get(n, 0):.1f}" for n in times},
+                                                        extra_title="preparation s")
+            load_end = load_average()
             if max(load, load_end) > threads + 0.5:
                 print(f"  DISTURBED: load average {load:.2f} -> {load_end:.2f} on {os.cpu_count()} cores while timing; "
                       "the paired ratios are the figures to read")
-    if len(models) > 1:
-        ref = models[-1]
-        section(f"each model's median latency over {ref}'s, per runtime (same size, same run)")
-        for size in sizes:
-            for name in models[:-1]:
-                a, b = medians[(size, name)], medians[(size, ref)]
-                cells = ", ".join(f"{n} {a[n] / b[n]:.2f}" for n in a if n in b)
-                print(f"  {format_resolution(size)}  {name} / {ref}: {cells}")
+    print_model_ratios(medians, sizes, models)
 
 
 def main() -> None:

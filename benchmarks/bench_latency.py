@@ -17,6 +17,18 @@
    interleaved, with no extra load, then under 1 and 2 busy processes (``python -c "while True:
    pass"``, killed by pid); side by side, the share within +-10 % / +-15 % of the no-load median,
    how many the guard flagged, and the wall time per measurement. Prints figures, asserts nothing.
+
+``--runtimes`` runs only this section instead:
+
+7. The library's own measure path per runtime: ``nas.latency.measure(..., runtime=...)`` of each
+   ``--models`` at each ``--sizes`` (224 and 1080x1920 by default; batch 1, fp32, ``--threads``)
+   under eager, compile and onnxruntime, as the search measures a candidate (the model as trained,
+   each window prepared afresh: compiling and exporting are outside the timed runs). The
+   measurements are interleaved (every round measures every model and size under every runtime, the
+   runtime order rotating), and each runtime is a ratio to eager: the median over rounds of the
+   paired (same-round) ratios, and the ratio of medians; then each model over the last one given
+   (HarDNet68 / ResNet-50) per runtime. `bench_export.py --runtimes` times the deploy model under
+   the same runtimes forward by forward.
 """
 
 from __future__ import annotations
@@ -34,8 +46,12 @@ import torch
 import nas
 from nas.latency import KERNEL_CLASSES, calibrate, measure, predict_ms
 from nas.latency.profiles import load_cpu_profile
+from nas.latency.runtimes import MEASURE_RUNTIMES, runtime_version
+from nas.resolution import format_resolution, parse_resolution
 from nas.sampling import random_config
 from nas.stats import kendall_tau, spearman_rho
+
+from runtime_ratios import load_average, print_model_ratios, print_runtime_table  # benchmarks/ is the script's folder
 
 
 def section(title: str) -> None:
@@ -51,17 +67,39 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads for every measurement (default: torch's)")
     p.add_argument("--interference", action="store_true",
                    help="only the interference section: canonical networks quiet vs under 1 and 2 busy processes")
+    p.add_argument("--runtimes", action="store_true",
+                   help="only the runtime section: nas.latency.measure under eager, compile and onnxruntime")
+    p.add_argument("--models", default="hardnet68,hardnet39ds,tresnet_m,resnet50",
+                   help="with --runtimes: canonical models, the last one is the reference of the ratios")
+    p.add_argument("--sizes", default="224,1080x1920", help="with --runtimes: input sizes, 224 or HxW (height x width)")
+    p.add_argument("--runtime-list", default=",".join(MEASURE_RUNTIMES),
+                   help=f"with --runtimes: runtimes to measure, eager first (default {','.join(MEASURE_RUNTIMES)})")
     args = p.parse_args()
     if args.threads is not None:
         if args.threads < 1:
             p.error(f"--threads: {args.threads} is not allowed; expected an integer >= 1")
         torch.set_num_threads(args.threads)
-    if args.rounds < (1 if args.interference else 2):
-        p.error(f"--rounds: {args.rounds} is not allowed; expected an integer >= 2 (>= 1 with --interference)")
+    if args.rounds < (1 if args.interference or args.runtimes else 2):
+        p.error(f"--rounds: {args.rounds} is not allowed; expected an integer >= 2 (>= 1 with --interference "
+                "or --runtimes)")
+    runtimes = [r for r in args.runtime_list.split(",") if r]
+    bad = [r for r in runtimes if r not in MEASURE_RUNTIMES]
+    if bad or not runtimes or runtimes[0] != "eager":
+        p.error(f"--runtime-list: {args.runtime_list!r} is not allowed; expected eager first, then any of "
+                f"{', '.join(MEASURE_RUNTIMES)}")
+    for size in args.sizes.split(","):
+        try:
+            parse_resolution(size, "--sizes")
+        except ValueError as err:
+            p.error(str(err))
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, device cpu ({nas.latency.devices.device_name(torch.device('cpu'))})")
     if args.interference:
         interference_section(args.max_seconds, args.rounds)
+        return
+    if args.runtimes:
+        runtimes_section([m for m in args.models.split(",") if m], [s for s in args.sizes.split(",") if s], runtimes,
+                         args.rounds, args.max_seconds, threads)
         return
     h68, r50 = nas.get_config("hardnet68"), nas.get_config("resnet50")
 
@@ -134,6 +172,54 @@ def main() -> None:
             mode = "deploy" if deploy else "eager "
             print(f"  {res:4d}px {mode}  HarDNet68 {a.median_ms:8.1f} ms  ResNet-50 {b.median_ms:8.1f} ms  "
                   f"ratio {a.median_ms / b.median_ms:.2f}  (IQR {100 * a.rel_iqr:.0f}% / {100 * b.rel_iqr:.0f}%)")
+
+
+def runtimes_section(models: list[str], sizes: list[str], runtimes: list[str], rounds: int, max_seconds: float,
+                     threads: int) -> None:
+    """`measure` under each runtime, interleaved over rounds, as ratios to eager (see the module docstring)."""
+    versions = ", ".join(f"{r} {runtime_version(r) or '(not installed)'}" for r in runtimes)
+    section(f"7. nas.latency.measure per runtime: cpu, {threads} threads, batch 1, fp32, the model as trained; "
+            f"{versions}; {rounds} interleaved round(s); CPU figures")
+    configs = {m: nas.get_config(m) for m in models}
+    times = {(s, m): {r: [] for r in runtimes} for s in sizes for m in models}
+    walls = {(s, m): {r: [] for r in runtimes} for s in sizes for m in models}
+    failed: dict[tuple[str, str, str], str] = {}
+    disturbed = 0
+    load = load_average()
+    for i in range(rounds):
+        for size in sizes:
+            cap = max_seconds * max(1.0, parse_resolution(size)[0] * parse_resolution(size)[1] / 224 ** 2) ** 0.5
+            for m in models:
+                for rt in runtimes[i % len(runtimes):] + runtimes[:i % len(runtimes)]:
+                    if (size, m, rt) in failed:
+                        continue
+                    t0 = time.perf_counter()
+                    r = measure(configs[m], device="cpu", resolution=size, runtime=rt, threads=threads,
+                                max_seconds=cap, min_runs=3, warmup=1)
+                    if not r.ok:
+                        failed[(size, m, rt)] = r.error or "failed"
+                        print(f"  {m} at {format_resolution(size)} under {rt}: cannot run here: {r.error}")
+                        continue
+                    disturbed += bool(r.disturbed)
+                    times[(size, m)][rt].append(r.median_ms)
+                    walls[(size, m)][rt].append(time.perf_counter() - t0)
+        print(f"  round {i + 1} of {rounds} done, load average {load_average():.2f}")
+    medians = {}
+    for size in sizes:
+        for m in models:
+            done = {rt: ts for rt, ts in times[(size, m)].items() if ts}
+            if "eager" not in done:
+                continue
+            n = min(len(ts) for ts in done.values())
+            print(f"\n{m} at {format_resolution(size)} (height x width), {n} round(s)")
+            medians[(size, m)] = print_runtime_table(
+                {rt: ts[:n] for rt, ts in done.items()}, extra_title="wall s per measurement (preparing included)",
+                extra={rt: f"{statistics.median(walls[(size, m)][rt]):.1f}" for rt in done})
+    print_model_ratios(medians, sizes, models)
+    end = load_average()
+    note = f"; {disturbed} measurement(s) flagged DISTURBED by the canary" if disturbed else ""
+    print(f"\n  load average {load:.2f} at start, {end:.2f} at the end on {os.cpu_count()} cores{note}: "
+          "with other work on the machine, read the paired ratios")
 
 
 def _hogs(n: int) -> list[subprocess.Popen]:

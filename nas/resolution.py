@@ -7,6 +7,7 @@ key and JSON record at a square size is what it always was) and the string ``"Hx
 
 from __future__ import annotations
 
+import numbers
 import re
 from typing import Any, Union
 
@@ -22,13 +23,14 @@ _HXW = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 
 def _positive(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    """A positive integer, numpy's included (a pandas column of sizes holds numpy ints)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
 
 
 def parse_resolution(value: Any, name: str = "resolution") -> tuple[int, int]:
     """``(height, width)`` of ``value``; anything else is a one-line `ValueError` naming it."""
     if _positive(value):
-        return value, value
+        return int(value), int(value)
     if isinstance(value, str):
         m = _HXW.match(value)
         if m:
@@ -40,7 +42,7 @@ def parse_resolution(value: Any, name: str = "resolution") -> tuple[int, int]:
         if h > 0 and w > 0:
             return h, w
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_positive(v) for v in value):
-        return value[0], value[1]
+        return int(value[0]), int(value[1])
     fail(name, value, _EXPECTED)
     raise AssertionError  # fail always raises
 

@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from nas.config import ArchConfig
 from nas.registry import get_config
-from test_explore import FRONT, PLAN, make_measured_study, make_study, small_configs, _attrs
+from test_explore import FRONT, PLAN, make_measured_study, make_runtime_study, make_study, small_configs, _attrs
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -178,6 +178,46 @@ def test_cpu_latency_is_predicted_with_a_calibrated_profile_and_says_so(tmp_path
     ratios = sorted(predicted[k] / measured[k] for k in measured)
     assert 0.7 < ratios[len(ratios) // 2] < 1.4  # not the micro-benchmark's ~5x optimistic figures
     assert chart(at)["layout"]["xaxis"]["title"]["text"].startswith("latency (ms, predicted for cpu, calibrated here on ")
+
+
+def test_a_non_square_study_under_onnxruntime_shows_its_input_size_and_runtime(tmp_path, monkeypatch):
+    from nas.explore import analysis as A
+    from nas.explore import profiles as P
+
+    u = f"sqlite:///{tmp_path / 'hd.db'}"
+    make_runtime_study(u)
+    monkeypatch.setenv("NAS_STORAGE", u)
+    at = run_app()
+    assert_clean(at)
+    assert at.radio(key="lat_mode").value == "measured"
+    captions = " ".join(c.value for c in at.caption)
+    assert "hd: input 1080x1920, batch 1, fp32; latency measured on cpu under onnxruntime 1.17.3" in captions
+    assert chart(at)["layout"]["xaxis"]["title"]["text"] == "latency (ms, measured under onnxruntime 1.17.3)"
+    hovers = {c[10] for name, t in traces(at).items() if not name.startswith("canonical") for c in t.get("customdata", [])}
+    assert hovers == {"measured on cpu under onnxruntime 1.17.3"}
+    # the cpu profile models eager PyTorch: no eager reference lines beside onnxruntime figures
+    assert not reference_labels(at) and "measured under onnxruntime, which the cpu profile" in captions
+    # the trial detail: its input size, runtime and per-stage shapes at 1080x1920
+    key = at.selectbox(key="selected").value
+    assert any("input 1080x1920" in md.value for md in at.markdown)
+    assert any("**Per stage** (at 1080x1920" in md.value for md in at.markdown)
+    assert "measured on cpu under onnxruntime 1.17.3 at 1080x1920." in captions
+    metric = next(m for m in at.metric if m.label == "latency (ms)")
+    assert metric.proto.help == "measured on cpu under onnxruntime 1.17.3"
+    study = optuna.load_study(study_name="hd", storage=u)
+    config = ArchConfig.from_json(study.trials[int(key.split("#")[1])].user_attrs["config"])
+    expected = [r["output"] for r in A.stage_rows(config, "1080x1920")]
+    assert list(at.table[0].value["output"]) == expected
+    _, h, w = map(int, expected[0].split("x"))
+    assert (h, w) in {(1080 // s, 1920 // s) for s in (1, 2, 4, 8)}  # not square: the study's own HxW
+    # predicted: the canonical models' lines at the study's own 1080x1920
+    at.radio(key="lat_mode").set_value("predicted").run()
+    at.selectbox(key="device").set_value("v100").run()
+    assert_clean(at)
+    labels = reference_labels(at)
+    assert len(labels) == 3, labels
+    ms = P.predict_one(get_config("resnet50").to_json(indent=None), P.predictor("v100"), "1080x1920")
+    assert any(x.startswith("resnet50 (predicted)") and f"{ms:.3g} ms" in x for x in labels), labels
 
 
 def test_a_zero_cost_study_has_no_proxy_warning(tmp_path, monkeypatch):
@@ -451,8 +491,8 @@ def test_overlays_never_share_an_axis_between_proxies_or_resolutions(url, tmp_pa
     at = _overlay(url, ["fixture", "big"])
     labels = reference_labels(at)
     assert len(labels) == 6, labels
-    assert any(x.startswith("resnet50 @64px (predicted)") for x in labels)
-    assert any(x.startswith("resnet50 @128px (predicted)") for x in labels)
+    assert any(x.startswith("resnet50 @64x64 (predicted)") for x in labels)
+    assert any(x.startswith("resnet50 @128x128 (predicted)") for x in labels)
 
 
 def test_too_few_trials_for_importances_is_a_message(url):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -196,6 +197,7 @@ def test_resolution_forms_and_refusals():
     cfg, s2d = nas.get_config("resnet50"), nas.get_config("tresnet_m")
     assert nas.analyze(cfg, 176).resolution == 176 and nas.analyze(cfg, "176").resolution == 176
     assert nas.analyze(cfg, "176x176") is nas.analyze(cfg, 176)  # one cache entry per shape
+    assert nas.analyze(cfg, np.int64(176)) is nas.analyze(cfg, 176)  # a size read from a pandas column
     r = nas.analyze(cfg, (1080, 1920))
     assert r.resolution == "1080x1920" and r.input_hw == (1080, 1920) and r.layers[0].in_shape == (1, 3, 1080, 1920)
     assert r.summary()["resolution"] == "1080x1920"

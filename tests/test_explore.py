@@ -139,6 +139,25 @@ def make_measured_study(url: str, name: str = "cpu", n: int = 16, factor: float 
     return study
 
 
+def make_runtime_study(url: str, name: str = "hd", resolution: str = "1080x1920", runtime: str = "onnxruntime",
+                       version: str = "1.17.3", n: int = 6, budget: float = 5000.0) -> optuna.Study:
+    """A study whose latencies were measured on this CPU under ``runtime`` at a non-square input, written as
+    `nas.search` writes one (the setting ``runtime`` when not eager; each trial's runtime and its version)."""
+    study = optuna.create_study(study_name=name, storage=url, directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr("settings", {"budget_ms": budget, "resolution": resolution, "batch": 1, "precision": "fp32",
+                                     "latency": "measured", "proxy": "train", "data": "digits", "runtime": runtime})
+    trials = []
+    for i, cfg in enumerate(small_configs(n, seed=11)):
+        cost = analyze(cfg, resolution)
+        ms = 1000.0 * cost.macs / 1e9 + 5.0 * i
+        attrs = {**_attrs(cfg, 0.5 + 0.03 * i, ms, latency_source="measured", latency_device="cpu", budget_ms=budget,
+                          latency_runtime=runtime, latency_runtime_version=version),
+                 "params": cost.params, "macs": cost.macs, "cio": cost.cio, "moc": cost.moc}
+        trials.append(optuna.trial.create_trial(values=[attrs["accuracy"], ms, float(cost.cio)], user_attrs=attrs))
+    study.add_trials(trials)
+    return study
+
+
 @pytest.fixture
 def fixture_url(tmp_path) -> str:
     url = f"sqlite:///{tmp_path / 'nas.db'}"
@@ -760,9 +779,54 @@ def test_reference_latencies_per_input_shape():
     one = P.reference_latencies(["resnet50"], pred, [(224, 1, "fp32")])
     assert list(one) == ["resnet50 (predicted)"]
     two = P.reference_latencies(["resnet50"], pred, [(224, 1, "fp32"), (64, 1, "fp32"), (64, 1, "fp32")])
-    assert list(two) == ["resnet50 @64px (predicted)", "resnet50 @224px (predicted)"]
-    assert two["resnet50 @224px (predicted)"] == pytest.approx(one["resnet50 (predicted)"])
-    assert two["resnet50 @64px (predicted)"] < two["resnet50 @224px (predicted)"]
+    assert list(two) == ["resnet50 @64x64 (predicted)", "resnet50 @224x224 (predicted)"]
+    assert two["resnet50 @224x224 (predicted)"] == pytest.approx(one["resnet50 (predicted)"])
+    assert two["resnet50 @64x64 (predicted)"] < two["resnet50 @224x224 (predicted)"]
+
+
+def test_a_non_square_study_under_another_runtime_keeps_its_input_size_and_runtime(tmp_path, fixture_url):
+    from nas.search.results import trial_metadata
+
+    make_runtime_study(fixture_url)
+    make_measured_study(fixture_url, name="eager")  # recorded no runtime: measured before runtimes existed
+    studies = {s.name: s.settings for s in D.list_studies(fixture_url)}
+    df = D.records_frame(D.load_records(fixture_url, ["fixture", "hd", "eager"]))
+    hd, fx, eager = (df[df["study"] == n] for n in ("hd", "fixture", "eager"))
+    assert set(hd["resolution"]) == {"1080x1920"} and set(fx["resolution"]) == {RES}  # the canonical forms
+    assert set(hd["latency_runtime"]) == {"onnxruntime"} and set(hd["latency_runtime_version"]) == {"1.17.3"}
+    assert set(fx["latency_runtime"]) == {""}  # predicted: no runtime ran
+    assert set(eager["latency_runtime"]) == {"eager"} and set(eager["latency_runtime_version"]) == {""}
+    lat, src = A.latency_column(df, "measured")
+    assert set(src[hd.index]) == {"measured on cpu under onnxruntime 1.17.3"}
+    assert set(src[eager.index]) == {"measured on cpu under eager"}
+    assert A.measured_runtimes(df) == ["eager", "onnxruntime 1.17.3"]
+    assert A.study_lines(df, studies) == [
+        "eager: input 64x64, batch 1, fp32; latency measured on cpu under eager",
+        f"fixture: input {RES}x{RES}, batch 1, fp32; latency predicted:v100",
+        "hd: input 1080x1920, batch 1, fp32; latency measured on cpu under onnxruntime 1.17.3"]
+    # the cpu profile models eager PyTorch: only eager measurements calibrate it
+    assert set(P.clean_cpu_measurements(df)["study"]) == {"eager"}
+    row = hd.iloc[0]
+    cfg = ArchConfig.from_json(row["config"])
+    stages = A.stage_rows(cfg, row["resolution"])
+    assert stages[0]["output"] == "x".join(map(str, analyze(cfg, "1080x1920").by_stage()[0].out_shape[1:]))
+    assert stages[0]["output"] != "x".join(map(str, analyze(cfg, 1080).by_stage()[0].out_shape[1:]))
+    assert trial_metadata(row.to_dict())["latency_runtime"] == "onnxruntime 1.17.3"
+    assert "latency_runtime" not in trial_metadata(eager.iloc[0].to_dict())
+    front, _ = A.front_records(df, lat, pd.Series(df.index == row.name, index=df.index), lat.notna(), "hd", "measured")
+    assert (front[0]["latency_runtime"], front[0]["latency_runtime_version"]) == ("onnxruntime", "1.17.3")
+
+
+def test_reference_lines_need_an_eager_measurement_and_take_each_studys_input_size():
+    cpu = P.predictor("v100")  # any predictor stands in for this CPU's here
+    assert P.reference_predictor(["cpu"], cpu, ["eager"]) == (cpu, "")
+    pred, why = P.reference_predictor(["cpu"], cpu, ["eager", "onnxruntime"])
+    assert pred is None and why == ("no reference lines: measured under onnxruntime, which the cpu profile "
+                                    "(eager PyTorch) does not model")
+    refs = P.reference_latencies(["resnet50"], cpu, [("1080x1920", 1, "fp32"), (224, 1, "fp32")])
+    assert list(refs) == ["resnet50 @224x224 (predicted)", "resnet50 @1080x1920 (predicted)"]
+    assert refs["resnet50 @1080x1920 (predicted)"] == pytest.approx(
+        predict(get_config("resnet50"), "v100", "1080x1920").median_ms)
 
 
 def test_storage_marker_changes_when_a_search_writes_and_only_then(tmp_path, fixture_url):

@@ -155,3 +155,14 @@ def test_square_sizes_predict_bit_identically_in_every_form():
     assert kernels_of(cfg, "224x224") == kernels_of(cfg, 224)
     assert predict(cfg, "v100", "224x224").context["resolution"] == 224
     assert predict(cfg, "v100", "1080x1920").context["resolution"] == "1080x1920"
+
+
+def test_a_search_trial_records_the_runtime_its_latency_ran_under(_isolated_runs):
+    from nas.search.evaluate import evaluate
+    from nas.search.settings import SearchSettings
+
+    s = SearchSettings(latency="measured", runtime="onnxruntime", proxy="zero-cost", budget_ms=1e6, device="cpu",
+                       resolution=f"{TINY.reduction * 2}x{TINY.reduction * 3}")
+    m = evaluate(TINY, s)
+    assert m["latency_source"] in ("measured", "predicted"), m.get("reason")  # predicted: a disturbed figure
+    assert (m["latency_runtime"], m["latency_runtime_version"]) == ("onnxruntime", ort.__version__)

@@ -19,7 +19,9 @@ from optuna.importance import PedAnovaImportanceEvaluator
 
 from ..config import ArchConfig
 from ..errors import first_line
+from ..resolution import Resolution, format_resolution
 from ..stats import kendall_tau, spearman_rho
+from . import text as T
 from .data import DESIGN_CHOICES, NUMERIC_CHOICES
 
 if TYPE_CHECKING:
@@ -36,11 +38,13 @@ __all__ = [
     "front_records",
     "harmonic_plans",
     "latency_column",
+    "measured_runtimes",
     "nice_ceiling",
     "param_importances",
     "rank_correlations",
     "sample_for_display",
     "stage_rows",
+    "study_lines",
     "trials_table",
 ]
 
@@ -66,7 +70,7 @@ def latency_column(df: pd.DataFrame, mode: str, device: "str | Predictor | None"
     resolution, batch and precision, for completed trials and baselines (or the ``rows`` given).
     This CPU's figures are always the predictor's: its profile depends on the machine and on
     calibration, and one axis never mixes two of them. Returns (latency in ms, source label such
-    as ``measured on cpu`` or ``predicted for cpu (calibrated on 24)``). A first prediction costs
+    as ``measured on cpu under onnxruntime 1.17.3`` or ``predicted for cpu (calibrated on 24)``). A first prediction costs
     about a millisecond per architecture: ``on_progress(done, total)`` is called every
     `_PREDICT_CHUNK` rows.
     """
@@ -79,7 +83,7 @@ def latency_column(df: pd.DataFrame, mode: str, device: "str | Predictor | None"
     if mode == "measured":
         ok = df["latency_source"] == "measured"
         lat = df["latency_ms"].where(ok)
-        src = "measured on " + df["latency_device"].astype(str)
+        src = "measured on " + df["latency_device"].astype(str) + _runtime_text(df).map(lambda t: f" under {t}" if t else "")
         if "latency_disturbed" in df:
             slow = df.get("latency_slowdown", pd.Series(np.nan, index=df.index)).astype(float)
             flag = df["latency_disturbed"].fillna(False).astype(bool)
@@ -110,6 +114,35 @@ def latency_column(df: pd.DataFrame, mode: str, device: "str | Predictor | None"
     src = pd.Series(np.where(lat.notna(), label, ""), index=df.index, dtype=object)
     src[recorded & lat.notna()] = f"predicted for {pred.device} ({pred.short}, as the search recorded it)"
     return lat, src
+
+
+def _runtime_text(df: pd.DataFrame) -> pd.Series:
+    """`nas.explore.text.runtime` of each row ("" where the latency was not measured)."""
+    return pd.Series([T.runtime(n, v) for n, v in zip(df["latency_runtime"], df["latency_runtime_version"])],
+                     index=df.index, dtype=object)
+
+
+def measured_runtimes(df: pd.DataFrame) -> list[str]:
+    """The runtimes (with versions) the measured latencies of ``df`` ran under, sorted."""
+    return sorted(set(_runtime_text(df[df["latency_source"] == "measured"])) - {""})
+
+
+def study_lines(df: pd.DataFrame, settings: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per study shown: its input size (HxW), batch, precision and how its latency was obtained,
+    with the runtime (and version) a measured latency ran under."""
+    out = []
+    for name, rows in df.groupby("study", sort=True):
+        first = rows.iloc[0]
+        how = str(settings.get(name, {}).get("latency") or "") or "latency not recorded"
+        runtimes = measured_runtimes(rows)
+        devices = sorted(set(rows.loc[rows["latency_source"] == "measured", "latency_device"]) - {""})
+        if runtimes:
+            how = f"measured on {', '.join(devices)} under {' and '.join(runtimes)}"
+        elif how == "measured":
+            how = "measured (no trial has a measured latency yet)"
+        out.append(f"{name}: input {format_resolution(first['resolution'])}, batch {first['batch']}, "
+                   f"{first['precision']}; latency {how}")
+    return out
 
 
 def feasible_mask(df: pd.DataFrame, latency: pd.Series, budget_ms: float | None) -> pd.Series:
@@ -181,7 +214,8 @@ def trials_table(df: pd.DataFrame, latency: pd.Series, source: pd.Series, states
         "key": rows["key"], "study": rows["study"], "trial": rows["number"], "state": rows["state"],
         "outcome": rows["why"], "name": rows["name"], "arch_id": rows["arch_id"], "accuracy": rows["accuracy"],
         "latency (ms)": latency[keep], "latency source": source[keep], "recorded (ms)": rows["latency_ms"],
-        "recorded as": (rows["latency_source"] + " " + rows["latency_device"]).str.strip(),
+        "recorded as": (rows["latency_source"] + " " + rows["latency_device"] + " " + _runtime_text(rows)).str.strip(),
+        "input": rows["resolution"].map(format_resolution),
         "CIO": rows["cio"], "MACs": rows["macs"], "params": rows["params"], "family": rows["family"],
     })
     return table.sort_values(["study", "trial"], ascending=[True, False]).reset_index(drop=True)
@@ -199,6 +233,8 @@ def front_records(df: pd.DataFrame, latency: pd.Series, front: pd.Series, feasib
         rec.update(latency_ms=float(latency[i]), latency_source=mode if known else None,
                    latency_device=(r["latency_device"] if mode == "measured" else device) if known else None,
                    feasible=bool(feasible[i]), config=r["config"] or None, seed=r["name"] if r["baseline"] else None)
+        if known and mode == "measured":
+            rec.update(latency_runtime=r["latency_runtime"] or None, latency_runtime_version=r["latency_runtime_version"] or None)
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in rec.items()}
 
     mine = df["study"] == study
@@ -358,8 +394,9 @@ def param_importances(df: pd.DataFrame, target: pd.Series, choices: Sequence[str
     return {k: float(v) for k, v in imp.items()}, None
 
 
-def stage_rows(config: ArchConfig, resolution: int = 224) -> list[dict[str, Any]]:
-    """Per-stage table of `nas.analyze`: block, depth, output shape, params, MACs, CIO and MoC."""
+def stage_rows(config: ArchConfig, resolution: Resolution = 224) -> list[dict[str, Any]]:
+    """Per-stage table of `nas.analyze` at ``resolution`` (224 or "HxW"): block, depth, output shape
+    (channels x height x width), params, MACs, CIO and MoC."""
     from ..cost import analyze
 
     report = analyze(config, resolution)

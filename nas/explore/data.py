@@ -363,12 +363,16 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     ``state``, ``name`` (baseline name or ""), ``baseline``, ``arch_id``, ``config`` (JSON text),
     the numbers in ``_NUMBERS`` (NaN when absent), ``latency_source``/``latency_device``,
     ``latency_disturbed``/``latency_slowdown`` (a measurement taken while other work ran),
-    ``proxy``, ``status``, ``reason``, ``budget_ms``/``resolution``/``batch``/``precision`` of
-    the study, ``curve`` (per-epoch proxy accuracy), `DESIGN_CHOICES` and ``why`` (`outcome`).
+    ``latency_runtime``/``latency_runtime_version`` (what a measured latency ran under, else ""),
+    ``proxy``, ``status``, ``reason``, ``budget_ms``/``resolution`` (canonical: 224 or
+    ``"1080x1920"``)/``batch``/``precision`` of the study, ``curve`` (per-epoch proxy accuracy), `DESIGN_CHOICES` and ``why`` (`outcome`).
     """
+    from ..search.results import measured_runtime
+
     rows = []
     for r in records:
         settings = r.get("_settings") or {}
+        runtime, runtime_version = measured_runtime(r, settings)
         cfg = r.get("config")
         if isinstance(cfg, Mapping):
             cfg = json.dumps(cfg)
@@ -385,11 +389,13 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "latency_device": r.get("latency_device") or "",
             "latency_disturbed": bool(r.get("latency_disturbed")),
             "latency_slowdown": _num(r.get("latency_slowdown")),
+            "latency_runtime": runtime,
+            "latency_runtime_version": runtime_version,
             "proxy": proxy_name(r.get("proxy"), settings),
             "status": r.get("status") or "",
             "reason": r.get("reason") or "",
             "budget_ms": _num(settings.get("budget_ms", r.get("budget_ms"))),
-            "resolution": int(settings.get("resolution") or 224),
+            "resolution": _resolution(settings.get("resolution")),
             "batch": int(settings.get("batch") or 1),
             "precision": str(settings.get("precision") or "fp32"),
             "curve": list(r.get("accuracy_curve") or []),
@@ -400,11 +406,19 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         row.update(feats)
         rows.append(row)
     columns = ["key", "study", "number", "state", "name", "baseline", "arch_id", "config", *_NUMBERS,
-               "latency_source", "latency_device", "latency_disturbed", "latency_slowdown", "proxy", "status", "reason",
+               "latency_source", "latency_device", "latency_disturbed", "latency_slowdown", "latency_runtime",
+               "latency_runtime_version", "proxy", "status", "reason",
                "budget_ms", "resolution", "batch", "precision", "curve", *DESIGN_CHOICES]
     frame = pd.DataFrame(rows, columns=columns)
     frame["why"] = outcome(frame)
     return frame
+
+
+def _resolution(value: Any) -> int | str:
+    """A study's input size in `nas.resolution`'s canonical form (224, the search's default, when it recorded none)."""
+    from ..resolution import canonical_resolution
+
+    return canonical_resolution(value if value not in (None, "") else 224)
 
 
 def proxy_name(recorded: Any, settings: Mapping[str, Any]) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..latency import DeviceProfile, calibrate, load_cpu_profile, predict_many, resolve_profile, warm_tables
+from ..resolution import Resolution, canonical_resolution, format_resolution, parse_resolution
 
 __all__ = ["MIN_CALIBRATION", "MAX_CALIBRATION", "Predictor", "clean_cpu_measurements", "predict_one", "predict_rows",
            "predictor", "reference_latencies", "warm_up", "reference_predictor"]
@@ -59,11 +60,12 @@ def _short(profile: DeviceProfile) -> str:
 
 
 def clean_cpu_measurements(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows measured on this kind of CPU and not disturbed, oldest first: what a CPU profile can be fitted on."""
+    """Rows measured on this kind of CPU in eager PyTorch (what the CPU profile models) and not disturbed,
+    oldest first: what a CPU profile can be fitted on."""
     if df.empty:
         return df
     ok = ((df["latency_source"] == "measured") & (df["latency_device"] == "cpu") & ~df["latency_disturbed"]
-          & df["latency_ms"].gt(0) & (df["config"] != ""))
+          & (df["latency_runtime"] == "eager") & df["latency_ms"].gt(0) & (df["config"] != ""))
     return df.loc[ok].sort_values(["study", "number"])
 
 
@@ -105,37 +107,45 @@ def _fit(base: DeviceProfile, rows: pd.DataFrame):
     sub = sub.drop_duplicates("arch_id", keep="last")
     try:
         return calibrate([arch_config(c) for c in sub["config"]], [float(x) for x in sub["latency_ms"]], base,
-                         resolution=int(shape[0]), batch=int(shape[1]), precision=str(shape[2]), save=False)
+                         resolution=shape[0], batch=int(shape[1]), precision=str(shape[2]), save=False)
     except ValueError:  # fewer than calibrate needs once duplicates are gone, or an invalid shape
         return None
 
 
-def reference_predictor(measured_devices: Sequence[str], cpu: Predictor | None) -> tuple[Predictor | None, str]:
-    """The profile for reference lines in measured mode: this CPU's when everything was measured on a CPU.
+def reference_predictor(measured_devices: Sequence[str], cpu: Predictor | None,
+                        runtimes: Sequence[str] = ("eager",)) -> tuple[Predictor | None, str]:
+    """The profile for reference lines in measured mode: this CPU's when everything was measured on a CPU in
+    eager PyTorch (``runtimes``: the runtime names measured under; the profile models eager kernels).
 
     Returns (predictor or None, why none) — a GPU without a profile gets no predicted lines.
     """
     devices = sorted({d for d in measured_devices if d})
+    other = sorted({r for r in runtimes if r} - {"eager"})
+    if devices and all(d == "cpu" for d in devices) and other:
+        return None, f"no reference lines: measured under {', '.join(other)}, which the cpu profile (eager PyTorch) does not model"
     if devices and all(d == "cpu" for d in devices):
         return cpu, ""
     return None, (f"no reference lines: measured on {', '.join(devices)}, which has no device profile"
                   if devices else "no reference lines: nothing was measured")
 
 
-def reference_latencies(names: Sequence[str], pred: Predictor, shapes: Sequence[tuple[int, int, str]]) -> dict[str, float]:
-    """Predicted latency of canonical models (by registry name) at each input shape of the studies shown:
-    ``{"resnet50 (predicted)": ms}``, or ``{"resnet50 @224px (predicted)": ms, ...}`` when the studies differ
-    in resolution (batch and precision join the label when those differ)."""
+def reference_latencies(names: Sequence[str], pred: Predictor,
+                        shapes: Sequence[tuple[Resolution, int, str]]) -> dict[str, float]:
+    """Predicted latency of canonical models (by registry name) at each input shape of the studies shown, each
+    at its study's own HxW: ``{"resnet50 (predicted)": ms}``, or ``{"resnet50 @224x224 (predicted)": ms,
+    "resnet50 @1080x1920 (predicted)": ms}`` when the studies differ in input size (batch and precision join
+    the label when those differ)."""
     from ..registry import get_config
 
-    shapes = sorted(set((int(r), int(b), str(p)) for r, b, p in shapes))
+    shapes = sorted(set((parse_resolution(r), int(b), str(p)) for r, b, p in shapes))
     vary = [len({s[i] for s in shapes}) > 1 for i in range(3)]
     out = {}
     for name in names:
         config = get_config(name).to_json(indent=None)
-        for r, b, p in shapes:
-            tag = " ".join(t for t, v in ((f"@{r}px", vary[0]), (f"batch {b}", vary[1]), (p, vary[2])) if v)
-            out[f"{name}{' ' + tag if tag else ''} (predicted)"] = predict_one(config, pred, r, b, p)
+        for hw, b, p in shapes:
+            tag = " ".join(t for t, v in ((f"@{format_resolution(hw)}", vary[0]), (f"batch {b}", vary[1]),
+                                          (p, vary[2])) if v)
+            out[f"{name}{' ' + tag if tag else ''} (predicted)"] = predict_one(config, pred, canonical_resolution(hw), b, p)
     return out
 
 
@@ -144,15 +154,11 @@ _MEMO: dict[tuple, float] = {}
 _MEMO_MAX = 200_000
 
 
-def _size(resolution: int | str) -> int | str:
-    return resolution if isinstance(resolution, str) else int(resolution)
-
-
-def predict_rows(configs: Sequence[str], pred: Predictor, resolution: int | str = 224, batch: int = 1,
+def predict_rows(configs: Sequence[str], pred: Predictor, resolution: Resolution = 224, batch: int = 1,
                  precision: str = "fp32") -> np.ndarray:
     """`nas.latency.predict_many` of stored configs with ``pred``'s profile (NaN where one cannot be predicted),
     memoised per config and profile content: a rerun, or a device switched back to, costs a lookup."""
-    shape = (_size(resolution), int(batch), str(precision))
+    shape = (canonical_resolution(resolution), int(batch), str(precision))
     keys = [(c, pred.key) + shape for c in configs]
     todo = sorted({k[0] for k in keys if k not in _MEMO})
     if todo:
@@ -199,7 +205,7 @@ def warm_up(df: pd.DataFrame) -> threading.Thread | None:
     rows = df[((df["state"] == "COMPLETE") | df["baseline"]) & (df["config"] != "")]
     jobs = []
     for (r, b, p), g in rows.groupby(["resolution", "batch", "precision"], sort=False):
-        shape = (_size(r), int(b), str(p))
+        shape = (canonical_resolution(r), int(b), str(p))
         configs = [c for c in sorted(set(g["config"])) if (c, shape) not in _WARMED]
         if configs:
             jobs.append((configs, shape))
@@ -220,7 +226,7 @@ def warm_up(df: pd.DataFrame) -> threading.Thread | None:
 _WARMED: set[tuple] = set()  # (config JSON, shape) whose kernel table a warm-up has built
 
 
-def predict_one(config_json: str, pred: Predictor, resolution: int | str = 224, batch: int = 1,
+def predict_one(config_json: str, pred: Predictor, resolution: Resolution = 224, batch: int = 1,
                 precision: str = "fp32") -> float:
     """`predict_rows` of one stored config."""
     return float(predict_rows([config_json], pred, resolution, batch, precision)[0])

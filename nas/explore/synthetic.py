@@ -17,10 +17,12 @@ import sqlite3
 from datetime import datetime
 from typing import Any, Sequence
 
+from ..resolution import Resolution
+
 __all__ = ["synthetic_study"]
 
 
-def _metrics(config: Any, resolution: int, device: str, rng: random.Random) -> dict[str, Any]:
+def _metrics(config: Any, resolution: Resolution, device: str, rng: random.Random) -> dict[str, Any]:
     from ..cost import analyze
     from ..latency.predict import predict
 
@@ -36,7 +38,7 @@ def _metrics(config: Any, resolution: int, device: str, rng: random.Random) -> d
 
 
 def synthetic_study(storage: Any, name: str, n_trials: int, *, seed: int = 0, budget_ms: float = 0.6,
-                    device: str = "v100", resolution: int = 64, baselines: Sequence[str] = ("hardnet39ds", "hardnet68"),
+                    device: str = "v100", resolution: Resolution = 64, baselines: Sequence[str] = ("hardnet39ds", "hardnet68"),
                     reject_over: float = 2.0, bulk: bool = False) -> Any:
     """Create study ``name`` in ``storage`` (URL or Optuna storage) with ``n_trials`` trials; returns it.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-__all__ = ["CIO_HELP", "MOC_HELP", "comparison_rows", "num", "si", "stage_table"]
+__all__ = ["CIO_HELP", "MOC_HELP", "comparison_rows", "num", "runtime", "si", "stage_table"]
 
 CIO_HELP = ("CIO (HarDNet's memory-traffic measure): the feature-map elements every convolution reads and writes, "
             "a concatenated input counted each time it is read; bytes = elements x 4 in fp32")
@@ -19,6 +19,11 @@ def _missing(v: Any) -> bool:
 def num(v: Any, digits: int = 3, unit: str = "") -> str:
     """``v`` to ``digits`` significant digits (``–`` when missing)."""
     return "–" if _missing(v) else f"{float(v):.{digits}g}{unit}"
+
+
+def runtime(name: Any, version: Any = "") -> str:
+    """``onnxruntime 1.17.3``, ``eager 2.3.0``: what a measured latency ran under ("" when it was not measured)."""
+    return "" if _missing(name) else f"{name} {'' if _missing(version) else version}".strip()
 
 
 def si(v: Any) -> str:

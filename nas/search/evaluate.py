@@ -108,6 +108,8 @@ def _evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, fl
                                 f"{s.gate_factor:g}x the {s.budget_ms:g} ms budget")
     if s.latency_kind == "measured":
         lat = measure_settled(config, s)
+        m.update(latency_runtime=lat.context.get("runtime", s.runtime),
+                 latency_runtime_version=lat.context.get("runtime_version"))
         if lat.ok:
             m.update(latency_disturbed=lat.disturbed, latency_slowdown=lat.canary_slowdown)
         if lat.ok and lat.disturbed:

@@ -41,6 +41,15 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
     return out
 
 
+def measured_runtime(record: Mapping[str, Any], settings: Mapping[str, Any]) -> tuple[str, str]:
+    """(runtime, version) a trial's latency was measured under: the trial's record, else the study's setting
+    (eager when it has none: studies from before runtimes existed); ``("", "")`` when the latency was not measured."""
+    if record.get("latency_source") != "measured":
+        return "", ""
+    return (str(record.get("latency_runtime") or settings.get("runtime") or "eager"),
+            str(record.get("latency_runtime_version") or ""))
+
+
 def trial_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
     """The figures of a trial record that belong in an export (its docstring, JSON and ONNX metadata).
 
@@ -56,6 +65,9 @@ def trial_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
     if _present(record.get("latency_ms")):
         meta.update(precision=settings.get("precision"), batch=settings.get("batch"),
                     latency_resolution=settings.get("resolution") or None)
+        runtime, version = measured_runtime(record, settings)
+        if runtime not in ("", "eager"):  # as the export command records its own measurement
+            meta["latency_runtime"] = f"{runtime} {version}".strip()
     proxy = record.get("proxy")
     if proxy == "train" and settings.get("data"):
         proxy = f"training on {settings['data']}"
@@ -233,8 +245,8 @@ def write_front(folder: Path, front: Sequence[dict[str, Any]], baselines: Sequen
     js, cs = folder / "pareto.json", folder / "pareto.csv"
     keep = ("number", "name", "arch_id", "accuracy", "latency_ms", "latency_source", "latency_device", "cio", "macs",
             "thop_macs", "params", "moc", "feasible", "config", "proxy", "seed", "latency_disturbed",
-            "latency_slowdown", "latency_raw_ms", "state", "status", "reason", "over_budget", "proxy_cached",
-            "budget_ms")
+            "latency_slowdown", "latency_raw_ms", "latency_runtime", "latency_runtime_version", "state", "status",
+            "reason", "over_budget", "proxy_cached", "budget_ms")
 
     def slim(r: dict[str, Any]) -> dict[str, Any]:
         d = {k: _finite_or_none(r.get(k)) for k in keep if k in r}
