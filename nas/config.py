@@ -12,6 +12,7 @@ The module deliberately imports no torch: configs are cheap enough to create by 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -349,7 +350,7 @@ class ArchConfig:
 
     # -- identity and serialisation -----------------------------------------------------------
 
-    @property
+    @functools.cached_property  # frozen: computed once per config object (a study's worth is thousands)
     def arch_id(self) -> str:
         """A stable 12-hex-digit id: equal architectures share it, any change gives another.
 
@@ -367,9 +368,9 @@ class ArchConfig:
         return {
             "name": self.name,
             "in_channels": self.in_channels,
-            "stem": _plain(dataclasses.asdict(self.stem)),
-            "stages": [_plain(dataclasses.asdict(s)) for s in self.stages],
-            "head": _plain(dataclasses.asdict(self.head)),
+            "stem": _plain(_fields(self.stem)),
+            "stages": [_plain(_fields(s)) for s in self.stages],
+            "head": _plain(_fields(self.head)),
         }
 
     @classmethod
@@ -445,6 +446,11 @@ class ArchConfig:
 
 def _as_int_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def _fields(part: Any) -> dict[str, Any]:
+    """A flat config part's fields (`dataclasses.asdict` without its deep copy: the values are immutable)."""
+    return {f.name: getattr(part, f.name) for f in dataclasses.fields(part)}
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
