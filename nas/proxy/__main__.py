@@ -53,7 +53,7 @@ def build_parser() -> ArgumentParser:
     f.add_argument("--space", default="hybrid", help="hardnet, tresnet, hybrid or a YAML space file (default hybrid)")
     f.add_argument("--data", default="digits", help="digits, cifar10, cifar100, an ImageFolder or a .tar.gz of one "
                                                     "(default digits)")
-    f.add_argument("--networks", type=_count, default=30, help="networks in the study (default 30; >= 2)")
+    f.add_argument("--networks", type=_number(int, 2, "an integer >= 2 (a ranking needs two networks)"), default=30, help="networks in the study (default 30; >= 2)")
     f.add_argument("--reference-epochs", type=_positive, default=10.0, help="epochs of the reference (default 10)")
     f.add_argument("--reference-images", type=_count, default=None,
                    help="training images of the reference (default: the whole training set)")
