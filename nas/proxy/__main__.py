@@ -53,7 +53,8 @@ def build_parser() -> ArgumentParser:
     f.add_argument("--space", default="hybrid", help="hardnet, tresnet, hybrid or a YAML space file (default hybrid)")
     f.add_argument("--data", default="digits", help="digits, cifar10, cifar100, an ImageFolder or a .tar.gz of one "
                                                     "(default digits)")
-    f.add_argument("--networks", type=_number(int, 2, "an integer >= 2 (a ranking needs two networks)"), default=30, help="networks in the study (default 30; >= 2)")
+    f.add_argument("--networks", type=_number(int, 2, "an integer >= 2 (a ranking needs two networks)"), default=30,
+                   help="networks in the study (default 30)")
     f.add_argument("--reference-epochs", type=_positive, default=10.0, help="epochs of the reference (default 10)")
     f.add_argument("--reference-images", type=_count, default=None,
                    help="training images of the reference (default: the whole training set)")
@@ -91,12 +92,15 @@ def fidelity(args: argparse.Namespace) -> int:
     settings = StudySettings.make(space, ds, reference, seed=args.seed, scale=args.scale,
                                    max_macs=args.max_macs, device=args.device)
     path = Path(args.out) if args.out else default_cache_path(settings)
+    if args.report_only and not path.exists():
+        raise ValueError(f"--report-only: no study file {str(path)!r}; expected one a run with the same settings wrote")
     cache = FidelityCache(path, settings)
     print(f"data {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} held-out images, loaded in "
           f"{time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}; device {device}")
-    print(f"reference: {reference.epochs:g} epochs x {len(ds.train_y) if reference.max_train_samples is None else min(reference.max_train_samples, len(ds.train_y))} images; "
-          f"proxy: {proxy.epochs:g} epochs x {min(proxy.max_train_samples or len(ds.train_y), len(ds.train_y))} "
-          f"images; width x{proxy.width_mult:g}, networks at x{args.scale:g}")
+    n = len(ds.train_y)
+    print(f"reference: {reference.epochs:g} epochs x {min(reference.max_train_samples or n, n)} images; proxy: "
+          f"{proxy.epochs:g} epochs x {min(proxy.max_train_samples or n, n)} images; width x{proxy.width_mult:g}, "
+          f"networks at x{args.scale:g}" + (f", at most {args.max_macs:g} MACs" if args.max_macs else ""))
     print(f"cache {path}")
     if not args.report_only:
         networks = study_networks(space, args.networks, seed=args.seed, scale=args.scale, max_macs=args.max_macs,

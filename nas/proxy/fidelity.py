@@ -18,9 +18,7 @@ import hashlib
 import json
 import math
 import os
-import random
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -39,7 +37,7 @@ from .train import ProxyBudget, ProxyResult, _proxy_resolution, proxy_config, sc
 from .zero_cost import ZERO_COST_PROXIES, zero_cost
 
 __all__ = ["CACHE_FORMAT", "FidelityCache", "StudySettings", "data_fingerprint", "default_cache_path",
-           "reference_budget", "run_study", "study_networks", "trained_macs"]
+           "iter_rows", "proxy_key", "reference_budget", "run_study", "study_networks", "trained_macs"]
 
 CACHE_FORMAT = "hardnas-fidelity/1"
 _MAX_DRAWS = 50  # random draws per wanted network before the space is called too narrow
@@ -276,11 +274,8 @@ class _Lock:
 
 def _result_row(r: ProxyResult) -> dict[str, Any]:
     keep = ("accuracy", "status", "reason", "epochs_done", "steps_done", "wall_s", "images_per_s", "loss_curve",
-            "accuracy_curve")
-    row = {k: getattr(r, k) for k in keep}
-    row["extrapolated_accuracy"] = getattr(r, "extrapolated_accuracy", None)
-    row["params"] = r.proxy.get("params")
-    return row
+            "accuracy_curve", "extrapolated_accuracy")
+    return {k: getattr(r, k) for k in keep} | {"params": r.proxy.get("params")}
 
 
 def _network_facts(cfg: ArchConfig, ds: Dataset, width_mult: float) -> dict[str, Any]:
@@ -311,7 +306,6 @@ def run_study(cache: FidelityCache, networks: list[ArchConfig], ds: Dataset, pro
             if done is not None and done.get("arch_id") != cfg.arch_id:
                 raise ValueError(f"fidelity: cache {str(cache.path)!r} has another network named {cfg.name!r}; "
                                  "expected the networks this version draws (use another --out)")
-            t0 = time.perf_counter()
             fresh = []
             if done is None or "reference" not in done:
                 entry = _network_facts(cfg, ds, reference.width_mult)
@@ -324,8 +318,9 @@ def run_study(cache: FidelityCache, networks: list[ArchConfig], ds: Dataset, pro
                 fresh.append("proxy")
                 cache.save()
             ref, px = cache.networks[cfg.name]["reference"], proxies[cfg.name]
-            log(f"[{i}/{len(networks)}] {cfg.name:<18} reference {_acc(ref)}  proxy {_acc(px)}  "
-                f"{'trained ' + '+'.join(fresh) if fresh else 'cached'}  {time.perf_counter() - t0:7.1f} s")
+            what = "trained " + "+".join(fresh) if fresh else "cached"
+            log(f"[{i}/{len(networks)}] {cfg.name:<18} reference {_acc(ref)} ({ref.get('wall_s', 0):6.0f} s)  "
+                f"proxy {_acc(px)} ({px.get('wall_s', 0):4.0f} s)  {what}")
 
 
 def _acc(row: Mapping[str, Any]) -> str:

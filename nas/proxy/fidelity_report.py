@@ -143,7 +143,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     if "skipped" in h:
         lines.append(f"  held-out fit: skipped ({h['skipped']})")
     else:
-        lines.append(f"  held-out folds ({h['repeats']} x {h['folds']}-fold): mean tau fitted {h['fitted_tau_mean']:.3f} "
-                     f"vs plain proxy {h['plain_tau_mean']:.3f}; fitted better in "
+        lines.append(f"  held-out folds ({h['repeats']} x {h['folds']}-fold): mean tau fitted "
+                     f"{h['fitted_tau_mean']:.3f} vs plain proxy {h['plain_tau_mean']:.3f}; fitted better in "
                      f"{100 * h['fitted_better_fraction']:.0f} % of folds")
     return "\n".join(lines)
