@@ -256,3 +256,23 @@ def test_report_schema_and_held_out_fit(digits, tmp_path):
     few = fidelity_report(_synthetic_cache(digits, tmp_path / "b.json", 3, np.random.default_rng(0)), PROXY, "cpu",
                           resamples=10)
     assert few["n"] == 3 and "skipped" in few["held_out"] and few["tau"]["proxy_fitted"]["tau"] is None
+
+
+@pytest.mark.slow
+def test_a_killed_process_loses_at_most_the_network_in_progress(tmp_path):
+    out = tmp_path / "study.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HARDNAS_RUNS": str(tmp_path)}
+    cmd = [sys.executable, "-m", "nas.proxy", "fidelity", *TINY, "--networks", "6", "--out", str(out)]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in p.stdout:
+        if line.startswith("[2/6]"):
+            p.kill()  # SIGKILL: no cleanup at all, somewhere in network 3
+            break
+    p.wait(timeout=60)
+    done = json.loads(out.read_text())["networks"]
+    assert 2 <= len(done) <= 3
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    lines = [x for x in rerun.stdout.splitlines() if x.startswith("[")]
+    assert len(lines) == 6 and all("cached" in x for x in lines[:2]) and "trained" in lines[-1]
+    assert len(json.loads(out.read_text())["networks"]) == 6
