@@ -1,7 +1,7 @@
 """Proxy fidelity and cost on CIFAR-10, measured in one run.
 
-    python benchmarks/bench_proxy.py [--data ../shared/data/cifar10-jpg.tar.gz] [--networks 30] [--scale 0.125]
-                                     [--max-macs 2e6] [--fidelity-only | --cost-only]
+    python benchmarks/bench_proxy.py [--data ../shared/data/cifar10-jpg.tar.gz] [--networks 30] [--scale 0.25]
+                                     [--max-macs M] [--fidelity-only | --cost-only]
 
 1. Fidelity: `python -m nas.proxy fidelity` on the hybrid space (canonical seeds + seeded random
    points, width-scaled): each network trained with the reference (10 epochs over the whole training
@@ -49,8 +49,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--networks", type=int, default=30, help="networks of the fidelity study (default 30)")
-    p.add_argument("--scale", default="0.125", help="width of the study's networks (default 0.125)")
-    p.add_argument("--max-macs", default="2e6", help="leave out networks above this many trained MACs (default 2e6)")
+    p.add_argument("--scale", default="0.25", help="width of the study's networks (default 0.25)")
+    p.add_argument("--max-macs", default=None, help="leave out networks above this many trained MACs (default: no cap)")
     p.add_argument("--reference-epochs", default="10", help="epochs of the reference (default 10)")
     p.add_argument("--threads", default="2", help="torch CPU threads (default 2)")
     p.add_argument("--cost-only", action="store_true", help="only section 2 (minutes instead of hours on 2 cores)")
@@ -62,9 +62,9 @@ def main() -> None:
     if args.cost_only:
         return
     print("\n== 1. fidelity (python -m nas.proxy fidelity)")
+    cap = ["--max-macs", args.max_macs] if args.max_macs else []
     proxy_main(["fidelity", "--space", "hybrid", "--data", args.data, "--networks", str(args.networks),
-                "--scale", args.scale, "--max-macs", args.max_macs, "--reference-epochs", args.reference_epochs,
-                "--threads", args.threads])
+                "--scale", args.scale, *cap, "--reference-epochs", args.reference_epochs, "--threads", args.threads])
 
 
 def cost(data: str) -> None:
