@@ -52,7 +52,8 @@ def main() -> None:
     p.add_argument("--scale", default="0.25", help="width of the study's networks (default 0.25)")
     p.add_argument("--max-macs", default=None, help="leave out networks above this many trained MACs (default: no cap)")
     p.add_argument("--reference-epochs", default="10", help="epochs of the reference (default 10)")
-    p.add_argument("--threads", default="2", help="torch CPU threads (default 2)")
+    p.add_argument("--threads", default="1", help="torch CPU threads of the fidelity study (default 1: on a shared "
+                                                  "machine 2 threads ran 13-18x slower, docs/proxy.md)")
     p.add_argument("--cost-only", action="store_true", help="only section 2 (minutes instead of hours on 2 cores)")
     p.add_argument("--fidelity-only", action="store_true", help="only section 1 (accuracies do not depend on the "
                                                                    "machine's load, wall times do)")

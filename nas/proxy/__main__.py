@@ -71,7 +71,7 @@ def build_parser() -> ArgumentParser:
                    help="leave out networks whose trained MACs exceed this (e.g. 2e6; default: no cap)")
     f.add_argument("--seed", type=_number(int, 0, "an integer >= 0"), default=0)
     f.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    f.add_argument("--threads", type=_count, default=None, help="torch CPU threads (default: torch's)")
+    f.add_argument("--threads", type=_count, default=None, help="torch CPU threads (default: torch's; use 1 on a shared machine)")
     f.add_argument("--out", default=None, help="the cache file (default runs/fidelity/<space>-<data>-<hash>.json)")
     f.add_argument("--report", default=None, help="the report file (default <cache>.report.json)")
     f.add_argument("--report-only", action="store_true", help="report what the cache holds; train nothing")
