@@ -222,7 +222,7 @@ def test_cli_usage_errors_are_one_line_exit_2(args, message, tmp_path):
     p = subprocess.run([sys.executable, "-m", "nas.proxy", "fidelity", *TINY, *args], capture_output=True, text=True,
                        env=env, timeout=120)
     assert p.returncode == 2, p.stderr
-    assert p.stderr.count("\n") == 1 and message in p.stderr and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and message in p.stderr and p.stdout == "", (p.stdout, p.stderr)
 
 
 def _synthetic_cache(digits, path: Path, n: int, rng: np.random.Generator) -> FidelityCache:
