@@ -83,7 +83,7 @@ def test_end_to_end_writes_front_best_and_command(tmp_path, monkeypatch, capsys,
     assert len(done) == 4
     t = next(t for t in study.trials if t.state.name == "COMPLETE")
     for key in ("arch_id", "config", "params", "macs", "cio", "moc", "latency_ms", "latency_source", "accuracy",
-                "zc_synflow", "zc_naswot", "zc_grad_norm", "wall_s", "accuracy_curve"):
+                "zc_synflow", "zc_naswot", "zc_grad_norm", "wall_s", "accuracy_curve", "extrapolated_accuracy"):
         assert key in t.user_attrs, key
     assert t.values[1] == t.user_attrs["latency_ms"] and t.values[2] == t.user_attrs["cio"]
 

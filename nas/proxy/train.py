@@ -33,6 +33,7 @@ from ..data import Dataset, augment, load_dataset
 from ..errors import check_int, failure_reason
 from ..latency.devices import resolve_device
 from ..model import build_model
+from .curve import extrapolate_accuracy
 
 __all__ = ["ProxyBudget", "ProxyResult", "proxy_config", "scale_width", "train_eval"]
 
@@ -93,6 +94,7 @@ class ProxyResult:
     loss_curve: list[float] = field(default_factory=list)  # mean train loss per epoch
     accuracy_curve: list[float] = field(default_factory=list)  # held-out accuracy per epoch
     proxy: dict = field(default_factory=dict)  # what was trained: dataset, resolution, width, params
+    extrapolated_accuracy: float | None = None  # the curve extrapolated to 10x the epochs (`curve.py`)
 
     @property
     def ok(self) -> bool:
@@ -181,6 +183,8 @@ def train_eval(config: ArchConfig, data: Dataset | str | None = None, budget: Pr
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         result.status, result.reason = "failed", failure_reason(err)
+    if result.ok:
+        result.extrapolated_accuracy = extrapolate_accuracy(result.accuracy_curve)
     result.wall_s = time.perf_counter() - start
     return result
 

@@ -1,0 +1,278 @@
+"""Proxy fidelity study: resumable JSON cache, bootstrap intervals, held-out correction, CLI and report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nas.data import load_dataset
+from nas.proxy import ProxyBudget, train_eval
+from nas.proxy.__main__ import main
+from nas.proxy.curve import extrapolate_accuracy
+from nas.proxy.fidelity import FidelityCache, StudySettings, default_cache_path, reference_budget, run_study, \
+    study_networks
+from nas.proxy.fidelity_report import COLUMNS, REPORT_FORMAT, cross_validate, fidelity_report, ridge_fit
+from nas.space import load_space
+from nas.stats import _tau_b_batch, bootstrap_tau, kendall_tau
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SPACE = str(ROOT / "tests" / "data" / "fidelity_tiny_space.yaml")
+PROXY = ProxyBudget(epochs=1, batch_size=32, max_train_samples=64, max_eval_samples=64)
+REFERENCE = reference_budget(PROXY, epochs=1, train_images=96)
+TINY = ["--space", TINY_SPACE, "--scale", "1", "--reference-epochs", "1", "--reference-images", "96",
+        "--proxy-epochs", "1", "--proxy-images", "64", "--batch-size", "32", "--resamples", "50"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = load_dataset()
+    ds.test_x, ds.test_y = ds.test_x[:64], ds.test_y[:64]  # a small held-out split keeps each network < 1 s
+    return ds
+
+
+class Counting:
+    """`train_eval` that counts reference and proxy trainings and can stop the run in the n-th one."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.stop_at = stop_at
+
+    def __call__(self, cfg, ds, budget, device="cpu"):
+        self.calls.append((cfg.name, "reference" if budget == REFERENCE else "proxy"))
+        if self.stop_at is not None and len(self.calls) == self.stop_at:
+            raise KeyboardInterrupt  # the run killed while this network trains
+        return train_eval(cfg, ds, budget, device=device)
+
+    def count(self, kind: str) -> int:
+        return sum(k == kind for _, k in self.calls)
+
+
+def _study(digits, path: Path | None = None, reference: ProxyBudget = REFERENCE, networks: int = 3):
+    space = load_space(TINY_SPACE)
+    settings = StudySettings.make(space, digits, reference, scale=1.0)
+    cache = FidelityCache(path or default_cache_path(settings), settings)
+    return cache, study_networks(space, networks, scale=1.0)
+
+
+def test_networks_are_seeds_then_random_and_grow_as_a_prefix():
+    space = load_space("hybrid")
+    six, eleven = study_networks(space, 6, scale=0.1), study_networks(space, 11, scale=0.1)
+    assert [c.arch_id for c in eleven[:6]] == [c.arch_id for c in six]
+    names = [c.name for c in eleven]
+    assert names[:8] == [f"{n}@0.1" for n in space.seeds()] and names[8:] == ["random0", "random1", "random2"]
+    assert len({c.arch_id for c in eleven}) == 11
+    other = study_networks(space, 11, scale=0.1, seed=1)
+    assert [c.arch_id for c in other[8:]] != [c.arch_id for c in eleven[8:]]
+
+
+def test_killed_run_keeps_finished_networks_and_rerun_skips_them(digits):
+    cache, nets = _study(digits)
+    killer = Counting(stop_at=3)  # network 1: reference + proxy; killed in network 2's reference
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cache, nets, digits, PROXY, log=lambda _: None, train=killer)
+    on_disk = json.loads(cache.path.read_text())  # a whole file, with exactly the finished networks
+    assert sorted(on_disk["networks"]) == [nets[0].name]
+    again = Counting()
+    lines: list[str] = []
+    run_study(FidelityCache(cache.path, StudySettings(**on_disk["settings"])), nets, digits, PROXY, log=lines.append,
+              train=again)
+    assert again.calls == [(c.name, k) for c in nets[1:] for k in ("reference", "proxy")]
+    assert len(lines) == 3 and "cached" in lines[0] and "trained reference+proxy" in lines[2]
+    third = Counting()
+    run_study(FidelityCache(cache.path), nets, digits, PROXY, log=lambda _: None, train=third)
+    assert third.calls == []
+
+
+def test_a_new_proxy_reruns_only_proxies(digits):
+    cache, nets = _study(digits, networks=2)
+    run_study(cache, nets, digits, PROXY, log=lambda _: None)
+    other = Counting()
+    run_study(FidelityCache(cache.path), nets, digits, ProxyBudget(epochs=1, batch_size=16, max_train_samples=32),
+              log=lambda _: None, train=other)
+    assert other.count("reference") == 0 and other.count("proxy") == len(nets)
+    assert len(json.loads(cache.path.read_text())["proxies"]) == 2
+
+
+def test_other_settings_are_never_mixed(digits, tmp_path):
+    cache, nets = _study(digits, tmp_path / "study.json")
+    run_study(cache, nets[:2], digits, PROXY, log=lambda _: None)
+    before = cache.path.read_bytes()
+    longer = reference_budget(PROXY, epochs=2, train_images=96)
+    space = load_space(TINY_SPACE)
+    assert default_cache_path(StudySettings.make(space, digits, longer)) != \
+        default_cache_path(StudySettings.make(space, digits, REFERENCE))
+    with pytest.raises(ValueError, match="holds another study .*reference") as err:
+        _study(digits, cache.path, reference=longer)
+    assert "\n" not in str(err.value) and cache.path.read_bytes() == before
+    cache.path.write_text("{not json")
+    with pytest.raises(ValueError, match="not readable JSON"):
+        FidelityCache(cache.path, StudySettings.make(space, digits, REFERENCE, scale=1.0))
+    assert cache.path.read_text() == "{not json"
+
+
+def test_a_second_runner_is_refused(digits):
+    cache, nets = _study(digits)
+    with cache.lock():
+        with pytest.raises(ValueError, match="in use by another run"):
+            run_study(cache, nets, digits, PROXY, log=lambda _: None)
+
+
+def test_bootstrap_interval_is_seeded_and_sane():
+    rng = np.random.default_rng(3)
+    x = rng.random(30)
+    y = x + rng.normal(0, 0.3, 30)
+    tau, low, high = bootstrap_tau(x, y, seed=0)
+    assert tau == kendall_tau(x, y) and low < tau < high and -1 <= low and high <= 1
+    assert bootstrap_tau(x, y, seed=0) == (tau, low, high)
+    assert bootstrap_tau(x, y, seed=1) != (tau, low, high)
+    wider = bootstrap_tau(x[:10], y[:10], seed=0)
+    assert wider[2] - wider[1] > high - low  # fewer networks, a wider interval
+    assert bootstrap_tau(x, x) == (1.0, 1.0, 1.0)
+
+
+def test_batched_tau_b_matches_scipy_with_ties():
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 4, (20, 12)).astype(float), rng.integers(0, 3, (20, 12)).astype(float)
+    np.testing.assert_allclose(_tau_b_batch(x, y), [kendall_tau(a, b) for a, b in zip(x, y)], atol=1e-12)
+
+
+def test_the_fit_never_sees_the_networks_it_is_judged_on():
+    n = 24
+    rng = np.random.default_rng(0)
+    ids = np.arange(n, dtype=float)
+    x = np.column_stack([ids, rng.random(n)])
+    target = rng.random(n)
+    seen: list[tuple[set, set]] = []
+
+    def memorise(xt: np.ndarray, yt: np.ndarray):
+        """Perfect on the networks it was fitted on, noise elsewhere: a leak would show as tau 1."""
+        table = dict(zip(xt[:, 0], yt))
+        train_ids = set(xt[:, 0])
+
+        def predict(xq: np.ndarray) -> np.ndarray:
+            seen.append((train_ids, set(xq[:, 0])))
+            return np.array([table.get(i, rng.random()) for i in xq[:, 0]])
+        return predict
+
+    cv = cross_validate(x, target, target, fit=memorise, folds=4, repeats=3, seed=0)
+    assert seen and all(not (train & test) for train, test in seen)
+    assert cv["fitted_tau_mean"] < 0.5 and cv["plain_tau_mean"] == pytest.approx(1.0)
+    assert kendall_tau(cv["score"], target) < 0.5
+
+
+def test_ridge_recovers_a_linear_ranking():
+    rng = np.random.default_rng(1)
+    x = rng.random((40, 3))
+    y = x @ np.array([2.0, -1.0, 0.0])
+    assert kendall_tau(ridge_fit(x[:30], y[:30], alpha=1e-6)(x[30:]), y[30:]) == pytest.approx(1.0)
+
+
+def test_extrapolation_favours_curves_that_keep_learning():
+    assert extrapolate_accuracy([]) is None
+    assert extrapolate_accuracy([0.5, 0.5, 0.5]) == 0.5  # flat: no extrapolation
+    assert extrapolate_accuracy([0.6, 0.5]) == 0.5  # getting worse: the last value
+    slow, fast = [0.2, 0.35, 0.45, 0.52], [0.45, 0.50, 0.52, 0.53]
+    assert extrapolate_accuracy(slow) > extrapolate_accuracy(fast) > 0.53
+    assert extrapolate_accuracy([0.1, 0.5, 0.9, 0.99]) <= 1.0
+
+
+def test_train_eval_carries_the_extrapolation(digits):
+    r = train_eval(study_networks(load_space(TINY_SPACE), 2, scale=1.0)[0], digits,
+                   ProxyBudget(epochs=2, batch_size=32, max_train_samples=64))
+    assert r.ok and r.extrapolated_accuracy == extrapolate_accuracy(r.accuracy_curve)
+
+
+def test_cli_writes_the_report_and_reports_a_partial_cache(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert main(["fidelity", *TINY, "--networks", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "[2/2] random1" in printed and "Kendall tau" in printed
+    report = json.loads((tmp_path / "s.report.json").read_text())
+    assert report["format"] == REPORT_FORMAT and report["n"] == 2 and report["networks"] == 2
+    assert set(report["tau"]) == set(COLUMNS)
+    for col, t in report["tau"].items():
+        assert set(t) == {"n", "tau", "low", "high"}
+        if t["tau"] is not None:
+            assert t["low"] <= t["high"]
+    assert "skipped" in report["held_out"]  # 2 networks: too few to fit and judge
+    row = report["rows"][0]
+    for key in ("name", "reference", "proxy", "proxy_extrapolated", "params", "macs", "proxy_curve", "reference_curve"):
+        assert key in row
+    assert report["settings"]["reference"]["max_train_samples"] == 96
+    assert main(["fidelity", *TINY, "--networks", "2", "--out", str(out), "--report-only"]) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--networks", "1"], "--networks"),
+    (["--networks", "x"], "--networks"),
+    (["--reference-epochs", "0"], "--reference-epochs"),
+    (["--scale", "9"], "--scale"),
+    (["--space", "nope"], "space: 'nope'"),
+    (["--data", "/no/such"], "data: '/no/such'"),
+    (["--report-only", "--out", "/no/such/study.json"], "--report-only: no study file"),
+])
+def test_cli_usage_errors_are_one_line_exit_2(args, message, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HARDNAS_RUNS": str(tmp_path)}
+    p = subprocess.run([sys.executable, "-m", "nas.proxy", "fidelity", *TINY, *args], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and message in p.stderr and p.stdout == "", (p.stdout, p.stderr)
+
+
+def _synthetic_cache(digits, path: Path, n: int, rng: np.random.Generator) -> FidelityCache:
+    """A study file as a run writes it, with made-up figures: bigger networks learn slower but further."""
+    cache, _ = _study(digits, path)
+    proxies = cache.proxy_results(PROXY, "cpu")
+    for i in range(n):
+        size = rng.uniform(4, 7)
+        final = 0.5 + 0.05 * size + rng.normal(0, 0.02)
+        curve = [final * (1 - np.exp(-(e + 1) / size)) for e in range(4)]
+        cache.networks[f"n{i}"] = {"arch_id": str(i), "params": int(10 ** size), "macs": int(10 ** size) * 9,
+                                   "zero_cost": {"synflow": size, "naswot": rng.random(), "grad_norm": None},
+                                   "reference": {"status": "ok", "accuracy": final, "accuracy_curve": [final]}}
+        proxies[f"n{i}"] = {"status": "ok", "accuracy": curve[-1], "accuracy_curve": curve, "wall_s": 1.0}
+    cache.networks["broken"] = {"arch_id": "x", "params": 1, "macs": 1, "reference": {"status": "failed"}}
+    proxies["broken"] = {"status": "ok", "accuracy": 0.1, "accuracy_curve": [0.1]}
+    cache.save()
+    return FidelityCache(cache.path)
+
+
+def test_report_schema_and_held_out_fit(digits, tmp_path):
+    report = fidelity_report(_synthetic_cache(digits, tmp_path / "a.json", 20, np.random.default_rng(0)), PROXY, "cpu",
+                             resamples=100)
+    assert report["n"] == 20 and report["networks"] == 21 and report["failed"] == ["broken"]
+    assert report["tau"]["grad_norm"] == {"n": 0, "tau": None, "low": None, "high": None}
+    assert report["tau"]["params"]["tau"] > report["tau"]["proxy"]["tau"]  # the bias the study is about
+    h = report["held_out"]
+    assert h["folds"] == 5 and h["repeats"] == 10 and h["fitted_tau_mean"] > h["plain_tau_mean"]
+    assert all(np.isfinite(r["proxy_fitted"]) for r in report["rows"]) and report["tau"]["proxy_fitted"]["n"] == 20
+    json.dumps(report, allow_nan=False)
+    few = fidelity_report(_synthetic_cache(digits, tmp_path / "b.json", 3, np.random.default_rng(0)), PROXY, "cpu",
+                          resamples=10)
+    assert few["n"] == 3 and "skipped" in few["held_out"] and few["tau"]["proxy_fitted"]["tau"] is None
+
+
+@pytest.mark.slow
+def test_a_killed_process_loses_at_most_the_network_in_progress(tmp_path):
+    out = tmp_path / "study.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HARDNAS_RUNS": str(tmp_path)}
+    cmd = [sys.executable, "-m", "nas.proxy", "fidelity", *TINY, "--networks", "6", "--out", str(out)]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in p.stdout:
+        if line.startswith("[2/6]"):
+            p.kill()  # SIGKILL: no cleanup at all, somewhere in network 3
+            break
+    p.wait(timeout=60)
+    done = json.loads(out.read_text())["networks"]
+    assert 2 <= len(done) <= 3
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    lines = [x for x in rerun.stdout.splitlines() if x.startswith("[")]
+    assert len(lines) == 6 and all("cached" in x for x in lines[:2]) and "trained" in lines[-1]
+    assert len(json.loads(out.read_text())["networks"]) == 6
