@@ -166,3 +166,13 @@ def test_a_search_trial_records_the_runtime_its_latency_ran_under(_isolated_runs
     m = evaluate(TINY, s)
     assert m["latency_source"] in ("measured", "predicted"), m.get("reason")  # predicted: a disturbed figure
     assert (m["latency_runtime"], m["latency_runtime_version"]) == ("onnxruntime", ort.__version__)
+
+
+def test_onnxruntime_worker_threads_sleep_when_idle():
+    """Spinning ORT threads took the cores from the next forward timed beside the session (the canary)."""
+    pytest.importorskip("onnxruntime")
+    from nas.latency.runtimes import session_options
+
+    opts = session_options(2)
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.intra_op_num_threads == 2 and opts.inter_op_num_threads == 1

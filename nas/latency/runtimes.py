@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["MEASURE_RUNTIMES", "prepare", "runtime_version"]
+__all__ = ["MEASURE_RUNTIMES", "prepare", "runtime_version", "session_options"]
 
 #: runtime name -> what it is (for --help and the docs)
 MEASURE_RUNTIMES: dict[str, str] = {
@@ -30,6 +30,26 @@ MEASURE_RUNTIMES: dict[str, str] = {
 }
 _ORT_HINT = "pip install 'hardnas[onnx]'"
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def session_options(threads: int) -> "onnxruntime.SessionOptions":
+    """ONNX Runtime settings for a latency measurement: all graph optimisations, ``threads`` intra-op
+    threads, sequential, quiet, and worker threads that sleep when idle.
+
+    By default they spin after each run and take the cores from whatever is timed next (the
+    interference canary, another runtime: tens of percent slower on a small CPU), while the
+    session itself gains nothing measurable (docs/export.md).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
 
 
 def runtime_version(runtime: str) -> str | None:
@@ -80,13 +100,7 @@ def _onnxruntime(model: nn.Module, x: torch.Tensor, threads: int, precision: str
         providers = gpu + providers
     xc = x.contiguous()
     data = trace_onnx(model, xc, dynamic=False)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(data, opts, providers=providers)
+    session = ort.InferenceSession(data, session_options(threads), providers=providers)
     name = session.get_inputs()[0].name
     if not cuda:
         feed = {name: xc.numpy()}
