@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
@@ -21,6 +22,7 @@ from nas.explore import analysis as A
 from nas.explore import data as D
 from nas.explore import demo
 from nas.explore import downloads as X
+from nas.explore import fidelity as FI
 from nas.explore import figures as F
 from nas.explore import profiles as P
 from nas.explore import state as S
@@ -31,7 +33,7 @@ from nas.resolution import format_resolution
 MAX_POINTS = 4000  # trials drawn in the Pareto plot; beyond, front + baselines + a stratified sample
 REFERENCES = ("hardnet68", "tresnet_m", "resnet50")  # canonical models drawn as latency lines when not in a study
 
-VIEWS = ["Pareto front", "Trade-offs", "Compare", "Trials"]
+VIEWS = ["Pareto front", "Trade-offs", "Compare", "Trials", "Proxy fidelity"]
 
 st.set_page_config(page_title="hardnas explorer", layout="wide")
 
@@ -395,6 +397,44 @@ def _budget_note(info: dict, shown: list[str], budgets: dict[str, float]) -> str
     return head + "Budgets: " + "; ".join(parts) + "."
 
 
+def fidelity_view() -> None:
+    """Reports of `python -m nas.proxy fidelity`: does the proxy rank networks like a long training?"""
+    reports = FI.find_reports()
+    if not reports:
+        st.info("No proxy fidelity report under `runs/fidelity/` (or `$HARDNAS_RUNS/fidelity/`). Make one on your "
+                "own space and data (hours on a CPU; resumable):")
+        st.code("python -m nas.proxy fidelity --space hybrid --data PATH --networks 30 --threads 1", language="bash")
+        return
+    names = [str(p) for p in reports]
+    path = _choose(st.selectbox, "report", names, "fidelity_report", names[0], format_func=lambda p: Path(p).name)
+    try:
+        rep = FI.read_report(reports[names.index(path)])
+    except ValueError as err:
+        st.error(str(err))
+        return
+    taus = FI.tau_frame(rep)
+    ref = rep.get("settings", {}).get("reference", {}) if isinstance(rep.get("settings"), dict) else {}
+    st.caption(f"{rep.get('n', 0)} networks with a reference and a proxy result ({len(rep.get('failed') or [])} "
+               f"failed) of {rep.get('networks', '?')} in the study; reference: {ref.get('epochs', '?')} epochs over "
+               f"{ref.get('max_train_samples') or 'all'} training images. Higher τ: the score ranks networks more "
+               "like the reference training does.")
+    if taus["tau"].notna().any():
+        st.plotly_chart(F.fidelity_tau_figure(taus), key="fid-tau")
+    else:
+        st.info("Too few finished networks for a rank correlation yet (at least 2).")
+    held = rep.get("held_out") or {}
+    if "fitted_tau_mean" in held:
+        st.markdown(f"**Corrected proxy on held-out networks** ({held.get('repeats')} x {held.get('folds')}-fold): "
+                    f"mean τ {held['fitted_tau_mean']:.3f} vs the plain proxy's {held['plain_tau_mean']:.3f}; "
+                    f"better in {100 * held.get('fitted_better_fraction', 0):.0f} % of folds.")
+    elif held.get("skipped"):
+        st.caption(f"Corrected proxy: not fitted ({held['skipped']}).")
+    scores = [s for s in taus.loc[taus["n"] >= 2, "score"]]
+    if scores:
+        score = _choose(st.selectbox, "score", scores, "fidelity_score", scores[0])
+        st.plotly_chart(F.fidelity_scatter_figure(FI.score_rows(rep, score), score), key="fid-scatter")
+
+
 def trials_view(df: pd.DataFrame, lat: pd.Series, src: pd.Series) -> None:
     states = sorted(set(df["state"]))
     left, right = st.columns([3, 2])
@@ -516,6 +556,9 @@ def main() -> None:
     if view == "Trials":
         c[5].metric("with an accuracy", int(df["accuracy"].notna().sum()))
         trials_view(df, lat, src)
+        return
+    if view == "Proxy fidelity":
+        fidelity_view()
         return
     plotted = (df["state"] == "COMPLETE") & df["accuracy"].notna() & lat.notna()
     if not plotted.any():

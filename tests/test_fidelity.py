@@ -276,3 +276,67 @@ def test_a_killed_process_loses_at_most_the_network_in_progress(tmp_path):
     lines = [x for x in rerun.stdout.splitlines() if x.startswith("[")]
     assert len(lines) == 6 and all("cached" in x for x in lines[:2]) and "trained" in lines[-1]
     assert len(json.loads(out.read_text())["networks"]) == 6
+
+
+# -- the explorer's view of a report ----------------------------------------------------------------
+
+
+def _report_file(digits, folder: Path, n: int = 20) -> Path:
+    report = fidelity_report(_synthetic_cache(digits, folder / "study.json", n, np.random.default_rng(0)), PROXY, "cpu",
+                             resamples=50)
+    path = folder / "fidelity" / "hybrid-digits-abc.report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_the_explorer_reads_a_report_and_refuses_other_files(digits, tmp_path):
+    from nas.explore import fidelity as FI
+
+    assert FI.find_reports(tmp_path / "nowhere") == [] and not (tmp_path / "nowhere").exists()
+    path = _report_file(digits, tmp_path)
+    assert FI.find_reports(path.parent) == [path]
+    report = FI.read_report(path)
+    taus = FI.tau_frame(report)
+    assert list(taus["score"]) == list(COLUMNS)
+    row = taus.set_index("score").loc["proxy"]
+    assert row["n"] == 20 and row["low"] <= row["tau"] <= row["high"]
+    assert np.isnan(taus.set_index("score").loc["grad_norm", "tau"])  # no score recorded: NaN, not a crash
+    pts = FI.score_rows(report, "params")
+    assert len(pts) == 20 and pts["reference"].between(0, 1).all()
+    for text, message in (("{", "cannot be read"), ('{"format": "other"}', "format 'other' is not allowed"),
+                          ("[1, 2]", "format 'list' is not allowed"),
+                          (json.dumps({"format": REPORT_FORMAT}), "no 'tau' table")):
+        bad = tmp_path / "bad.report.json"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message) as err:
+            FI.read_report(bad)
+        assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_app_shows_a_fidelity_report(digits, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from test_explore import make_study
+
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    make_study(url)
+    monkeypatch.setenv("NAS_STORAGE", url)
+    monkeypatch.setattr("sys.argv", ["app.py"])
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("HARDNAS_RUNS", str(runs))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
+    at.run()
+    at.radio(key="view").set_value("Proxy fidelity").run()
+    assert not at.exception and not at.error
+    assert any("No proxy fidelity report" in i.value for i in at.info) and not runs.exists()  # a reader creates nothing
+    _report_file(digits, runs)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    tau = next(c for c in charts if "Kendall" in c["layout"]["xaxis"]["title"]["text"])
+    assert set(tau["data"][0]["y"]) >= {"proxy", "params", "proxy_fitted"}
+    assert any("Corrected proxy on held-out networks" in m.value for m in at.markdown)
+    at.selectbox(key="fidelity_score").set_value("params").run()
+    scatter = [json.loads(c.proto.spec) for c in at.get("plotly_chart")][-1]
+    assert scatter["layout"]["xaxis"]["title"]["text"] == "params" and len(scatter["data"][0]["text"]) == 20

@@ -336,3 +336,27 @@ def clicked_key(event: Any) -> str | None:
         if isinstance(cd, (list, tuple)) and cd and isinstance(cd[0], str) and "#" in cd[0]:
             return cd[0]
     return None
+
+
+def fidelity_tau_figure(taus: pd.DataFrame) -> go.Figure:
+    """Kendall tau of each score against the reference training, with its 95 % bootstrap interval."""
+    t = taus[taus["tau"].notna()].iloc[::-1]
+    fig = go.Figure(go.Scatter(
+        x=t["tau"], y=t["score"], mode="markers", name="Kendall τ",
+        error_x=dict(type="data", symmetric=False, array=(t["high"] - t["tau"]).clip(lower=0),
+                     arrayminus=(t["tau"] - t["low"]).clip(lower=0)),
+        customdata=t[["low", "high", "n"]].to_numpy(),
+        hovertemplate="%{y}: τ %{x:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}], n=%{customdata[2]}<extra></extra>"))
+    fig.add_vline(x=0.0, line=dict(color="grey", width=1))
+    fig.update_layout(xaxis_title="Kendall τ against the reference training (95 % bootstrap interval)",
+                      xaxis_range=[-1.05, 1.05], height=80 + 34 * max(1, len(t)), margin=dict(l=10, r=10, t=30, b=10))
+    return fig
+
+
+def fidelity_scatter_figure(rows: pd.DataFrame, score: str) -> go.Figure:
+    """Each network's ``score`` against its reference accuracy."""
+    fig = go.Figure(go.Scatter(x=rows["score"], y=rows["reference"], mode="markers", text=rows["name"], name="networks",
+                               hovertemplate="%{text}: " + score + " %{x:.4g}, reference %{y:.3f}<extra></extra>"))
+    fig.update_layout(xaxis_title=score, yaxis_title="reference accuracy", height=420,
+                      margin=dict(l=10, r=10, t=30, b=10))
+    return fig
