@@ -216,6 +216,7 @@ def test_cli_writes_the_report_and_reports_a_partial_cache(tmp_path, capsys):
     (["--space", "nope"], "space: 'nope'"),
     (["--data", "/no/such"], "data: '/no/such'"),
     (["--report-only", "--out", "/no/such/study.json"], "--report-only: no study file"),
+    (["--out", "/proc/no/study.json"], "cannot write the study file's lock"),
 ])
 def test_cli_usage_errors_are_one_line_exit_2(args, message, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HARDNAS_RUNS": str(tmp_path)}

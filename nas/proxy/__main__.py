@@ -97,6 +97,9 @@ def fidelity(args: argparse.Namespace) -> int:
     if args.report_only and not path.exists():
         raise ValueError(f"--report-only: no study file {str(path)!r}; expected one a run with the same settings wrote")
     cache = FidelityCache(path, settings)
+    if not args.report_only:
+        with cache.lock():  # an unwritable --out fails here, before an hour of training
+            pass
     print(f"data {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} held-out images, loaded in "
           f"{time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}; device {device}")
     n = len(ds.train_y)
@@ -110,10 +113,14 @@ def fidelity(args: argparse.Namespace) -> int:
         run_study(cache, networks, ds, proxy, device=args.device, log=lambda line: print(line, flush=True))
     report = fidelity_report(cache, proxy, device, resamples=args.resamples, seed=args.seed)
     out = Path(args.report) if args.report else path.with_name(path.name.removesuffix(".json") + ".report.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1, allow_nan=False))
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(report, indent=1, allow_nan=False))
+        tmp.replace(out)
+    except OSError as err:
+        raise ValueError(f"report: cannot write {str(out)!r} ({err.strerror or type(err).__name__}); "
+                         "expected a writable path (the study file is kept)") from None
     print(format_report(report))
     print(f"report {out}")
     return 0
