@@ -12,7 +12,6 @@ The module deliberately imports no torch: configs are cheap enough to create by 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import math
@@ -350,7 +349,7 @@ class ArchConfig:
 
     # -- identity and serialisation -----------------------------------------------------------
 
-    @functools.cached_property  # frozen: computed once per config object (a study's worth is thousands)
+    @property
     def arch_id(self) -> str:
         """A stable 12-hex-digit id: equal architectures share it, any change gives another.
 
