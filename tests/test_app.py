@@ -49,6 +49,16 @@ def run_app(timeout: float = 60) -> AppTest:
     return at
 
 
+def app_on(write, tmp_path, monkeypatch, name: str) -> AppTest:
+    """The app, rendered cleanly, on a storage ``tmp_path/name`` that ``write(url)`` filled."""
+    u = f"sqlite:///{tmp_path / name}"
+    write(u)
+    monkeypatch.setenv("NAS_STORAGE", u)
+    at = run_app()
+    assert_clean(at)
+    return at
+
+
 def assert_clean(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -158,11 +168,7 @@ def test_a_study_with_trials(url):
 
 
 def test_cpu_latency_is_predicted_with_a_calibrated_profile_and_says_so(tmp_path, monkeypatch):
-    u = f"sqlite:///{tmp_path / 'cpu.db'}"
-    make_measured_study(u)
-    monkeypatch.setenv("NAS_STORAGE", u)
-    at = run_app()
-    assert_clean(at)
+    at = app_on(make_measured_study, tmp_path, monkeypatch, "cpu.db")
     assert at.radio(key="lat_mode").value == "measured"
     refs = references(at)
     assert refs["name"].startswith("canonical, predicted for cpu (calibrated here on ")
@@ -184,11 +190,7 @@ def test_a_non_square_study_under_onnxruntime_shows_its_input_size_and_runtime(t
     from nas.explore import analysis as A
     from nas.explore import profiles as P
 
-    u = f"sqlite:///{tmp_path / 'hd.db'}"
-    make_runtime_study(u)
-    monkeypatch.setenv("NAS_STORAGE", u)
-    at = run_app()
-    assert_clean(at)
+    at = app_on(make_runtime_study, tmp_path, monkeypatch, "hd.db")
     assert at.radio(key="lat_mode").value == "measured"
     captions = " ".join(c.value for c in at.caption)
     assert "hd: input 1080x1920, batch 1, fp32; latency measured on cpu under onnxruntime 1.17.3" in captions
@@ -204,7 +206,7 @@ def test_a_non_square_study_under_onnxruntime_shows_its_input_size_and_runtime(t
     assert "measured on cpu under onnxruntime 1.17.3 at 1080x1920." in captions
     metric = next(m for m in at.metric if m.label == "latency (ms)")
     assert metric.proto.help == "measured on cpu under onnxruntime 1.17.3"
-    study = optuna.load_study(study_name="hd", storage=u)
+    study = optuna.load_study(study_name="hd", storage=f"sqlite:///{tmp_path / 'hd.db'}")
     config = ArchConfig.from_json(study.trials[int(key.split("#")[1])].user_attrs["config"])
     expected = [r["output"] for r in A.stage_rows(config, "1080x1920")]
     assert list(at.table[0].value["output"]) == expected
@@ -221,11 +223,7 @@ def test_a_non_square_study_under_onnxruntime_shows_its_input_size_and_runtime(t
 
 
 def test_a_zero_cost_study_has_no_proxy_warning(tmp_path, monkeypatch):
-    u = f"sqlite:///{tmp_path / 'zc.db'}"
-    make_study(u, zero_cost=True)
-    monkeypatch.setenv("NAS_STORAGE", u)
-    at = run_app()
-    assert_clean(at)
+    at = app_on(lambda u: make_study(u, zero_cost=True), tmp_path, monkeypatch, "zc.db")
     assert not at.warning, [w.value for w in at.warning]
     assert chart(at)["layout"]["yaxis"]["title"]["text"] == "score (zero-cost:naswot)"
 

@@ -152,6 +152,8 @@ def reference_latencies(names: Sequence[str], pred: Predictor,
 #: (config JSON, profile key, input size, batch, precision) -> ms; cleared when it outgrows `_MEMO_MAX`
 _MEMO: dict[tuple, float] = {}
 _MEMO_MAX = 200_000
+_WARMING: list[threading.Thread] = []  # the latest warm-up (`warm_up`)
+_WARMED: set[tuple] = set()  # (config JSON, shape) whose kernel table a warm-up has built
 
 
 def predict_rows(configs: Sequence[str], pred: Predictor, resolution: Resolution = 224, batch: int = 1,
@@ -173,9 +175,6 @@ def predict_rows(configs: Sequence[str], pred: Predictor, resolution: Resolution
                 pass
         _MEMO.update({(c, pred.key) + shape: float(v) for c, v in zip(todo, values)})
     return np.array([_MEMO[k] for k in keys], float)
-
-
-_WARMING: list[threading.Thread] = []
 
 
 def _parse_all(configs: Sequence[str]) -> tuple[list, list[int]]:
@@ -221,9 +220,6 @@ def warm_up(df: pd.DataFrame) -> threading.Thread | None:
     _WARMING[:] = [thread]
     thread.start()
     return thread
-
-
-_WARMED: set[tuple] = set()  # (config JSON, shape) whose kernel table a warm-up has built
 
 
 def predict_one(config_json: str, pred: Predictor, resolution: Resolution = 224, batch: int = 1,

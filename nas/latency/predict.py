@@ -53,9 +53,10 @@ def predict_ms(config: ArchConfig, profile: DeviceProfile, resolution: Resolutio
     return float(evaluate(prepare(t, profile), *profile_parameters(profile))[0])
 
 
-def predict_many(configs: Sequence[ArchConfig], profile: DeviceProfile, resolution: Resolution = 224, batch: int = 1,
-                 precision: str = "fp32", deploy: bool = False, runtime: str = "pytorch") -> np.ndarray:
-    """`predict_ms` of many configs in one vectorised evaluation; NaN for a config the input size does not fit."""
+def _tables(configs: Sequence[ArchConfig], resolution: Resolution, batch: int, precision: str, deploy: bool,
+            runtime: str) -> tuple[list[Table], list[int]]:
+    """The cached kernel tables of ``configs`` in order, and the positions they belong to (a config the
+    input size does not fit has none)."""
     _check(precision, batch, runtime)
     size = canonical_resolution(resolution)
     tables, where = [], []
@@ -65,6 +66,13 @@ def predict_many(configs: Sequence[ArchConfig], profile: DeviceProfile, resoluti
         except ValueError:  # e.g. an input smaller than the network's stride allows
             continue
         where.append(i)
+    return tables, where
+
+
+def predict_many(configs: Sequence[ArchConfig], profile: DeviceProfile, resolution: Resolution = 224, batch: int = 1,
+                 precision: str = "fp32", deploy: bool = False, runtime: str = "pytorch") -> np.ndarray:
+    """`predict_ms` of many configs in one vectorised evaluation; NaN for a config the input size does not fit."""
+    tables, where = _tables(configs, resolution, batch, precision, deploy, runtime)
     out = np.full(len(configs), np.nan)
     if tables:
         out[where] = evaluate(prepare(concat(tables), profile, len(tables)), *profile_parameters(profile))
@@ -80,15 +88,7 @@ def warm_tables(configs: Sequence[ArchConfig], resolution: Resolution = 224, bat
     the configs backwards, a warm-up and a `predict_many` over the same list meet in the middle
     instead of building the same tables twice. Returns how many tables could be built.
     """
-    _check(precision, batch, runtime)
-    size, built = canonical_resolution(resolution), 0
-    for config in reversed(configs):
-        try:
-            _table(config, size, batch, precision, deploy, runtime)
-            built += 1
-        except ValueError:
-            pass
-    return built
+    return len(_tables(list(reversed(configs)), resolution, batch, precision, deploy, runtime)[0])
 
 
 #: an architecture's kernel table is small (~7 KB for 70 kernels) and costs an `analyze` to build:
