@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,11 +118,51 @@ def test_other_settings_are_never_mixed(digits, tmp_path):
     assert cache.path.read_text() == "{not json"
 
 
-def test_a_second_runner_is_refused(digits):
-    cache, nets = _study(digits)
-    with cache.lock():
-        with pytest.raises(ValueError, match="in use by another run"):
-            run_study(cache, nets, digits, PROXY, log=lambda _: None)
+def test_two_runners_share_a_study_and_each_network_is_trained_once(digits):
+    cache, nets = _study(digits, networks=4)
+    started = threading.Barrier(2)
+
+    class Slow(Counting):
+        def __call__(self, cfg, ds, budget, device="cpu"):
+            if not self.calls:
+                started.wait(timeout=30)  # both runners are in their first network before either finishes
+            time.sleep(0.2)
+            return super().__call__(cfg, ds, budget, device)
+
+    runners = [Slow(), Slow()]
+    logs: list[list[str]] = [[], []]
+    caches = [cache, FidelityCache(cache.path, StudySettings(**cache.settings))]
+    threads = [threading.Thread(target=run_study, args=(caches[i], nets, digits, PROXY),
+                                kwargs={"log": logs[i].append, "train": runners[i]}) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    trained = sorted(runners[0].calls + runners[1].calls)
+    assert trained == sorted((c.name, k) for c in nets for k in ("reference", "proxy"))  # once each
+    assert runners[0].calls and runners[1].calls  # the work was shared
+    on_disk = json.loads(cache.path.read_text())
+    assert sorted(on_disk["networks"]) == sorted(c.name for c in nets)
+    assert all(len(lines) == len(nets) for lines in logs)  # each runner ends knowing the whole study
+    assert all(sorted(c.networks) == sorted(on_disk["networks"]) for c in caches)
+
+
+def test_a_runner_waits_for_a_network_in_another_runners_hands(digits):
+    cache, nets = _study(digits, networks=2)
+    counting = Counting()
+    with cache.claim(nets[0].name, wait=False) as held:
+        assert held.held
+        t = threading.Thread(target=run_study, args=(FidelityCache(cache.path, StudySettings(**cache.settings)),
+                                                     nets, digits, PROXY),
+                             kwargs={"log": lambda _: None, "train": counting})
+        t.start()
+        deadline = time.monotonic() + 60
+        while len(counting.calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        t.join(timeout=1)
+        assert t.is_alive() and counting.calls == [(nets[1].name, "reference"), (nets[1].name, "proxy")]
+    t.join(timeout=20)  # released without a result (the other runner died): this runner trains it
+    assert not t.is_alive() and counting.count("reference") == 2
 
 
 def test_bootstrap_interval_is_seeded_and_sane():

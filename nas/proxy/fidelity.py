@@ -7,7 +7,9 @@ the proxy budget, and records zero-cost scores, params and MACs. Everything goes
 a killed run loses at most the network in progress and a rerun skips what is done. Proxy results are
 kept per proxy budget, so changing the proxy only re-runs proxies. A cache made with other settings
 is never mixed: the default file name carries a hash of the settings, and an explicit ``--out`` whose
-settings differ is refused with one line. The report (tau with intervals) is `fidelity_report`.
+settings differ is refused with one line. Several runners may share one file (one per core or machine
+on a shared folder): each network is claimed by one runner, and each result is merged into the file
+as it is on disk. The report (tau with intervals) is `fidelity_report`.
 """
 
 from __future__ import annotations
@@ -185,7 +187,8 @@ class FidelityCache:
 
     Opening checks the settings (a different study is refused with one line, the file untouched);
     `save` writes a temporary file and renames it, so the file on disk is always a whole one.
-    `lock` keeps a second runner off the same file.
+    `commit` merges one network's results into the file as other runners left it; `claim` keeps two
+    runners off the same network.
     """
 
     def __init__(self, path: str | Path, settings: StudySettings | None = None) -> None:
@@ -245,15 +248,43 @@ class FidelityCache:
             raise
 
     def lock(self) -> "_Lock":
+        """The file's write lock (held for a read-merge-write, milliseconds)."""
         return _Lock(self.path.with_name(self.path.name + ".lock"))
+
+    def claim(self, name: str, *, wait: bool) -> "_Lock":
+        """One network's training lock; with ``wait=False`` it is not taken (``held`` False) if another runner has it."""
+        key = hashlib.sha256(name.encode()).hexdigest()[:16]
+        return _Lock(self.path.with_name(f".{self.path.name}.claims") / f"{key}.lock", wait=wait)
+
+    def reload(self) -> None:
+        """Read what other runners have written (the file as it is on disk, if there is one)."""
+        if self.path.exists():
+            data = self._read()
+            if data["settings"] != self.settings:
+                raise ValueError(f"fidelity: cache {str(self.path)!r} was replaced by another study while this "
+                                 "run used it; expected one study per file")
+            self.data = data
+
+    def commit(self, name: str, entry: dict[str, Any] | None = None, proxy: ProxyBudget | None = None,
+               device: str = "cpu", row: dict[str, Any] | None = None) -> None:
+        """Merge a network's entry and/or one proxy row into the file as it is on disk, and save it."""
+        with self.lock():
+            self.reload()
+            if entry is not None:
+                self.networks[name] = entry
+            if row is not None and proxy is not None:
+                self.proxy_results(proxy, device)[name] = row
+            self.save()
 
 
 class _Lock:
-    """An exclusive ``flock`` on a side file for the length of a run; a second runner gets one line."""
+    """An exclusive ``flock`` on a side file; ``held`` says whether it was taken (only ``wait=False`` can fail)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wait: bool = True) -> None:
         self.path = path
+        self.wait = wait
         self.fd: int | None = None
+        self.held = False
 
     def __enter__(self) -> "_Lock":
         try:
@@ -263,17 +294,18 @@ class _Lock:
             raise ValueError(f"fidelity: cannot write the study file's lock {str(self.path)!r} "
                              f"({err.strerror or type(err).__name__}); expected a writable folder") from None
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+            self.held = True
         except BlockingIOError:
-            os.close(self.fd)
-            raise ValueError(f"fidelity: cache {str(self.path.with_suffix(''))!r} is in use by another run; "
-                             "expected one runner per study file") from None
+            pass
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            if self.held:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
+            self.fd, self.held = None, False
 
 
 def _result_row(r: ProxyResult) -> dict[str, Any]:
@@ -300,31 +332,50 @@ Log = Callable[[str], None]
 
 def run_study(cache: FidelityCache, networks: list[ArchConfig], ds: Dataset, proxy: ProxyBudget, *,
               device: str = "cpu", log: Log = print, train: Callable[..., ProxyResult] = train_eval) -> None:
-    """Train what the cache lacks, one network at a time, saving after each; prints one line per network."""
+    """Train what the cache lacks, one network at a time, saving after each; prints one line per network.
+
+    Networks another runner is training are skipped and, once nothing else is left, waited for, so
+    every runner ends with the whole study in its cache.
+    """
     reference = StudySettings(**cache.settings).reference_budget()
     dev = resolve_device(device).type
-    proxies = cache.proxy_results(proxy, dev)
-    with cache.lock():
-        for i, cfg in enumerate(networks, 1):
-            done = cache.networks.get(cfg.name)
-            if done is not None and done.get("arch_id") != cfg.arch_id:
-                raise ValueError(f"fidelity: cache {str(cache.path)!r} has another network named {cfg.name!r}; "
-                                 "expected the networks this version draws (use another --out)")
-            fresh = []
-            if done is None or "reference" not in done:
-                entry = _network_facts(cfg, ds, reference.width_mult)
-                entry["reference"] = _result_row(train(cfg, ds, reference, device=device))
-                cache.networks[cfg.name] = entry
-                fresh.append("reference")
-                cache.save()
-            if cfg.name not in proxies:
-                proxies[cfg.name] = _result_row(train(cfg, ds, proxy, device=device))
-                fresh.append("proxy")
-                cache.save()
-            ref, px = cache.networks[cfg.name]["reference"], proxies[cfg.name]
-            what = "trained " + "+".join(fresh) if fresh else "cached"
-            log(f"[{i}/{len(networks)}] {cfg.name:<18} reference {_acc(ref)} ({ref.get('wall_s', 0):6.0f} s)  "
-                f"proxy {_acc(px)} ({px.get('wall_s', 0):4.0f} s)  {what}")
+    order = {cfg.name: i for i, cfg in enumerate(networks, 1)}
+    pending = list(networks)
+    while pending:
+        busy = []
+        for cfg in pending:
+            with cache.claim(cfg.name, wait=False) as claim:
+                if not claim.held:
+                    busy.append(cfg)
+                    continue
+                _train_network(cache, cfg, ds, proxy, reference, dev, device, train, f"[{order[cfg.name]}/"
+                               f"{len(networks)}]", log)
+        if busy:  # only networks in other runners' hands are left: wait for the first, then look again
+            with cache.claim(busy[0].name, wait=True):
+                pass
+        pending = busy
+
+
+def _train_network(cache: FidelityCache, cfg: ArchConfig, ds: Dataset, proxy: ProxyBudget, reference: ProxyBudget,
+                   dev: str, device: str, train: Callable[..., ProxyResult], tag: str, log: Log) -> None:
+    cache.reload()
+    done = cache.networks.get(cfg.name)
+    if done is not None and done.get("arch_id") != cfg.arch_id:
+        raise ValueError(f"fidelity: cache {str(cache.path)!r} has another network named {cfg.name!r}; "
+                         "expected the networks this version draws (use another --out)")
+    fresh = []
+    if done is None or "reference" not in done:
+        entry = _network_facts(cfg, ds, reference.width_mult)
+        entry["reference"] = _result_row(train(cfg, ds, reference, device=device))
+        cache.commit(cfg.name, entry=entry)
+        fresh.append("reference")
+    if cfg.name not in cache.proxy_results(proxy, dev):
+        cache.commit(cfg.name, proxy=proxy, device=dev, row=_result_row(train(cfg, ds, proxy, device=device)))
+        fresh.append("proxy")
+    ref, px = cache.networks[cfg.name]["reference"], cache.proxy_results(proxy, dev)[cfg.name]
+    what = "trained " + "+".join(fresh) if fresh else "cached"
+    log(f"{tag} {cfg.name:<18} reference {_acc(ref)} ({ref.get('wall_s', 0):6.0f} s)  "
+        f"proxy {_acc(px)} ({px.get('wall_s', 0):4.0f} s)  {what}")
 
 
 def _acc(row: Mapping[str, Any]) -> str:
