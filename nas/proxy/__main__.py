@@ -23,6 +23,7 @@ import torch
 
 from ..cli import ArgumentParser, run
 from ..data import load_dataset
+from ..export.files import write_atomic
 from ..latency.devices import resolve_device
 from ..space import load_space
 from .fidelity import FidelityCache, StudySettings, default_cache_path, reference_budget, run_study, study_networks
@@ -113,14 +114,12 @@ def fidelity(args: argparse.Namespace) -> int:
         run_study(cache, networks, ds, proxy, device=args.device, log=lambda line: print(line, flush=True))
     report = fidelity_report(cache, proxy, device, resamples=args.resamples, seed=args.seed)
     out = Path(args.report) if args.report else path.with_name(path.name.removesuffix(".json") + ".report.json")
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(report, indent=1, allow_nan=False))
-        tmp.replace(out)
     except OSError as err:
         raise ValueError(f"report: cannot write {str(out)!r} ({err.strerror or type(err).__name__}); "
                          "expected a writable path (the study file is kept)") from None
+    write_atomic(out, json.dumps(report, indent=1, allow_nan=False).encode(), force=True)  # runners may race here
     print(format_report(report))
     print(f"report {out}")
     return 0

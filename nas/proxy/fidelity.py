@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -31,6 +30,7 @@ from ..config import ArchConfig
 from ..cost import analyze
 from ..data import Dataset
 from ..errors import failure_reason
+from ..export.files import write_atomic
 from ..latency.devices import resolve_device
 from ..model import build_model
 from ..paths import runs_dir
@@ -235,17 +235,7 @@ class FidelityCache:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(_finite(self.data), indent=1, allow_nan=False)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, json.dumps(_finite(self.data), indent=1, allow_nan=False).encode(), force=True)
 
     def lock(self) -> "_Lock":
         """The file's write lock (held for a read-merge-write, milliseconds)."""
