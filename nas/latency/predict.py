@@ -30,7 +30,7 @@ from ..errors import check_choice, check_int
 from ..resolution import Resolution, canonical_resolution
 from .devices import PRECISIONS
 from .fit import fit_profile
-from .kernels import RUNTIMES, Table, concat, evaluate, kernels_of, prepare, profile_parameters, table
+from .kernels import RUNTIMES, Table, concat, evaluate, kernel_table, kernels_of, prepare, profile_parameters
 from .profiles import DeviceProfile, check_profile, resolve_profile, save_profile
 from .result import LatencyResult
 
@@ -91,11 +91,11 @@ def warm_tables(configs: Sequence[ArchConfig], resolution: Resolution = 224, bat
     return len(_tables(list(reversed(configs)), resolution, batch, precision, deploy, runtime)[0])
 
 
-#: an architecture's kernel table is small (~7 KB for 70 kernels) and costs an `analyze` to build:
+#: an architecture's kernel table is small (~7 KB for 70 kernels) and costs a cost trace to build:
 #: this many keep a 5,000-trial study's tables at two input shapes
 @lru_cache(maxsize=12_288)
 def _table(config: ArchConfig, resolution: int | str, batch: int, precision: str, deploy: bool, runtime: str) -> Table:
-    return table([kernels_of(config, resolution, batch, precision, deploy, runtime)])
+    return kernel_table(config, resolution, batch, precision, deploy, runtime)
 
 
 def predict(config: ArchConfig, device: str | DeviceProfile = "cpu", resolution: Resolution = 224, batch: int = 1,
