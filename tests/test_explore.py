@@ -710,7 +710,7 @@ def test_a_warm_up_makes_a_device_switch_a_lookup(tmp_path, monkeypatch):
     assert thread is not None
     thread.join(timeout=120)
     assert not thread.is_alive() and P.warm_up(df) is None  # nothing left to warm
-    monkeypatch.setattr(predict_module, "kernels_of", lambda *a, **k: pytest.fail("a kernel table was rebuilt"))
+    monkeypatch.setattr(predict_module, "kernel_rows", lambda *a, **k: pytest.fail("a kernel table was rebuilt"))
     lat, src = A.latency_column(df, "predicted", "l4")
     done = (df["state"] == "COMPLETE") | df["baseline"]
     assert lat[done].notna().all() and lat[done].gt(0).all()

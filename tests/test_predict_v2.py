@@ -44,7 +44,7 @@ def test_many_predictions_at_once_equal_one_at_a_time_and_reuse_warm_tables(monk
         predict_many(configs, resolve_profile("t4"), precision="fp8")
     # once warmed, a prediction for another device builds nothing: no cost trace is run
     assert warm_tables(configs, "40x72") == len(configs)
-    monkeypatch.setattr(predict_module, "kernel_table", lambda *a, **k: pytest.fail("a kernel table was rebuilt"))
+    monkeypatch.setattr(predict_module, "kernel_rows", lambda *a, **k: pytest.fail("a kernel table was rebuilt"))
     assert np.isfinite(predict_many(configs, resolve_profile("l4"), "40x72")).all()
     with pytest.raises(pytest.fail.Exception, match="rebuilt"):  # the patch above is where tables are built
         predict_many(configs, resolve_profile("l4"), "40x80")
@@ -75,10 +75,10 @@ def _sample_configs() -> list:
     return configs + [random_config(rng) for _ in range(4)]
 
 
-def test_kernel_tables_traced_straight_into_rows_predict_bit_identically():
-    """`kernel_table` (the fast path `predict` and `predict_many` take) is exactly the table of `kernels_of`'s
+def test_kernel_rows_traced_straight_from_the_tracer_predict_bit_identically():
+    """`kernel_rows` (the fast path `predict` and `predict_many` take) make exactly the table of `kernels_of`'s
     Kernel objects, so every prediction is the number `kernels_ms` gives for those kernels, to the last bit."""
-    from nas.latency.kernels import kernel_table, table
+    from nas.latency.kernels import kernel_rows, rows_table, table
 
     configs = _sample_configs()
     assert len({c.arch_id for c in configs}) == len(configs) > 20
@@ -86,11 +86,11 @@ def test_kernel_tables_traced_straight_into_rows_predict_bit_identically():
     for size in (224, "1080x1920"):
         for precision, deploy, runtime in (("fp32", False, "pytorch"), ("fp16", True, "tensorrt"), ("bf16", True, "pytorch")):
             shape = (size, 1, precision, deploy, runtime)
-            for c in configs:
-                fast, slow = kernel_table(c, *shape), table([kernels_of(c, *shape)])
-                for f in dataclasses.fields(fast):
-                    a, b = getattr(fast, f.name), getattr(slow, f.name)
-                    assert a.dtype == b.dtype and np.array_equal(a, b), (c.name, shape, f.name)
+            fast = rows_table([kernel_rows(c, *shape) for c in configs], precision, runtime)
+            slow = table([kernels_of(c, *shape) for c in configs])
+            for f in dataclasses.fields(fast):
+                a, b = getattr(fast, f.name), getattr(slow, f.name)
+                assert a.dtype == b.dtype and np.array_equal(a, b), (shape, f.name)
             for profile in profiles:
                 reference = [kernels_ms(kernels_of(c, *shape), profile) for c in configs]
                 assert [predict_ms(c, profile, *shape) for c in configs] == reference

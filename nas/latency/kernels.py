@@ -53,8 +53,8 @@ from .devices import PRECISIONS, bytes_per_element
 if TYPE_CHECKING:
     from .profiles import DeviceProfile
 
-__all__ = ["KERNEL_CLASSES", "RUNTIMES", "Kernel", "Runtime", "conv_kernel", "kernel_table", "kernels_ms",
-           "kernels_of", "linear_kernel", "memory_kernel", "prepare", "prepare_samples", "table"]
+__all__ = ["KERNEL_CLASSES", "RUNTIMES", "Kernel", "Runtime", "conv_kernel", "kernel_rows", "kernels_ms", "kernels_of",
+           "linear_kernel", "memory_kernel", "prepare", "prepare_samples", "rows_table", "table"]
 
 KERNEL_CLASSES: tuple[str, ...] = ("conv3x3", "conv1x1", "conv_strided", "dwconv", "linear", "memory")
 _CLASS_INDEX = {c: i for i, c in enumerate(KERNEL_CLASSES)}
@@ -283,26 +283,25 @@ class _RowTracer(Tracer):
             self.rows.append(_fields(kind, x, y, macs, groups, traffic * self.bytes_per_element, kernel, stride))
 
 
-def kernel_table(config: ArchConfig, resolution: Resolution = 224, batch: int = 1, precision: str = "fp32",
-                 deploy: bool = False, runtime: str = "pytorch") -> Table:
-    """``table([kernels_of(...)])``, traced straight into table rows: no `LayerCost` or `Kernel` object per op,
-    the cheap way to the tables of thousands of configs (`nas.latency.predict_many`)."""
+def kernel_rows(config: ArchConfig, resolution: Resolution = 224, batch: int = 1, precision: str = "fp32",
+                deploy: bool = False, runtime: str = "pytorch") -> np.ndarray:
+    """The kernels of `kernels_of` as one float array, a row each (class index, flops, bytes, pixels, cin, cout,
+    kernel size, groups, elements), traced straight into rows: no `LayerCost` or `Kernel` object per op, the
+    cheap way to the kernels of thousands of configs. `rows_table` makes a `Table` of such arrays."""
     _check(precision, runtime)
     bpe = bytes_per_element(precision)
     h, w = checked_input(config, resolution, batch, bpe)
     rows = trace(config, h, w, _RowTracer(batch, bpe, _dropped(deploy, runtime))).rows
-    n = len(rows)
-    return _from_rows(np.array(rows, float).reshape(n, 9), np.full(n, _PRECISION_INDEX[precision]),
-                      np.full(n, _RUNTIME_INDEX[runtime]), np.zeros(n, int))
+    return np.array(rows, float).reshape(len(rows), 9)
 
 
-def concat(tables: Sequence[Table]) -> Table:
-    """One `Table` of several single-sample tables, sample ``i`` being ``tables[i]``."""
-    if not tables:
-        return table([])
-    cat = {f.name: np.concatenate([getattr(t, f.name) for t in tables]) for f in dataclasses.fields(Table)}
-    cat["owner"] = np.repeat(np.arange(len(tables)), [len(t) for t in tables])
-    return Table(**cat)
+def rows_table(rows: Sequence[np.ndarray], precision: str = "fp32", runtime: str = "pytorch") -> Table:
+    """One `Table` of several configs' `kernel_rows` (each at ``precision`` under ``runtime``), ``rows[i]`` owned by ``i``."""
+    _check(precision, runtime)
+    a = np.concatenate(rows) if len(rows) else np.empty((0, 9))
+    n = len(a)
+    return _from_rows(a, np.full(n, _PRECISION_INDEX[precision]), np.full(n, _RUNTIME_INDEX[runtime]),
+                      np.repeat(np.arange(len(rows)), [len(r) for r in rows]))
 
 
 def _pad(x: np.ndarray, block: np.ndarray | int) -> np.ndarray:
