@@ -679,7 +679,7 @@ def test_latency_progress_is_reported(frame):
 # -- which profile a prediction comes from ------------------------------------------------------------
 
 
-def test_cpu_predictions_are_calibrated_on_the_studys_measurements(tmp_path):
+def test_cpu_predictions_are_calibrated_on_the_studys_measurements(tmp_path, steady_cpu):
     url = f"sqlite:///{tmp_path / 'cpu.db'}"
     make_measured_study(url, disturbed=3)
     df = D.records_frame(D.load_records(url, ["cpu"]))
