@@ -698,27 +698,31 @@ def test_cpu_predictions_are_calibrated_on_the_studys_measurements(tmp_path, ste
     assert src[0] == f"predicted for cpu ({fitted.short})"
 
 
-def test_a_warm_up_makes_a_device_switch_a_lookup(tmp_path, monkeypatch):
-    """After `warm_up` (a forked child process builds the kernel rows), predicting every row for a device never
-    seen builds nothing here, and the rows that came through the pipe are those built here, bit for bit."""
+@pytest.mark.parametrize("forks", [True, False])
+def test_a_warm_up_makes_a_device_switch_a_lookup(tmp_path, monkeypatch, forks):
+    """After `warm_up` (a forked child process builds the kernel rows, or a thread where none can be forked),
+    predicting every row for a device never seen builds nothing more, and the rows that came through the pipe are
+    those built here, bit for bit."""
     url = f"sqlite:///{tmp_path / 's.db'}"
     make_study(url)
     df = D.records_frame(D.load_records(url, ["fixture"]))
     for earlier in P._WARMING:  # an app test's warm-up may still run
         earlier.join(timeout=120)
+    if forks and not W.FORKS:
+        pytest.skip("forks a child process (Linux only)")
+    monkeypatch.setattr(W, "FORKS", forks)
     monkeypatch.setattr(W, "_KEPT", {})
     monkeypatch.setattr(P, "_MEMO", {})
     built_here = []
     build = W._build
     monkeypatch.setattr(W, "_build", lambda c, shape: built_here.append(c) or build(c, shape))
-    thread = P.warm_up(df, thread=False)  # a child process or nothing: never a thread
-    if not W.sys.platform.startswith("linux"):
-        assert thread is None
-        return
+    assert P.warm_up(df, in_thread=W.FORKS) is None  # the call for the other kind of platform does nothing
+    thread = P.warm_up(df, in_thread=not W.FORKS)
     thread.join(timeout=120)
-    assert not thread.is_alive() and P.warm_up(df) is None  # nothing left to warm
-    assert built_here == []  # the child built them (its calls are counted in its own memory)
+    assert not thread.is_alive() and P.warm_up(df, in_thread=not W.FORKS) is None  # nothing left to warm
     done = (df["state"] == "COMPLETE") | df["baseline"]
+    # a child's builds are counted in its own memory: none here; a thread's are all here
+    assert (built_here == []) if forks else (sorted(built_here) == sorted(set(df.loc[done, "config"])))
     shape = (RES, 1, "fp32")
     assert sorted(c for c, s in W._KEPT if s == shape) == sorted(set(df.loc[done, "config"]))
     for (c, s), rows in W._KEPT.items():
@@ -745,12 +749,12 @@ def _jobs(n: int = 6) -> list:
             (small + [resnet], (16, 1, "fp16"))]
 
 
-@pytest.mark.skipif(not W.sys.platform.startswith("linux"), reason="forks a child process (Linux only)")
+@pytest.mark.skipif(not W.FORKS, reason="forks a child process (Linux only)")
 def test_the_warm_up_child_sends_every_row_and_none_for_what_has_none(monkeypatch):
     monkeypatch.setattr(W, "_KEPT", {})
     monkeypatch.setattr(W, "FRAME", 3)  # several messages per job
     jobs = _jobs()
-    thread = W.warm(jobs, thread=False)
+    thread = W.warm(jobs)
     thread.join(timeout=120)
     assert not thread.is_alive()
     for configs, shape in jobs:
@@ -765,7 +769,7 @@ def test_the_warm_up_child_sends_every_row_and_none_for_what_has_none(monkeypatc
     assert all(r is not None for r in W.rows_for(small, (16, 1, "fp16")))
 
 
-@pytest.mark.skipif(not W.sys.platform.startswith("linux"), reason="forks a child process (Linux only)")
+@pytest.mark.skipif(not W.FORKS, reason="forks a child process (Linux only)")
 @pytest.mark.parametrize("fault", ["dies", "silent", "cut off"])
 def test_a_warm_up_child_that_fails_costs_nothing_but_its_rows(monkeypatch, fault):
     """A child that dies, falls silent or stops mid-message is reaped (or stopped) and what it did not send is built
@@ -788,7 +792,7 @@ def test_a_warm_up_child_that_fails_costs_nothing_but_its_rows(monkeypatch, faul
     monkeypatch.setattr(W, "SILENCE_S", 0.5)
     jobs = _jobs()
     started = time.monotonic()
-    thread = W.warm(jobs, thread=False)
+    thread = W.warm(jobs)
     thread.join(timeout=30)
     assert not thread.is_alive() and time.monotonic() - started < 20  # the silent child is not waited for
     with pytest.raises(ChildProcessError):  # reaped: no zombie left behind, and no child still running

@@ -179,25 +179,26 @@ def predict_rows(configs: Sequence[str], pred: Predictor, resolution: Resolution
     return np.array([_MEMO[k] for k in keys], float)
 
 
-def warm_up(df: pd.DataFrame, thread: bool = True) -> threading.Thread | None:
-    """Build the kernel rows a prediction of ``df``'s rows for any device needs, in the background
-    (`nas.explore.warm`: a forked child process; with ``thread``, a background thread where none can be forked).
+def warm_up(df: pd.DataFrame, in_thread: bool = False) -> threading.Thread | None:
+    """Build the kernel rows a prediction of ``df``'s rows for any device needs, in the background (`nas.explore.warm`).
 
     A first switch to another device then costs a vectorised evaluation instead of a parse and a
-    cost trace per architecture (~0.25 ms each: over a second for a 5,000-trial study). A child
-    process works beside the page as it is drawn; a thread would slow the drawing, so call with
-    ``thread=False`` before the page is drawn and again after it. Returns the thread that ends once
-    the rows are kept; None when a warm-up is still running or nothing is left to build.
+    cost trace per architecture (~0.25 ms each: over a second for a 5,000-trial study). Where a
+    child process can be forked (`warm.FORKS`) the call with ``in_thread`` false starts one: make it
+    before the page is drawn, the child works beside it. Elsewhere the call with ``in_thread`` true
+    starts a thread: make it after the page is drawn, a thread would slow the drawing. The other call
+    does nothing, as does any while a warm-up runs or when nothing is left to build; else returns the
+    thread that ends once the rows are kept.
     """
-    if (_WARMING and _WARMING[-1].is_alive()) or df.empty:
+    if in_thread != (not W.FORKS) or (_WARMING and _WARMING[-1].is_alive()) or df.empty:
         return None
     rows = df[((df["state"] == "COMPLETE") | df["baseline"]) & (df["config"] != "")]
     jobs = []
     for (r, b, p), g in rows.groupby(["resolution", "batch", "precision"], sort=False):
         shape = (canonical_resolution(r), int(b), str(p))
-        configs = list(dict.fromkeys(g["config"]))  # in the order `latency_column` predicts them
+        configs = list(dict.fromkeys(g["config"].tolist()))  # in the order `latency_column` predicts them
         jobs.append(([c for c, done in zip(configs, W.kept(configs, shape)) if not done], shape))
-    started = W.warm(jobs, thread)
+    started = W.warm(jobs)
     if started is not None:
         _WARMING[:] = [started]
     return started

@@ -4,9 +4,10 @@ Predicting every trial for a device is one vectorised evaluation (`nas.latency.p
 once each config's kernel rows exist; building them costs a JSON parse and a cost trace per config,
 Python work that holds the interpreter lock, so a background thread only moves it around. `warm`
 therefore forks a child process that builds them on another core while the page is drawn and sends
-them back through a pipe as plain arrays; a reader thread keeps them. A device switch right after
-the page opens then finds them ready. Where no child can be forked (outside Linux) a background
-thread does the same work. `rows_for` returns the kept rows and builds any missing one itself, so
+them back through a pipe as plain arrays; a reader thread keeps them. The child runs at the lowest
+priority, on a spare core: a device switch right after the page opens finds the rows ready on an
+otherwise quiet machine, and on a busy one the page is drawn first. Where no child can be forked
+(outside Linux) a background thread does the same work. `rows_for` returns the kept rows and builds any missing one itself, so
 nothing waits on the child: a child that fails or falls silent for `SILENCE_S` is stopped, and its
 work is done here when needed.
 """
@@ -24,13 +25,15 @@ from typing import Sequence
 
 import numpy as np
 
+from ..config import ArchConfig
 from ..latency import kernel_rows
 from ..resolution import Resolution
 
-__all__ = ["FRAME", "MAX_KEPT", "SILENCE_S", "Shape", "kept", "rows_for", "warm"]
+__all__ = ["FORKS", "FRAME", "MAX_KEPT", "SILENCE_S", "Shape", "kept", "rows_for", "warm"]
 
 Shape = tuple[Resolution, int, str]  # canonical input size, batch, precision (eager PyTorch, not deployed)
 
+FORKS = sys.platform.startswith("linux")  # a child process is forked here (elsewhere fork is missing or unsafe)
 MAX_KEPT = 20_000  # rows of this many (config, shape) pairs are kept (~4 KB each): 10,000 trials at two shapes
 FRAME = 200  # configs per message from the child
 SILENCE_S = 60.0  # a child that sends nothing for this long is stopped
@@ -41,10 +44,9 @@ _FLOAT = np.dtype(np.float64)
 
 
 def _build(config_json: str, shape: Shape) -> np.ndarray | None:
-    from .analysis import arch_config
-
-    try:
-        rows = kernel_rows(arch_config(config_json), *shape)
+    try:  # parsed afresh, not through analysis.arch_config's cache: thousands of configs kept alive would make
+        # each full garbage collection longer and more frequent, for a parse needed once
+        rows = kernel_rows(ArchConfig.from_json(config_json), *shape)
     except ValueError:  # a config this version cannot read, an input the network cannot take, a bad precision
         return None
     rows.flags.writeable = False  # shared by every later prediction
@@ -75,15 +77,16 @@ def rows_for(configs: Sequence[str], shape: Shape) -> list[np.ndarray | None]:
     return out
 
 
-def warm(jobs: Sequence[tuple[Sequence[str], Shape]], thread: bool = True) -> threading.Thread | None:
+def warm(jobs: Sequence[tuple[Sequence[str], Shape]]) -> threading.Thread | None:
     """Build and keep the rows of each job's configs in the background, last config first (a `rows_for` going
-    forwards meets the work instead of repeating it): in a forked child process or, where none can be forked and
-    ``thread`` is true, in a thread. Returns the thread that ends once all is kept; None if nothing started."""
+    forwards meets the work instead of repeating it): in a forked child process where `FORKS`, else in a thread.
+    Returns the thread that ends once all is kept; None if nothing is left to build or no child could be forked."""
     jobs = [(list(configs), shape) for configs, shape in jobs if len(configs)]
     if not jobs:
         return None
-    started = _fork(jobs) if sys.platform.startswith("linux") else None
-    if started is None and thread:
+    if FORKS:
+        started = _fork(jobs)
+    else:
         started = threading.Thread(target=_build_all, args=(jobs,), name="nas-explore-warm-up", daemon=True)
     if started is not None:
         started.start()
@@ -122,7 +125,7 @@ def _child(jobs: list[tuple[list[str], Shape]], fd: int) -> None:
         gc.freeze()  # the collector would walk (and so copy) every object inherited from the parent
         for sig in (signal.SIGINT, signal.SIGTERM):  # the server's handlers would act in the child too
             signal.signal(sig, signal.SIG_DFL)
-        os.setsid()  # its own session: where the kernel shares CPU per session (autogroup), not the page's share
+        os.nice(19)  # a spare core, never the page's: on a busy machine the page is drawn first
         for j, (configs, shape) in enumerate(jobs):
             order = range(len(configs) - 1, -1, -1)
             for start in range(0, len(configs), FRAME):
