@@ -7,9 +7,9 @@ therefore forks a child process that builds them on another core while the page 
 them back through a pipe as plain arrays; a reader thread keeps them. The child runs at the lowest
 priority, on a spare core: a device switch right after the page opens finds the rows ready on an
 otherwise quiet machine, and on a busy one the page is drawn first. Where no child can be forked
-(outside Linux) a background thread does the same work. `rows_for` returns the kept rows and builds any missing one itself, so
-nothing waits on the child: a child that fails or falls silent for `SILENCE_S` is stopped, and its
-work is done here when needed.
+(outside Linux) a background thread does the same work. `rows_for` returns the kept rows and
+builds any missing one itself, so nothing waits on the child: a child that dies, stops mid-message
+or falls silent for `SILENCE_S` is stopped and reaped, and its work is done here when needed.
 """
 
 from __future__ import annotations
@@ -55,7 +55,10 @@ def _build(config_json: str, shape: Shape) -> np.ndarray | None:
 
 def _keep(key: tuple[str, Shape], rows: np.ndarray | None) -> None:
     while len(_KEPT) >= MAX_KEPT:  # oldest first
-        _KEPT.pop(next(iter(_KEPT)), None)
+        try:
+            _KEPT.pop(next(iter(_KEPT)), None)
+        except (StopIteration, RuntimeError):  # emptied, or changed by the other thread meanwhile
+            break
     _KEPT[key] = rows
 
 
