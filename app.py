@@ -502,6 +502,7 @@ def main() -> None:
         st.info(f"These studies use different accuracy proxies ({', '.join(by_proxy)}), which share no axis: showing "
                 f"{proxy}" + (f"; not shown: {', '.join(hidden)}" if hidden else "") + " (pick another in the sidebar).")
         df = df[df["study"].isin(by_proxy[proxy])]
+    P.warm_up(df)  # kernel rows for a device switch, built by a child process while the page is drawn
     proxies = D.accuracy_proxies(df)
     train = all(p == "train" for p in proxies)
     acc_label = "proxy accuracy" if train else f"score ({', '.join(proxies) or 'accuracy'})"
@@ -598,7 +599,7 @@ def main() -> None:
         tradeoff_view(df, lat, latency_label, acc_label, error_label, metric)
     else:
         compare_view(df, lat, src)
-    P.warm_up(df)  # after the page is drawn: the next device switch then costs milliseconds
+    P.warm_up(df, in_thread=True)  # where no child process can be forked: a thread, now that the page is drawn
 
 
 main()

@@ -1,6 +1,6 @@
 """The explorer as a user drives it, timed: first render and each interaction on a large study.
 
-    python benchmarks/bench_app.py [--trials 5000] [--baseline REV] [--rounds 2]
+    python benchmarks/bench_app.py [--trials 5000] [--baseline REV] [--rounds 2] [--tables]
 
 A synthetic study (`nas.explore.synthetic`: real architectures and costs, made-up accuracies)
 is bulk-written to a temporary SQLite storage. Then, in a fresh process per run, streamlit's
@@ -14,6 +14,10 @@ starts, are timed apart.
 run and alternating with this tree, so the two columns saw the same machine load. Prints
 seconds and ratios; asserts nothing about time (CPU figures on a shared, noisy machine).
 AppTest times the server side (the script run); the browser's drawing comes on top.
+
+``--tables`` times instead what a first prediction of the study costs per architecture, in a
+fresh process per run: parsing its stored config and building its kernel table (the version's
+`nas.latency.warm_tables` on the parsed configs, caches empty), in milliseconds.
 """
 
 from __future__ import annotations
@@ -96,9 +100,28 @@ def _worker(root: Path, url: str) -> dict[str, float | str]:
     return out
 
 
-def _run_worker(root: Path, url: str, runs: Path) -> dict[str, float | str]:
+def _tables_worker(root: Path, stored: Path) -> dict[str, float]:
+    """Milliseconds per architecture to parse a stored config and to build its kernel table, with ``root``'s code."""
+    sys.path.insert(0, str(root))
+    from nas.config import ArchConfig
+    from nas.latency import warm_tables
+
+    data = json.loads(stored.read_text())
+    configs, n = data["configs"], len(data["configs"])
+    t0 = time.perf_counter()
+    parsed = [ArchConfig.from_json(c) for c in configs]
+    t1 = time.perf_counter()
+    built = warm_tables(parsed, data["resolution"])
+    t2 = time.perf_counter()
+    if built != n:
+        raise SystemExit(f"bench_app: {built} of {n} kernel tables built")
+    return {"parse a stored config (ms)": 1e3 * (t1 - t0) / n, "build its kernel table (ms)": 1e3 * (t2 - t1) / n}
+
+
+def _run_worker(root: Path, url: str, runs: Path, tables: Path | None = None) -> dict[str, float | str]:
     env = {**os.environ, "HARDNAS_RUNS": str(runs), "PYTHONPATH": str(root)}
-    proc = subprocess.run([sys.executable, __file__, "--worker", str(root), "--url", url], env=env, cwd=runs,
+    extra = ["--tables-from", str(tables)] if tables else []
+    proc = subprocess.run([sys.executable, __file__, "--worker", str(root), "--url", url, *extra], env=env, cwd=runs,
                           capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -117,11 +140,11 @@ def _checkout(rev: str, into: Path) -> Path:
     return into
 
 
-def _cell(values: list) -> str:
+def _cell(values: list, unit: str = " s") -> str:
     nums = [v for v in values if isinstance(v, float)]
     if not nums:
         return str(values[0]) if values else "–"
-    return f"{statistics.median(nums):.2f} s" + (f" ({min(nums):.2f}–{max(nums):.2f})" if len(nums) > 1 else "")
+    return f"{statistics.median(nums):.2f}{unit}" + (f" ({min(nums):.2f}–{max(nums):.2f})" if len(nums) > 1 else "")
 
 
 def main() -> None:
@@ -129,11 +152,14 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=5000)
     p.add_argument("--baseline", default=None, help="git revision to time side by side with this tree")
     p.add_argument("--rounds", type=int, default=2, help="runs per version (alternating)")
+    p.add_argument("--tables", action="store_true", help="time parsing configs and building kernel tables instead")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--url", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--tables-from", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(_worker(Path(args.worker), args.url)))
+        root = Path(args.worker)
+        print(json.dumps(_tables_worker(root, Path(args.tables_from)) if args.tables_from else _worker(root, args.url)))
         return
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_app_"))
@@ -146,6 +172,15 @@ def main() -> None:
     synthetic_study(url, "bench", args.trials, seed=args.trials, budget_ms=0.6, bulk=True)
     print(f"bench_app: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {args.trials:,} trials written "
           f"in {time.perf_counter() - t0:.1f} s to {url}", flush=True)
+    stored, count = None, f"{args.trials:,} trials"
+    if args.tables:
+        import optuna
+
+        study = optuna.load_study(study_name="bench", storage=url)
+        stored = tmp / "configs.json"
+        stored.write_text(json.dumps({"resolution": study.user_attrs["settings"]["resolution"],
+                                      "configs": sorted({t.user_attrs["config"] for t in study.trials})}))
+        count = f"{len(json.loads(stored.read_text())['configs']):,} architectures of {args.trials:,} trials"
     versions = {"this tree": ROOT}
     if args.baseline:
         versions = {f"baseline {args.baseline}": _checkout(args.baseline, tmp / "baseline"), **versions}
@@ -154,17 +189,19 @@ def main() -> None:
         for name, root in versions.items():
             runs = tmp / f"runs-{len(results[name])}-{abs(hash(name)) % 1000}"
             runs.mkdir()
-            got = _run_worker(root, url, runs)
+            got = _run_worker(root, url, runs, stored)
             results[name].append(got)
-            print(f"  round {r + 1}, {name}: first render {_cell([got.get('first render')])}", flush=True)
+            first = next(iter(got)) if args.tables else "first render"
+            print(f"  round {r + 1}, {name}: {first} {_cell([got.get(first)], '' if args.tables else ' s')}", flush=True)
 
-    labels = ["library imports", *STEPS]
+    labels = list(next(iter(results.values()))[0]) if args.tables else ["library imports", *STEPS]
+    unit = "" if args.tables else " s"
     names = list(versions)
-    print(f"\n{args.trials:,} trials, load average now {os.getloadavg()[0]:.1f} (median of {args.rounds}, range)\n")
+    print(f"\n{count}, load average now {os.getloadavg()[0]:.1f} (median of {args.rounds}, range)\n")
     print("| step | " + " | ".join(names) + (" | ratio |" if len(names) == 2 else " |"))
     print("|---" * (len(names) + 1 + (len(names) == 2)) + "|")
     for label in labels:
-        cells = [_cell([run.get(label, "–") for run in results[n]]) for n in names]
+        cells = [_cell([run.get(label, "–") for run in results[n]], unit) for n in names]
         ratio = ""
         if len(names) == 2:
             a, b = ([run.get(label) for run in results[n]] for n in names)

@@ -108,14 +108,14 @@ def timing() -> dict[str, float]:
     """Wall ms of one `predict` on this CPU: cold (caches emptied) and warm, fastest of a few repeats."""
     from nas.latency import predict
     from nas.latency.kernels import _kernels
-    from nas.latency.predict import _table
+    from nas.latency.predict import _rows
 
     cfg = nas.get_config("hardnet68")
     cold, warm = [], []
     for _ in range(7):
         analyze.cache_clear()
         _kernels.cache_clear()
-        _table.cache_clear()
+        _rows.cache_clear()
         t0 = time.perf_counter()
         predict(cfg, "gtx1080", 1024)
         cold.append(time.perf_counter() - t0)

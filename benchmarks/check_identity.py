@@ -6,8 +6,9 @@
 For each of ``--configs`` configs from `nas.sampling.random_config` (seeds 0..n-1) it records the
 state_dict keys and shapes of `nas.build_model`, the model's output on a fixed input with the
 weights a fixed seed initialises (eval mode), every record of `nas.analyze` (the fields any
-version has) and the roofline `nas.latency.predict_ms` for two precisions. ``save`` writes that
-to FILE (a pickle of plain data: run it on the old code); ``compare`` recomputes it and prints
+version has) and `nas.latency.predict_ms` on the packaged V100 profile (this CPU's would be measured
+afresh) for two precisions, eager and deployed. ``save`` writes that to FILE (a pickle of plain
+data: run it on the old code); ``compare`` recomputes it and prints
 how many configs differ, exiting 1 if any does. Outputs must be bit-identical.
 """
 
@@ -37,7 +38,7 @@ def fingerprint(seed: int) -> dict:
     from nas.latency.predict import predict_ms
     from nas.latency.profiles import resolve_profile
 
-    profile = resolve_profile("cpu")
+    profile = resolve_profile("v100")  # packaged: this CPU's profile is measured afresh unless one is saved
     report = nas.analyze(cfg, res)
     return {
         "arch_id": cfg.arch_id,

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -380,7 +381,7 @@ class ArchConfig:
         """
         if not isinstance(data, Mapping):
             fail("config", type(data).__name__, "a mapping with keys stem, stages, head")
-        _reject_unknown("", data, {f.name for f in fields(cls)})
+        _reject_unknown("", data, _field_names(cls))
         stem = _build(StemConfig, "stem", data.get("stem", {}))
         raw_stages = data.get("stages")
         if not isinstance(raw_stages, list) or not raw_stages:
@@ -456,7 +457,12 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def _reject_unknown(prefix: str, data: Mapping[str, Any], known: set[str]) -> None:
+@cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
+def _reject_unknown(prefix: str, data: Mapping[str, Any], known: frozenset[str]) -> None:
     for key in data:
         if key not in known:
             fail(f"{prefix}{key}", data[key], f"no such key; known keys: {', '.join(sorted(known))}")
@@ -465,7 +471,7 @@ def _reject_unknown(prefix: str, data: Mapping[str, Any], known: set[str]) -> No
 def _build(cls: type, prefix: str, raw: Any) -> Any:
     if not isinstance(raw, Mapping):
         fail(prefix, raw, "a mapping")
-    _reject_unknown(f"{prefix}.", raw, {f.name for f in fields(cls)})
+    _reject_unknown(f"{prefix}.", raw, _field_names(cls))
     try:
         return cls(**raw)
     except ValueError as err:

@@ -23,7 +23,7 @@ from .resolution import Resolution, canonical_resolution, parse_resolution
 from .stems import stem_cost
 from .tracer import LayerCost, Tracer
 
-__all__ = ["CostReport", "StageCost", "analyze", "thop_profile"]
+__all__ = ["CostReport", "StageCost", "analyze", "checked_input", "thop_profile", "trace"]
 
 
 @dataclass(frozen=True)
@@ -122,24 +122,35 @@ def analyze(config: ArchConfig, resolution: Resolution = 224, batch: int = 1, by
     batch or bytes per element is not a positive integer. Results are cached per arguments
     (``analyze.cache_clear()`` empties the cache).
     """
-    # validated before the cache: lru_cache would fail on an unhashable argument with a bare TypeError
+    return _analyze(config, *checked_input(config, resolution, batch, bytes_per_element), batch, bytes_per_element)
+
+
+def checked_input(config: ArchConfig, resolution: Resolution, batch: int = 1, bytes_per_element: int = 4) -> tuple[int, int]:
+    """The input's ``(height, width)`` if `analyze` (or `trace`) takes these arguments; else a one-line `ValueError`."""
+    # validated before any cache: lru_cache would fail on an unhashable argument with a bare TypeError
     if not isinstance(config, ArchConfig):
         hint = " (ArchConfig.from_dict builds one from a dict)" if isinstance(config, Mapping) else ""
         raise ValueError(f"config: {type(config).__name__} is not allowed; expected an ArchConfig{hint}")
     h, w = config.check_resolution(resolution)
     check_int("batch", batch)
     check_int("bytes_per_element", bytes_per_element)
-    return _analyze(config, h, w, batch, bytes_per_element)
+    return h, w
+
+
+def trace(config: ArchConfig, h: int, w: int, tracer: Tracer) -> Tracer:
+    """Report every op of ``config`` on a ``tracer.batch x in_channels x h x w`` input to ``tracer``, in network
+    order (``h``, ``w`` as `ArchConfig.check_resolution` returns them); returns ``tracer``."""
+    x = (tracer.batch, config.in_channels, h, w)
+    x = stem_cost(tracer, config.stem, x)
+    for i, stage in enumerate(config.stages):
+        x = stage_cost(tracer, f"stages.{i}", stage, x)
+    ClassifierHead.cost(tracer, "head", x, x[1], config.head.num_classes, config.head.dropout)
+    return tracer
 
 
 @lru_cache(maxsize=2048)
 def _analyze(config: ArchConfig, h: int, w: int, batch: int, bytes_per_element: int) -> CostReport:
-    t = Tracer(batch, bytes_per_element)
-    x = (batch, config.in_channels, h, w)
-    x = stem_cost(t, config.stem, x)
-    for i, stage in enumerate(config.stages):
-        x = stage_cost(t, f"stages.{i}", stage, x)
-    ClassifierHead.cost(t, "head", x, x[1], config.head.num_classes, config.head.dropout)
+    t = trace(config, h, w, Tracer(batch, bytes_per_element))
     return CostReport(config.arch_id, canonical_resolution((h, w)), batch, bytes_per_element, tuple(t.layers))
 
 

@@ -74,6 +74,9 @@ def parse_reason(err: BaseException) -> str:
     return text
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def check_size(data: Any, what: str, expected: str) -> Any:
     """``data`` if, walked as a reader expands it, it holds at most `MAX_VALUES` values nested at most
     `MAX_DEPTH` deep; else a one-line `ValueError`. YAML aliases repeat a node by reference, so a few
@@ -86,8 +89,11 @@ def check_size(data: Any, what: str, expected: str) -> Any:
         if count > MAX_VALUES or depth > MAX_DEPTH:
             raise ValueError(f"{what}: holds more than {MAX_VALUES:,} values or {MAX_DEPTH} levels of nesting once "
                              f"its YAML anchors/aliases are expanded; expected {expected}")
-        if isinstance(node, Mapping):
+        kind = type(node)
+        if kind in _SCALARS:  # the exact types first: isinstance against Mapping is slow
+            continue
+        if kind is dict or isinstance(node, Mapping):
             stack.extend((child, depth + 1) for item in node.items() for child in item)
-        elif isinstance(node, (list, tuple)):
+        elif kind is list or isinstance(node, (list, tuple)):
             stack.extend((child, depth + 1) for child in node)
     return data

@@ -98,9 +98,14 @@ class Tracer:
              cio: int = 0, extra: int = 0, mem: int = 0, groups: int = 1, kind: str = "memory",
              traffic: int | None = None, kernel: int = 0, stride: int = 1) -> None:
         assert kind in KINDS, kind
+        self.record(name, op, x, y, params, macs, cio, extra, mem, groups, kind, mem if traffic is None else traffic,
+                    kernel, stride)
+
+    def record(self, name: str, op: str, x: tuple[int, ...], y: tuple[int, ...], params: int, macs: int, cio: int,
+               extra: int, mem: int, groups: int, kind: str, traffic: int, kernel: int, stride: int) -> None:
+        """Keep one op (a subclass that needs less than a `LayerCost` per op overrides this)."""
         self.layers.append(LayerCost(name, op, tuple(x), tuple(y), params, macs, cio, extra, mem, groups,
-                                     self.bytes_per_element, kind, mem if traffic is None else traffic, kernel,
-                                     stride))
+                                     self.bytes_per_element, kind, traffic, kernel, stride))
 
     def conv(self, name: str, x: Shape, cout: int, k: int, stride: int = 1, groups: int = 1, bias: bool = False,
              padding: int | None = None) -> Shape:

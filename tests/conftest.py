@@ -55,6 +55,23 @@ def quiet_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def steady_cpu(monkeypatch: pytest.MonkeyPatch, quiet_cpu: None) -> None:
+    """This CPU's automatic profile made by the real micro-benchmark with each probe timed by a fixed synthetic CPU
+    (`helpers.synthetic_cpu`) on a quiet CPU: the profile, and whatever is fitted on or predicted with it, is the
+    same at any load. Its budget is the largest allowed: it bounds real time, which no longer decides the result."""
+    from helpers import synthetic_clock, synthetic_cpu
+
+    from nas.latency import profiling
+
+    profile_device, clock = profiling.profile_device, synthetic_clock(synthetic_cpu())
+
+    def steady(device: str = "cuda", budget_s: float = 60.0, save: bool = True, **kwargs):
+        return profile_device(device, 600.0, save, **{**kwargs, "timer": clock})
+
+    monkeypatch.setattr(profiling, "profile_device", steady)
+
+
+@pytest.fixture
 def busy_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """profile_device sees other processes using 1.5 cores."""
     monkeypatch.setattr("nas.latency.profiling.ForeignLoad", lambda: _Load(1.5))

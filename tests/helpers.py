@@ -1,5 +1,5 @@
 """Shared test helpers: forward-hook counters (the measured side of the cost model), official-layout state dicts,
-fast search arguments, free ports, Ray markers."""
+fast search arguments, free ports, Ray markers, a synthetic CPU and its clock for the profiler."""
 
 from __future__ import annotations
 
@@ -103,3 +103,21 @@ needs_ray_network = pytest.mark.skipif(
     "Ray binds to the host's network address: needs `unshare --net` (root) for a loopback-only namespace, "
     "or HARDNAS_TEST_RAY=1 where that is allowed")
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+def synthetic_cpu():
+    """A fixed CPU profile (`nas.latency.DeviceProfile`) that micro-benchmarks are timed against instead of a clock."""
+    from nas.latency import profiles
+    from nas.latency.profiling import _simd_channels
+
+    return profiles.DeviceProfile(
+        name="truth", description="synthetic CPU", peak_gflops={"fp32": 200.0, "bf16": 200.0}, bandwidth_gbs=40.0,
+        overhead_us=12.0, conv3x3_eff=0.9, conv1x1_eff=0.7, conv_strided_eff=0.45, dwconv_eff=0.05,
+        linear_eff=0.35, memory_eff=0.6, channel_block=_simd_channels())
+
+
+def synthetic_clock(truth):
+    """A ``timer`` for `nas.latency.profiling.profile_device`: each probe takes what ``truth`` predicts for it."""
+    from nas.latency.kernels import kernels_ms
+
+    return lambda probe, seconds: kernels_ms(probe.kernels, truth)

@@ -167,7 +167,7 @@ def test_a_study_with_trials(url):
     assert at.selectbox(key="selected").value == "fixture#2"
 
 
-def test_cpu_latency_is_predicted_with_a_calibrated_profile_and_says_so(tmp_path, monkeypatch):
+def test_cpu_latency_is_predicted_with_a_calibrated_profile_and_says_so(tmp_path, monkeypatch, steady_cpu):
     at = app_on(make_measured_study, tmp_path, monkeypatch, "cpu.db")
     assert at.radio(key="lat_mode").value == "measured"
     refs = references(at)

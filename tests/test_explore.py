@@ -23,8 +23,10 @@ from nas.explore import data as D
 from nas.explore import downloads as X
 from nas.explore import figures as F
 from nas.explore import profiles as P
+from nas.explore import warm as W
 from nas.explore.demo import create_command, demo_args
 from nas.explore.synthetic import synthetic_study
+from nas.latency import predict_ms, resolve_profile
 from nas.latency.predict import predict
 from nas.links import links
 from nas.registry import get_config
@@ -677,7 +679,7 @@ def test_latency_progress_is_reported(frame):
 # -- which profile a prediction comes from ------------------------------------------------------------
 
 
-def test_cpu_predictions_are_calibrated_on_the_studys_measurements(tmp_path):
+def test_cpu_predictions_are_calibrated_on_the_studys_measurements(tmp_path, steady_cpu):
     url = f"sqlite:///{tmp_path / 'cpu.db'}"
     make_measured_study(url, disturbed=3)
     df = D.records_frame(D.load_records(url, ["cpu"]))
@@ -696,28 +698,109 @@ def test_cpu_predictions_are_calibrated_on_the_studys_measurements(tmp_path):
     assert src[0] == f"predicted for cpu ({fitted.short})"
 
 
-def test_a_warm_up_makes_a_device_switch_a_lookup(tmp_path, monkeypatch):
-    """After `warm_up`, predicting every row for a device never seen builds no kernel table again."""
-    predict_module = importlib.import_module("nas.latency.predict")
-
+@pytest.mark.parametrize("forks", [True, False])
+def test_a_warm_up_makes_a_device_switch_a_lookup(tmp_path, monkeypatch, forks):
+    """After `warm_up` (a forked child process builds the kernel rows, or a thread where none can be forked),
+    predicting every row for a device never seen builds nothing more, and the rows that came through the pipe are
+    those built here, bit for bit."""
     url = f"sqlite:///{tmp_path / 's.db'}"
     make_study(url)
     df = D.records_frame(D.load_records(url, ["fixture"]))
-    for earlier in P._WARMING:  # an app test's warm-up may still run, or have warmed these rows already
+    for earlier in P._WARMING:  # an app test's warm-up may still run
         earlier.join(timeout=120)
-    monkeypatch.setattr(P, "_WARMED", set())
-    thread = P.warm_up(df)
-    assert thread is not None
+    if forks and not W.FORKS:
+        pytest.skip("forks a child process (Linux only)")
+    monkeypatch.setattr(W, "FORKS", forks)
+    monkeypatch.setattr(W, "_KEPT", {})
+    monkeypatch.setattr(P, "_MEMO", {})
+    built_here = []
+    build = W._build
+    monkeypatch.setattr(W, "_build", lambda c, shape: built_here.append(c) or build(c, shape))
+    assert P.warm_up(df, in_thread=W.FORKS) is None  # the call for the other kind of platform does nothing
+    thread = P.warm_up(df, in_thread=not W.FORKS)
     thread.join(timeout=120)
-    assert not thread.is_alive() and P.warm_up(df) is None  # nothing left to warm
-    monkeypatch.setattr(predict_module, "kernels_of", lambda *a, **k: pytest.fail("a kernel table was rebuilt"))
-    lat, src = A.latency_column(df, "predicted", "l4")
+    assert not thread.is_alive() and P.warm_up(df, in_thread=not W.FORKS) is None  # nothing left to warm
     done = (df["state"] == "COMPLETE") | df["baseline"]
+    # a child's builds are counted in its own memory: none here; a thread's are all here
+    assert (built_here == []) if forks else (sorted(built_here) == sorted(set(df.loc[done, "config"])))
+    shape = (RES, 1, "fp32")
+    assert sorted(c for c, s in W._KEPT if s == shape) == sorted(set(df.loc[done, "config"]))
+    for (c, s), rows in W._KEPT.items():
+        assert not rows.flags.writeable and np.array_equal(rows, build(c, s)) and rows.dtype == np.float64
+    monkeypatch.setattr(W, "kernel_rows", lambda *a, **k: pytest.fail("kernel rows were rebuilt"))
+    lat, src = A.latency_column(df, "predicted", "l4")
     assert lat[done].notna().all() and lat[done].gt(0).all()
     pred = P.predictor("l4")
-    one = [P.predict_one(c, pred, r, b, p) for c, r, b, p in df.loc[done, ["config", "resolution", "batch", "precision"]]
-           .itertuples(index=False, name=None)]
-    assert lat[done].tolist() == pytest.approx(one)
+    profile = resolve_profile("l4")
+    one = [predict_ms(ArchConfig.from_json(c), profile, r, b, p) for c, r, b, p in
+           df.loc[done, ["config", "resolution", "batch", "precision"]].itertuples(index=False, name=None)]
+    assert lat[done].tolist() == pytest.approx(one, rel=1e-12)
+    assert src[done].eq(f"predicted for l4 ({pred.short})").all()
+
+
+def _jobs(n: int = 6) -> list:
+    """Two warm-up jobs: ``n`` configs, an unreadable one and ResNet-50 at 64x64; two configs and ResNet-50 (too deep
+    for it) at 16x16."""
+    configs = small_configs(n, seed=4)
+    resnet = get_config("resnet50").to_json(indent=None)
+    small = [c.to_json(indent=None) for c in configs if c.reduction <= 16][:2]
+    assert len(small) == 2
+    return [([c.to_json(indent=None) for c in configs] + ["{not json", resnet], (RES, 1, "fp32")),
+            (small + [resnet], (16, 1, "fp16"))]
+
+
+@pytest.mark.skipif(not W.FORKS, reason="forks a child process (Linux only)")
+def test_the_warm_up_child_sends_every_row_and_none_for_what_has_none(monkeypatch):
+    monkeypatch.setattr(W, "_KEPT", {})
+    monkeypatch.setattr(W, "FRAME", 3)  # several messages per job
+    jobs = _jobs()
+    thread = W.warm(jobs)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    for configs, shape in jobs:
+        got = W.rows_for(configs, shape)
+        assert W.kept(configs, shape) == [True] * len(configs)
+        for c, rows in zip(configs, got):
+            ref = W._build(c, shape)
+            assert (rows is None) == (ref is None) and (ref is None or np.array_equal(rows, ref)), c[:40]
+    assert W.rows_for(["{not json"], (RES, 1, "fp32")) == [None]
+    small, resnet = jobs[1][0][:2], jobs[1][0][2]
+    assert W.rows_for([resnet], (16, 1, "fp16")) == [None]  # ResNet-50 cannot take 16x16
+    assert all(r is not None for r in W.rows_for(small, (16, 1, "fp16")))
+
+
+@pytest.mark.skipif(not W.FORKS, reason="forks a child process (Linux only)")
+@pytest.mark.parametrize("fault", ["dies", "silent", "cut off"])
+def test_a_warm_up_child_that_fails_costs_nothing_but_its_rows(monkeypatch, fault):
+    """A child that dies, falls silent or stops mid-message is reaped (or stopped) and what it did not send is built
+    here on demand: the predictions are complete all the same."""
+    import os
+    import time
+
+    def child(jobs, fd):
+        if fault == "silent":
+            time.sleep(60)
+        elif fault == "cut off":
+            os.write(fd, np.array([0, 5], np.int64).tobytes())  # two thirds of a header
+        os._exit(1)
+
+    pids = []
+    receive = W._receive
+    monkeypatch.setattr(W, "_receive", lambda jobs, fd, pid: pids.append(pid) or receive(jobs, fd, pid))
+    monkeypatch.setattr(W, "_KEPT", {})
+    monkeypatch.setattr(W, "_child", child)
+    monkeypatch.setattr(W, "SILENCE_S", 0.5)
+    jobs = _jobs()
+    started = time.monotonic()
+    thread = W.warm(jobs)
+    thread.join(timeout=30)
+    assert not thread.is_alive() and time.monotonic() - started < 20  # the silent child is not waited for
+    with pytest.raises(ChildProcessError):  # reaped: no zombie left behind, and no child still running
+        os.waitpid(pids[0], os.WNOHANG)
+    configs, shape = jobs[0]
+    assert W.kept(configs, shape) == [False] * len(configs)
+    rows = W.rows_for(configs, shape)  # built here now: only the unreadable config has none
+    assert [r is None for r in rows] == [False] * (len(configs) - 2) + [True, False]
 
 
 def test_a_calibrated_profile_saved_here_is_used_and_named(tmp_path):

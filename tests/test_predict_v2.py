@@ -44,8 +44,57 @@ def test_many_predictions_at_once_equal_one_at_a_time_and_reuse_warm_tables(monk
         predict_many(configs, resolve_profile("t4"), precision="fp8")
     # once warmed, a prediction for another device builds nothing: no cost trace is run
     assert warm_tables(configs, "40x72") == len(configs)
-    monkeypatch.setattr(predict_module, "kernels_of", lambda *a, **k: pytest.fail("a kernel table was rebuilt"))
+    monkeypatch.setattr(predict_module, "kernel_rows", lambda *a, **k: pytest.fail("a kernel table was rebuilt"))
     assert np.isfinite(predict_many(configs, resolve_profile("l4"), "40x72")).all()
+    with pytest.raises(pytest.fail.Exception, match="rebuilt"):  # the patch above is where tables are built
+        predict_many(configs, resolve_profile("l4"), "40x80")
+
+
+def _sample_configs() -> list:
+    """The canonical configs, four random ones from each search space and four from the whole vocabulary."""
+    import random
+
+    import optuna
+
+    from nas.sampling import random_config
+    from nas.space import list_spaces, load_space
+
+    configs = [nas.get_config(m) for m in nas.list_models()]
+    for name in list_spaces():
+        space, got = load_space(name), 0
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+        while got < 4:
+            trial = study.ask()
+            try:
+                configs.append(space.sample(trial))
+                got += 1
+            except ValueError:  # a candidate the space rejects
+                pass
+            study.tell(trial, 0.0)
+    rng = random.Random(11)
+    return configs + [random_config(rng) for _ in range(4)]
+
+
+def test_kernel_rows_traced_straight_from_the_tracer_predict_bit_identically():
+    """`kernel_rows` (the fast path `predict` and `predict_many` take) make exactly the table of `kernels_of`'s
+    Kernel objects, so every prediction is the number `kernels_ms` gives for those kernels, to the last bit."""
+    from nas.latency.kernels import kernel_rows, rows_table, table
+
+    configs = _sample_configs()
+    assert len({c.arch_id for c in configs}) == len(configs) > 20
+    profiles = [resolve_profile(d) for d in ("t4", "a100")]
+    for size in (224, "1080x1920"):
+        for precision, deploy, runtime in (("fp32", False, "pytorch"), ("fp16", True, "tensorrt"), ("bf16", True, "pytorch")):
+            shape = (size, 1, precision, deploy, runtime)
+            fast = rows_table([kernel_rows(c, *shape) for c in configs], precision, runtime)
+            slow = table([kernels_of(c, *shape) for c in configs])
+            for f in dataclasses.fields(fast):
+                a, b = getattr(fast, f.name), getattr(slow, f.name)
+                assert a.dtype == b.dtype and np.array_equal(a, b), (shape, f.name)
+            for profile in profiles:
+                reference = [kernels_ms(kernels_of(c, *shape), profile) for c in configs]
+                assert [predict_ms(c, profile, *shape) for c in configs] == reference
+                assert predict_many(configs, profile, *shape) == pytest.approx(reference, rel=1e-12, abs=0)
 
 
 def test_kernels_come_from_the_cost_tracer_and_runtimes_drop_what_they_fuse():

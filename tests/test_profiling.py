@@ -5,26 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import synthetic_clock, synthetic_cpu
 
 from nas.latency import profiles
 from nas.latency.kernels import kernels_ms
-from nas.latency.profiling import _simd_channels, match_published, profile_device
-
-
-def _truth() -> profiles.DeviceProfile:
-    return profiles.DeviceProfile(
-        name="truth", description="synthetic CPU", peak_gflops={"fp32": 200.0, "bf16": 200.0}, bandwidth_gbs=40.0,
-        overhead_us=12.0, conv3x3_eff=0.9, conv1x1_eff=0.7, conv_strided_eff=0.45, dwconv_eff=0.05,
-        linear_eff=0.35, memory_eff=0.6, channel_block=_simd_channels())
-
-
-def _synthetic(truth: profiles.DeviceProfile):
-    return lambda probe, seconds: kernels_ms(probe.kernels, truth)
+from nas.latency.profiling import match_published, profile_device
 
 
 def test_recovers_a_known_device_from_its_timings(quiet_cpu):
-    truth = _truth()
-    p = profile_device("cpu", budget_s=30, save=False, timer=_synthetic(truth))
+    truth = synthetic_cpu()
+    p = profile_device("cpu", budget_s=30, save=False, timer=synthetic_clock(truth))
     # peaks are the best the ops showed, so efficiencies are relative to them: compare predicted times
     rows = p.provenance["samples"]
     assert len(rows) >= 20 and sum(r["network"] for r in rows) >= 1
@@ -41,7 +31,7 @@ def test_a_wrong_clock_is_not_hidden_by_the_fit(quiet_cpu):
 
 
 def test_saves_under_the_fingerprint_and_is_found_again(_isolated_runs, quiet_cpu):
-    p = profile_device("cpu", budget_s=30, save=True, timer=_synthetic(_truth()))
+    p = profile_device("cpu", budget_s=30, save=True, timer=synthetic_clock(synthetic_cpu()))
     saved = json.loads((_isolated_runs / "device_profiles.json").read_text())
     assert p.fingerprint in saved
     assert saved[p.fingerprint]["source"] == p.source
@@ -98,7 +88,7 @@ def test_cli_list_profile_and_usage_errors(capsys):
 
 
 def test_on_a_busy_cpu_the_networks_are_timed_but_left_out_of_the_fit(busy_cpu):
-    truth = _truth()
+    truth = synthetic_cpu()
     slow_networks = lambda probe, s: kernels_ms(probe.kernels, truth) * (10 if probe.network else 1)  # noqa: E731
     p = profile_device("cpu", budget_s=30, save=True, timer=slow_networks)
     assert p.provenance["disturbed"] and "left out (the CPU was busy)" in p.source

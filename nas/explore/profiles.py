@@ -21,8 +21,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..latency import DeviceProfile, calibrate, load_cpu_profile, predict_many, resolve_profile, warm_tables
+from ..latency import DeviceProfile, calibrate, load_cpu_profile, predict_kernel_rows, resolve_profile
 from ..resolution import Resolution, canonical_resolution, format_resolution, parse_resolution
+from . import warm as W
 
 __all__ = ["MIN_CALIBRATION", "MAX_CALIBRATION", "Predictor", "clean_cpu_measurements", "predict_one", "predict_rows",
            "predictor", "reference_latencies", "warm_up", "reference_predictor"]
@@ -153,13 +154,13 @@ def reference_latencies(names: Sequence[str], pred: Predictor,
 _MEMO: dict[tuple, float] = {}
 _MEMO_MAX = 200_000
 _WARMING: list[threading.Thread] = []  # the latest warm-up (`warm_up`)
-_WARMED: set[tuple] = set()  # (config JSON, shape) whose kernel table a warm-up has built
 
 
 def predict_rows(configs: Sequence[str], pred: Predictor, resolution: Resolution = 224, batch: int = 1,
                  precision: str = "fp32") -> np.ndarray:
     """`nas.latency.predict_many` of stored configs with ``pred``'s profile (NaN where one cannot be predicted),
-    memoised per config and profile content: a rerun, or a device switched back to, costs a lookup."""
+    memoised per config and profile content: a rerun, or a device switched back to, costs a lookup. The kernel
+    rows come from `nas.explore.warm` (built ahead of time by `warm_up`, or now)."""
     shape = (canonical_resolution(resolution), int(batch), str(precision))
     keys = [(c, pred.key) + shape for c in configs]
     todo = sorted({k[0] for k in keys if k not in _MEMO})
@@ -167,59 +168,40 @@ def predict_rows(configs: Sequence[str], pred: Predictor, resolution: Resolution
         if len(_MEMO) + len(todo) > _MEMO_MAX:
             _MEMO.clear()
         values = np.full(len(todo), math.nan)
-        parsed, at = _parse_all(todo)
-        if parsed:
+        rows = W.rows_for(todo, shape)
+        at = [i for i, r in enumerate(rows) if r is not None]
+        if at:
             try:
-                values[at] = predict_many(parsed, pred.profile, *shape)
-            except ValueError:  # an input shape the predictor does not take (e.g. a precision it has no peak for)
+                values[at] = predict_kernel_rows([rows[i] for i in at], pred.profile, shape[2])
+            except ValueError:  # an input shape the predictor does not take
                 pass
         _MEMO.update({(c, pred.key) + shape: float(v) for c, v in zip(todo, values)})
     return np.array([_MEMO[k] for k in keys], float)
 
 
-def _parse_all(configs: Sequence[str]) -> tuple[list, list[int]]:
-    """The configs this version can read, and their positions (a stored config may be from another version)."""
-    from .analysis import arch_config
+def warm_up(df: pd.DataFrame, in_thread: bool = False) -> threading.Thread | None:
+    """Build the kernel rows a prediction of ``df``'s rows for any device needs, in the background (`nas.explore.warm`).
 
-    parsed, at = [], []
-    for i, c in enumerate(configs):
-        try:
-            parsed.append(arch_config(c))
-            at.append(i)
-        except ValueError:
-            pass
-    return parsed, at
-
-
-def warm_up(df: pd.DataFrame) -> threading.Thread | None:
-    """Build, in a background thread, the kernel tables a prediction of ``df``'s rows for any device needs.
-
-    A first switch to another device then costs a vectorised evaluation instead of one cost trace
-    per architecture (~1 ms each: 5 s for a 5,000-trial study). The thread walks the configs in
-    the opposite order to `predict_rows` (`nas.latency.warm_tables`), so a switch made before it
-    has finished shares the work with it. None when a warm-up is still running or nothing is left.
+    A first switch to another device then costs a vectorised evaluation instead of a parse and a
+    cost trace per architecture (~0.25 ms each: over a second for a 5,000-trial study). Where a
+    child process can be forked (`warm.FORKS`) the call with ``in_thread`` false starts one: make it
+    before the page is drawn, the child works beside it. Elsewhere the call with ``in_thread`` true
+    starts a thread: make it after the page is drawn, a thread would slow the drawing. The other call
+    does nothing, as does any while a warm-up runs or when nothing is left to build; else returns the
+    thread that ends once the rows are kept.
     """
-    if (_WARMING and _WARMING[-1].is_alive()) or df.empty:
+    if in_thread != (not W.FORKS) or (_WARMING and _WARMING[-1].is_alive()) or df.empty:
         return None
     rows = df[((df["state"] == "COMPLETE") | df["baseline"]) & (df["config"] != "")]
     jobs = []
     for (r, b, p), g in rows.groupby(["resolution", "batch", "precision"], sort=False):
         shape = (canonical_resolution(r), int(b), str(p))
-        configs = [c for c in sorted(set(g["config"])) if (c, shape) not in _WARMED]
-        if configs:
-            jobs.append((configs, shape))
-    if not jobs:
-        return None
-
-    def run() -> None:
-        for configs, shape in jobs:
-            warm_tables(_parse_all(configs)[0], *shape)
-            _WARMED.update((c, shape) for c in configs)
-
-    thread = threading.Thread(target=run, name="nas-explore-warm-up", daemon=True)
-    _WARMING[:] = [thread]
-    thread.start()
-    return thread
+        configs = list(dict.fromkeys(g["config"].tolist()))  # in the order `latency_column` predicts them
+        jobs.append(([c for c, done in zip(configs, W.kept(configs, shape)) if not done], shape))
+    started = W.warm(jobs)
+    if started is not None:
+        _WARMING[:] = [started]
+    return started
 
 
 def predict_one(config_json: str, pred: Predictor, resolution: Resolution = 224, batch: int = 1,

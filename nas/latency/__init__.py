@@ -18,10 +18,10 @@ from .cache import LatencyCache
 from .devices import PRECISIONS
 from .fit import fit_profile
 from .interference import InterferencePolicy
-from .kernels import (KERNEL_CLASSES, RUNTIMES, Kernel, conv_kernel, kernels_ms, kernels_of, linear_kernel,
-                      memory_kernel)
+from .kernels import (KERNEL_CLASSES, RUNTIMES, Kernel, conv_kernel, kernel_rows, kernels_ms, kernels_of,
+                      linear_kernel, memory_kernel)
 from .measure import measure
-from .predict import CalibrationResult, calibrate, predict, predict_many, predict_ms, warm_tables
+from .predict import CalibrationResult, calibrate, predict, predict_kernel_rows, predict_many, predict_ms, warm_tables
 from .profiles import (BOUNDS, PROFILES, DeviceProfile, ProfileLoad, check_profile, cpu_profile, list_profiles,
                        load_cpu_profile, resolve_profile, save_profile, user_profiles_dir)
 from .profiling import local_profile, match_published, profile_device
@@ -45,6 +45,7 @@ __all__ = [
     "conv_kernel",
     "cpu_profile",
     "fit_profile",
+    "kernel_rows",
     "kernels_ms",
     "kernels_of",
     "linear_kernel",
@@ -55,6 +56,7 @@ __all__ = [
     "measure",
     "memory_kernel",
     "predict",
+    "predict_kernel_rows",
     "predict_many",
     "predict_ms",
     "profile_device",

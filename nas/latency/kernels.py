@@ -44,20 +44,21 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..config import ArchConfig
-from ..cost import analyze
+from ..cost import analyze, checked_input, trace
 from ..errors import check_choice, check_int
 from ..resolution import Resolution, canonical_resolution
-from ..tracer import KINDS
+from ..tracer import KINDS, Tracer
 from .devices import PRECISIONS, bytes_per_element
 
 if TYPE_CHECKING:
     from .profiles import DeviceProfile
 
-__all__ = ["KERNEL_CLASSES", "RUNTIMES", "Kernel", "Runtime", "conv_kernel", "kernels_ms", "kernels_of",
-           "linear_kernel", "memory_kernel", "prepare", "prepare_samples", "table"]
+__all__ = ["KERNEL_CLASSES", "RUNTIMES", "Kernel", "Runtime", "conv_kernel", "kernel_rows", "kernels_ms", "kernels_of",
+           "linear_kernel", "memory_kernel", "prepare", "prepare_samples", "rows_table", "table"]
 
 KERNEL_CLASSES: tuple[str, ...] = ("conv3x3", "conv1x1", "conv_strided", "dwconv", "linear", "memory")
 _CLASS_INDEX = {c: i for i, c in enumerate(KERNEL_CLASSES)}
+_LINEAR, _MEMORY = _CLASS_INDEX["linear"], _CLASS_INDEX["memory"]
 
 
 @dataclass(frozen=True)
@@ -174,26 +175,37 @@ def memory_kernel(elements_read_written: int, precision: str = "fp32", runtime: 
                   elements=par)
 
 
+def _fields(kind: str, x: tuple[int, ...], y: tuple[int, ...], macs: int, groups: int, nbytes: int, kernel: int,
+            stride: int) -> tuple[int, float, float, int, int, int, int, int, int]:
+    """The kernel of one traced op (the tracer recorded its kind, traffic, kernel size and stride) as
+    (class index, flops, bytes, pixels, cin, cout, kernel size, groups, elements): a `Kernel`'s numbers."""
+    elements = math.prod(y)
+    if kind == "conv" or kind == "depthwise":
+        n, cout, ho, wo = y
+        return (_CLASS_INDEX[_conv_class(kernel, stride, groups)], 2.0 * macs, float(nbytes), n * ho * wo,
+                x[1] // groups, cout // groups, kernel, groups, elements)
+    if kind == "matmul":
+        return _LINEAR, 2.0 * macs, float(nbytes), x[0], x[1], y[1], 1, 1, elements
+    return _MEMORY, 0.0, float(nbytes), 0, 0, 0, 1, 1, elements
+
+
+def _dropped(deploy: bool, runtime: str) -> frozenset[str]:
+    """Tracer kinds that launch no kernel of their own under ``runtime`` (and BatchNorm when deployed)."""
+    return RUNTIMES[runtime].fused | ({"norm"} if deploy else frozenset())
+
+
 @lru_cache(maxsize=4096)
 def _kernels(config: ArchConfig, resolution: int | str, batch: int, precision: str, deploy: bool,
              runtime: str) -> tuple[Kernel, ...]:
     report = analyze(config, resolution, batch, bytes_per_element(precision))
-    dropped = RUNTIMES[runtime].fused | ({"norm"} if deploy else set())
+    dropped = _dropped(deploy, runtime)
     out = []
-    for r in report.layers:  # the tracer recorded each op's kind, traffic, kernel size and stride
-        if r.kind in dropped:
-            continue
-        elements = math.prod(r.out_shape)
-        if r.kind in ("conv", "depthwise"):
-            n, cout, ho, wo = r.out_shape
-            cls = _conv_class(r.kernel, r.stride, r.groups)
-            out.append(Kernel(cls, 2.0 * r.macs, float(r.bytes), precision, runtime, n * ho * wo,
-                              r.in_shape[1] // r.groups, cout // r.groups, r.kernel, r.groups, elements, r.name))
-        elif r.kind == "matmul":
-            out.append(Kernel("linear", 2.0 * r.macs, float(r.bytes), precision, runtime, r.in_shape[0],
-                              r.in_shape[1], r.out_shape[1], 1, 1, elements, r.name))
-        else:
-            out.append(Kernel("memory", 0.0, float(r.bytes), precision, runtime, elements=elements, name=r.name))
+    for r in report.layers:
+        if r.kind not in dropped:
+            cls, flops, nbytes, pixels, cin, cout, kernel, groups, elements = _fields(
+                r.kind, r.in_shape, r.out_shape, r.macs, r.groups, r.bytes, r.kernel, r.stride)
+            out.append(Kernel(KERNEL_CLASSES[cls], flops, nbytes, precision, runtime, pixels, cin, cout, kernel, groups,
+                              elements, r.name))
     return tuple(out)
 
 
@@ -236,7 +248,7 @@ _BYTES = np.array([bytes_per_element(p) for p in PRECISIONS], float)
 
 def table(groups_of_kernels: Sequence[Sequence[Kernel]]) -> Table:
     """One `Table` of several kernel lists (``owner`` tells them apart)."""
-    rows = []
+    rows, labels = [], []
     for owner, kernels in enumerate(groups_of_kernels):
         for k in kernels:
             if k.kernel_class not in _CLASS_INDEX:
@@ -244,21 +256,52 @@ def table(groups_of_kernels: Sequence[Sequence[Kernel]]) -> Table:
                                  f"{', '.join(KERNEL_CLASSES)}")
             if k.runtime not in _RUNTIME_INDEX or k.precision not in _PRECISION_INDEX:
                 _check(k.precision, k.runtime)
-            rows.append((_CLASS_INDEX[k.kernel_class], k.flops, k.bytes, k.pixels, k.cin, k.cout, k.kernel * k.kernel,
-                         k.groups, k.elements, _PRECISION_INDEX[k.precision], _RUNTIME_INDEX[k.runtime], owner))
-    a = np.array(rows, float).reshape(-1, 12)
-    ints = a[:, [0, 9, 10, 11]].astype(int)
-    return Table(ints[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4], a[:, 5], a[:, 6], a[:, 7], a[:, 8], ints[:, 1],
-                 ints[:, 2], ints[:, 3])
+            rows.append((_CLASS_INDEX[k.kernel_class], k.flops, k.bytes, k.pixels, k.cin, k.cout, k.kernel, k.groups,
+                         k.elements))
+            labels.append((_PRECISION_INDEX[k.precision], _RUNTIME_INDEX[k.runtime], owner))
+    ints = np.array(labels, int).reshape(-1, 3)
+    return _from_rows(np.array(rows, float).reshape(-1, 9), ints[:, 0], ints[:, 1], ints[:, 2])
 
 
-def concat(tables: Sequence[Table]) -> Table:
-    """One `Table` of several single-sample tables, sample ``i`` being ``tables[i]``."""
-    if not tables:
-        return table([])
-    cat = {f.name: np.concatenate([getattr(t, f.name) for t in tables]) for f in dataclasses.fields(Table)}
-    cat["owner"] = np.repeat(np.arange(len(tables)), [len(t) for t in tables])
-    return Table(**cat)
+def _from_rows(a: np.ndarray, precision: np.ndarray, runtime: np.ndarray, owner: np.ndarray) -> Table:
+    """A `Table` of `_fields` rows (one per kernel, as floats) and their precision, runtime and owner indices."""
+    return Table(a[:, 0].astype(int), a[:, 1], a[:, 2], a[:, 3], a[:, 4], a[:, 5], a[:, 6] * a[:, 6], a[:, 7], a[:, 8],
+                 precision, runtime, owner)
+
+
+class _RowTracer(Tracer):
+    """A `Tracer` that keeps only the `_fields` of each op launching a kernel: no `LayerCost` or `Kernel` objects."""
+
+    def __init__(self, batch: int, bytes_per_element: int, dropped: frozenset[str]) -> None:
+        super().__init__(batch, bytes_per_element)
+        self.dropped = dropped
+        self.rows: list[tuple] = []
+
+    def record(self, name: str, op: str, x: tuple[int, ...], y: tuple[int, ...], params: int, macs: int, cio: int,
+               extra: int, mem: int, groups: int, kind: str, traffic: int, kernel: int, stride: int) -> None:
+        if kind not in self.dropped:
+            self.rows.append(_fields(kind, x, y, macs, groups, traffic * self.bytes_per_element, kernel, stride))
+
+
+def kernel_rows(config: ArchConfig, resolution: Resolution = 224, batch: int = 1, precision: str = "fp32",
+                deploy: bool = False, runtime: str = "pytorch") -> np.ndarray:
+    """The kernels of `kernels_of` as one float array, a row each (class index, flops, bytes, pixels, cin, cout,
+    kernel size, groups, elements), traced straight into rows: no `LayerCost` or `Kernel` object per op, the
+    cheap way to the kernels of thousands of configs. `rows_table` makes a `Table` of such arrays."""
+    _check(precision, runtime)
+    bpe = bytes_per_element(precision)
+    h, w = checked_input(config, resolution, batch, bpe)
+    rows = trace(config, h, w, _RowTracer(batch, bpe, _dropped(deploy, runtime))).rows
+    return np.array(rows, float).reshape(len(rows), 9)
+
+
+def rows_table(rows: Sequence[np.ndarray], precision: str = "fp32", runtime: str = "pytorch") -> Table:
+    """One `Table` of several configs' `kernel_rows` (each at ``precision`` under ``runtime``), ``rows[i]`` owned by ``i``."""
+    _check(precision, runtime)
+    a = np.concatenate(rows) if len(rows) else np.empty((0, 9))
+    n = len(a)
+    return _from_rows(a, np.full(n, _PRECISION_INDEX[precision]), np.full(n, _RUNTIME_INDEX[runtime]),
+                      np.repeat(np.arange(len(rows)), [len(r) for r in rows]))
 
 
 def _pad(x: np.ndarray, block: np.ndarray | int) -> np.ndarray:

@@ -30,11 +30,12 @@ from ..errors import check_choice, check_int
 from ..resolution import Resolution, canonical_resolution
 from .devices import PRECISIONS
 from .fit import fit_profile
-from .kernels import RUNTIMES, Table, concat, evaluate, kernels_of, prepare, profile_parameters, table
+from .kernels import RUNTIMES, evaluate, kernel_rows, kernels_of, prepare, profile_parameters, rows_table
 from .profiles import DeviceProfile, check_profile, resolve_profile, save_profile
 from .result import LatencyResult
 
-__all__ = ["CalibrationResult", "calibrate", "predict", "predict_many", "predict_ms", "warm_tables"]
+__all__ = ["CalibrationResult", "calibrate", "predict", "predict_kernel_rows", "predict_many", "predict_ms",
+           "warm_tables"]
 
 log = logging.getLogger("nas.latency")
 
@@ -49,53 +50,62 @@ def predict_ms(config: ArchConfig, profile: DeviceProfile, resolution: Resolutio
                precision: str = "fp32", deploy: bool = False, runtime: str = "pytorch") -> float:
     """The predicted latency in ms (the number alone; `predict` wraps it with its context)."""
     _check(precision, batch, runtime)
-    t = _table(config, canonical_resolution(resolution), batch, precision, deploy, runtime)
-    return float(evaluate(prepare(t, profile), *profile_parameters(profile))[0])
+    rows = _rows(config, canonical_resolution(resolution), batch, precision, deploy, runtime)
+    return float(predict_kernel_rows([rows], profile, precision, runtime)[0])
 
 
-def _tables(configs: Sequence[ArchConfig], resolution: Resolution, batch: int, precision: str, deploy: bool,
-            runtime: str) -> tuple[list[Table], list[int]]:
-    """The cached kernel tables of ``configs`` in order, and the positions they belong to (a config the
-    input size does not fit has none)."""
+def predict_kernel_rows(rows: Sequence[np.ndarray], profile: DeviceProfile, precision: str = "fp32",
+                        runtime: str = "pytorch") -> np.ndarray:
+    """Milliseconds of each config whose `kernel_rows` (at ``precision`` under ``runtime``) are ``rows[i]``, in one
+    vectorised evaluation: the second half of `predict_many`, for kernel rows built elsewhere."""
+    return evaluate(prepare(rows_table(rows, precision, runtime), profile, len(rows)), *profile_parameters(profile))
+
+
+def _rows_of(configs: Sequence[ArchConfig], resolution: Resolution, batch: int, precision: str, deploy: bool,
+             runtime: str) -> tuple[list[np.ndarray], list[int]]:
+    """The cached kernel rows of ``configs`` in order, and the positions they belong to (a config the input size
+    does not fit has none)."""
     _check(precision, batch, runtime)
     size = canonical_resolution(resolution)
-    tables, where = [], []
+    rows, where = [], []
     for i, config in enumerate(configs):
         try:
-            tables.append(_table(config, size, batch, precision, deploy, runtime))
+            rows.append(_rows(config, size, batch, precision, deploy, runtime))
         except ValueError:  # e.g. an input smaller than the network's stride allows
             continue
         where.append(i)
-    return tables, where
+    return rows, where
 
 
 def predict_many(configs: Sequence[ArchConfig], profile: DeviceProfile, resolution: Resolution = 224, batch: int = 1,
                  precision: str = "fp32", deploy: bool = False, runtime: str = "pytorch") -> np.ndarray:
     """`predict_ms` of many configs in one vectorised evaluation; NaN for a config the input size does not fit."""
-    tables, where = _tables(configs, resolution, batch, precision, deploy, runtime)
+    rows, where = _rows_of(configs, resolution, batch, precision, deploy, runtime)
     out = np.full(len(configs), np.nan)
-    if tables:
-        out[where] = evaluate(prepare(concat(tables), profile, len(tables)), *profile_parameters(profile))
+    if rows:
+        out[where] = predict_kernel_rows(rows, profile, precision, runtime)
     return out
 
 
 def warm_tables(configs: Sequence[ArchConfig], resolution: Resolution = 224, batch: int = 1, precision: str = "fp32",
                 deploy: bool = False, runtime: str = "pytorch") -> int:
-    """Build and keep the kernel tables `predict_many` of ``configs`` will need, last config first.
+    """Build and keep the kernel rows `predict_many` of ``configs`` will need, last config first.
 
-    The tables do not depend on the device, so a warm-up run ahead of time (in a background
-    thread, say) makes a later prediction for any profile a vectorised evaluation. Going through
-    the configs backwards, a warm-up and a `predict_many` over the same list meet in the middle
-    instead of building the same tables twice. Returns how many tables could be built.
+    They do not depend on the device, so a warm-up run ahead of time (in a background thread,
+    say) makes a later prediction for any profile a vectorised evaluation. Going through the
+    configs backwards, a warm-up and a `predict_many` over the same list meet in the middle
+    instead of building the same rows twice. Returns how many configs have rows.
     """
-    return len(_tables(list(reversed(configs)), resolution, batch, precision, deploy, runtime)[0])
+    return len(_rows_of(list(reversed(configs)), resolution, batch, precision, deploy, runtime)[0])
 
 
-#: an architecture's kernel table is small (~7 KB for 70 kernels) and costs an `analyze` to build:
-#: this many keep a 5,000-trial study's tables at two input shapes
+#: an architecture's kernel rows are few (~4 KB for 50 kernels) and cost a cost trace to build:
+#: this many keep a 5,000-trial study's rows at two input shapes
 @lru_cache(maxsize=12_288)
-def _table(config: ArchConfig, resolution: int | str, batch: int, precision: str, deploy: bool, runtime: str) -> Table:
-    return table([kernels_of(config, resolution, batch, precision, deploy, runtime)])
+def _rows(config: ArchConfig, resolution: int | str, batch: int, precision: str, deploy: bool, runtime: str) -> np.ndarray:
+    rows = kernel_rows(config, resolution, batch, precision, deploy, runtime)
+    rows.flags.writeable = False  # shared by every later prediction
+    return rows
 
 
 def predict(config: ArchConfig, device: str | DeviceProfile = "cpu", resolution: Resolution = 224, batch: int = 1,
