@@ -1,7 +1,7 @@
 """Proxy fidelity and cost on CIFAR-10, measured in one run.
 
     python benchmarks/bench_proxy.py [--data ../shared/data/cifar10-jpg.tar.gz] [--networks 30] [--scale 0.25]
-                                     [--max-macs M] [--fidelity-only | --cost-only]
+                                     [--max-macs M] [--out FILE] [--fidelity-only | --cost-only]
 
 1. Fidelity: `python -m nas.proxy fidelity` on the hybrid space (canonical seeds + seeded random
    points, width-scaled): each network trained with the reference (10 epochs over the whole training
@@ -54,6 +54,8 @@ def main() -> None:
     p.add_argument("--reference-epochs", default="10", help="epochs of the reference (default 10)")
     p.add_argument("--threads", default="1", help="torch CPU threads of the fidelity study (default 1: on a shared "
                                                   "machine 2 threads ran 13-18x slower, docs/proxy.md)")
+    p.add_argument("--out", default=None, help="the study's cache file (default runs/fidelity/...; keep one under "
+                                              "benchmarks/results/ to commit it)")
     p.add_argument("--cost-only", action="store_true", help="only section 2 (minutes instead of hours on 2 cores)")
     p.add_argument("--fidelity-only", action="store_true", help="only section 1 (accuracies do not depend on the "
                                                                    "machine's load, wall times do)")
@@ -64,6 +66,7 @@ def main() -> None:
         return
     print("\n== 1. fidelity (python -m nas.proxy fidelity)")
     cap = ["--max-macs", args.max_macs] if args.max_macs else []
+    cap += ["--out", args.out] if args.out else []
     proxy_main(["fidelity", "--space", "hybrid", "--data", args.data, "--networks", str(args.networks),
                 "--scale", args.scale, *cap, "--reference-epochs", args.reference_epochs, "--threads", args.threads])
 
