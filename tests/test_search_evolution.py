@@ -57,6 +57,13 @@ def test_budget_aware_proposals_aim_at_the_budget_edge():
     assert sum(0.7 * budget <= ms <= budget for ms in rand) < len(near), rand
 
 
+def test_evolution_proposes_within_the_budget_not_only_at_its_edge():
+    budget = 3.0
+    ms = _proposed_ms("evolution", budget, n=16)
+    assert all(m <= budget for m in ms), ms
+    assert any(m < 0.7 * budget for m in ms), ms  # fitting is enough: the front is often well inside the budget
+
+
 def test_evolution_starts_from_the_seeds_and_the_front():
     s = SearchSettings(budget_ms=3.0, latency="predicted:1080ti", proxy="zero-cost", sampler="evolution")
     sampler = make_sampler(s, 0)

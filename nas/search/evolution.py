@@ -4,10 +4,11 @@
   rule, depth, SE, stem, layout...) of a parent: a canonical seed evaluated in this study or a
   member of the current front (non-dominated among completed trials within the budget).
   Fields the parent lacks (a new stage, another block type) are drawn at random.
-* Budget-aware (both ``evolution`` and ``--sampler budget``, which proposes at random): several
-  proposals are drawn and the calibrated latency predictor (`evaluate.gate_profile`)
-  picks one that fits the budget and comes closest to it, instead of only rejecting afterwards.
-  Architectures the study already holds are not proposed again while a new one can be.
+* Budget-aware: several proposals are drawn and the calibrated latency predictor
+  (`evaluate.gate_profile`) keeps one that fits the budget, instead of only rejecting afterwards.
+  ``evolution`` keeps the first that fits; ``--sampler budget`` (random proposals) the one closest
+  to the budget edge. Architectures the study already holds are not proposed again while a new one
+  can be.
 
 Both are Optuna samplers, so the Optuna and Ray backends use them alike; seeded by ``--seed``.
 """
@@ -103,11 +104,12 @@ def mutate(space: SearchSpace, rng: random.Random, parent: dict[str, Any] | None
 
 
 class EvolutionSampler(optuna.samplers.BaseSampler):
-    """Seed-aware evolution (``evolve=True``) or random proposals, steered to the budget edge."""
+    """Seed-aware evolution (``evolve=True``) or random proposals; kept if they fit the budget (``edge``: nearest its edge)."""
 
-    def __init__(self, space: SearchSpace, s: SearchSettings, seed: int, evolve: bool = True,
+    def __init__(self, space: SearchSpace, s: SearchSettings, seed: int, evolve: bool = True, edge: bool = False,
                  proposals: int = PROPOSALS, explore: float = 0.1) -> None:
-        self.space, self.s, self.evolve, self.proposals, self.explore = space, s, evolve, proposals, explore
+        self.space, self.s, self.evolve, self.edge = space, s, evolve, edge
+        self.proposals, self.explore = proposals, explore
         self.rng = random.Random(seed)
         self._random = optuna.samplers.RandomSampler(seed=seed)
         self.profile = gate_profile(s)
@@ -151,7 +153,8 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         return seeds + front
 
     def propose(self, trials: list[FrozenTrial]) -> dict[str, Any]:
-        """The parameters of the next trial: the best of `proposals` candidates by predicted latency."""
+        """The parameters of the next trial: the first new one of `proposals` candidates that fits the budget
+        (with ``edge``: the one nearest the edge)."""
         have = {t.user_attrs.get("arch_id") for t in trials}
         parents = self.parents(trials) if self.evolve else []
         best: tuple[float, dict[str, Any]] | None = None
@@ -164,14 +167,16 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
             score = self._score(config) - (10.0 if config.arch_id in have else 0.0)
             if best is None or score > best[0]:
                 best = (score, params)
-            if self.profile is None and config.arch_id not in have:
-                break  # nothing to steer with: the first new proposal
+            if (self.profile is None or not self.edge) and config.arch_id not in have and score >= 0.0:
+                break  # the first new proposal that fits (or nothing to steer with)
         return best[1] if best is not None else {}
 
     def _score(self, config: ArchConfig) -> float:
-        """Higher is better: within the budget, closer to it; over it, the less over the better."""
+        """Higher is better: within the budget ≥ 0 (with ``edge``, closer to it); over it, the less over the better."""
         if self.profile is None:
             return 0.0
         ratio = predict_ms(config, self.profile, self.s.resolution, self.s.batch, self.s.precision) / self.s.budget_ms
+        if not self.edge:
+            return 0.0 if ratio <= 1.0 else -ratio
         jitter = self.rng.uniform(0.0, 0.15)  # proposals within 15 % of the edge are equally good
         return min(1.0, ratio + jitter) if ratio <= 1.0 else -ratio
