@@ -14,7 +14,7 @@ the run in progress.
 Every strategy gets the same wall-clock time per seed (``--timeout``, with no trial cap), on the
 same data, proxy and latency (predicted for a published GPU profile: deterministic). Strategies:
 ``random``, ``tpe``, ``nsga2`` (Optuna's samplers), ``budget`` (random proposals steered to the
-budget edge by the latency predictor), ``evolution`` (seed-aware one-field mutations, budget-steered),
+budget edge by the latency predictor), ``evolution`` (seed-aware one-field mutations that fit the budget),
 ``halving`` (evolution with successive halving on the per-epoch proxy reports; only differs with
 ``--proxy train``), and ``default`` (whatever ``python -m nas.search`` uses).
 
