@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -161,6 +162,13 @@ def record_run(folder: Path, s: SearchSettings, storage: str, study_name: str) -
     return path
 
 
+def _collect_garbage(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Free what a trial built (models, tensors in cycles); a gate rejection built nothing, and a
+    full collection with torch loaded costs about as much as the rest of such a trial."""
+    if not str(trial.user_attrs.get("reason") or "").startswith("gate"):
+        gc.collect()
+
+
 def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     requeue_interrupted(study)
 
@@ -186,8 +194,8 @@ def run_optuna(s: SearchSettings, storage: str, study_name: str, progress: bool 
             if evaluated < s.trials and finished < REJECTION_CAP * s.trials and not stop_requested():
                 study.optimize(
                     _objective(study, space, s, deadline), timeout=s.timeout_s, n_jobs=1, catch=(CandidateFailed,),
-                    callbacks=[_report_failure, _requeue, _StopWhenDone(s.trials), _GateCalibration(s), bar],
-                    gc_after_trial=True,
+                    callbacks=[_report_failure, _requeue, _StopWhenDone(s.trials), _GateCalibration(s), bar,
+                               _collect_garbage],
                 )
         except DeadlineReached:
             pass
