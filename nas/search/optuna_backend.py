@@ -32,7 +32,7 @@ from ..space import SearchSpace, load_space
 from .fidelity import stop_rule
 from .lifecycle import (DeadlineReached, Outcome, claim, enqueue_seeds, evaluated_count, interrupted, interruptible,
                         open_study, record, report_failure, requeue_interrupted, say, settle, stop_requested)
-from .results import REJECTION_CAP
+from .results import REJECTION_CAP, is_gate_rejection
 from .settings import SearchSettings
 from .storage import default_storage
 
@@ -165,7 +165,7 @@ def record_run(folder: Path, s: SearchSettings, storage: str, study_name: str) -
 def _collect_garbage(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Free what a trial built (models, tensors in cycles); a gate rejection built nothing, and a
     full collection with torch loaded costs about as much as the rest of such a trial."""
-    if not str(trial.user_attrs.get("reason") or "").startswith("gate"):
+    if not is_gate_rejection(trial.user_attrs):
         gc.collect()
 
 

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["REJECTION_CAP", "format_table", "shortfall", "hypervolume", "is_interrupted", "nondominated", "pareto_front", "trial_metadata", "trial_records",
+__all__ = ["REJECTION_CAP", "format_table", "shortfall", "hypervolume", "is_gate_rejection", "is_interrupted", "nondominated", "pareto_front", "trial_metadata", "trial_records",
            "write_front", "yardstick"]
 
 _COLUMNS = ("number", "name", "arch_id", "accuracy", "latency_ms", "latency_source", "cio", "macs", "params", "feasible")
@@ -22,6 +22,11 @@ _COLUMNS = ("number", "name", "arch_id", "accuracy", "latency_ms", "latency_sour
 def is_interrupted(state: str, attrs: Mapping[str, Any]) -> bool:
     """A FAIL that is no verdict on the candidate: its process died or was stopped (it is run again)."""
     return state == "FAIL" and attrs.get("status") != "failed"
+
+
+def is_gate_rejection(attrs: Mapping[str, Any]) -> bool:
+    """A candidate the cheap latency gate rejected before anything was built."""
+    return str(attrs.get("reason") or "").startswith("gate")
 
 
 def _finite_or_none(v: Any) -> Any:
@@ -95,7 +100,7 @@ def shortfall(records: Sequence[dict[str, Any]], trials: int, timeout_s: float |
     if len(evaluated) >= trials:
         return None
     reason = [str(r.get("reason") or "") for r in finished]
-    gated = sum(x.startswith("gate") for x in reason)
+    gated = sum(1 for r in finished if is_gate_rejection(r))
     over = [r for r, x in zip(finished, reason) if x.startswith("over budget")]
     busy = sum(1 for r in over if r.get("latency_disturbed"))
     disturbed = sum(1 for r in finished if r.get("latency_disturbed"))
