@@ -938,3 +938,17 @@ def test_storage_marker_changes_when_a_search_writes_and_only_then(tmp_path, fix
     before = D.storage_marker(journal)
     s.ask()
     assert before.startswith("journal:") and D.storage_marker(journal) != before
+
+
+def test_a_prediction_a_re_measurement_superseded_is_no_feasible_point():
+    """The search measures a disturbed latency again in a later trial; the app shows the measured one only."""
+    base = {"state": "COMPLETE", "arch_id": "a1", "accuracy": 0.8, "status": "ok", "config": None}
+    records = [{**base, "number": 0, "latency_ms": 5.0, "latency_source": "predicted", "latency_disturbed": True,
+                "superseded_by": 1},
+               {**base, "number": 1, "latency_ms": 9.0, "latency_source": "measured", "latency_disturbed": False,
+                "remeasure_of": 0}]
+    frame = D.records_frame(records)
+    lat = frame["latency_ms"]
+    assert list(A.feasible_mask(frame, lat, 10.0)) == [False, True]
+    assert list(A.front_mask(frame, lat, A.feasible_mask(frame, lat, 10.0), by=None)) == [False, True]
+    assert frame.loc[0, "why"] == "superseded by trial 1" and frame.loc[1, "why"] == "ok"

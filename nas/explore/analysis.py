@@ -146,8 +146,11 @@ def study_lines(df: pd.DataFrame, settings: Mapping[str, Mapping[str, Any]]) -> 
 
 
 def feasible_mask(df: pd.DataFrame, latency: pd.Series, budget_ms: float | None) -> pd.Series:
-    """Completed trials with an accuracy and a latency within ``budget_ms`` (no budget: any latency)."""
+    """Completed trials with an accuracy and a latency within ``budget_ms`` (no budget: any latency); a trial a
+    re-measurement superseded is not one."""
     ok = (df["state"] == "COMPLETE") & df["accuracy"].notna() & latency.notna()
+    if "superseded_by" in df:
+        ok &= df["superseded_by"].isna()
     if budget_ms is not None:
         ok &= latency <= budget_ms
     return ok

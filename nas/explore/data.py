@@ -365,7 +365,9 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     ``latency_disturbed``/``latency_slowdown`` (a measurement taken while other work ran),
     ``latency_runtime``/``latency_runtime_version`` (what a measured latency ran under, else ""),
     ``proxy``, ``status``, ``reason``, ``budget_ms``/``resolution`` (canonical: 224 or
-    ``"1080x1920"``)/``batch``/``precision`` of the study, ``curve`` (per-epoch proxy accuracy), `DESIGN_CHOICES` and ``why`` (`outcome`).
+    ``"1080x1920"``)/``batch``/``precision`` of the study, ``curve`` (per-epoch proxy accuracy),
+    ``superseded_by`` (`nas.search.results.trial_records`: the trial that stands instead, else NaN), `DESIGN_CHOICES`
+    and ``why`` (`outcome`).
     """
     from ..search.results import measured_runtime
 
@@ -399,6 +401,7 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "batch": int(settings.get("batch") or 1),
             "precision": str(settings.get("precision") or "fp32"),
             "curve": list(r.get("accuracy_curve") or []),
+            "superseded_by": _num(r.get("superseded_by")),
         }
         for k in _NUMBERS:
             row[k] = _num(r.get(k))
@@ -408,7 +411,7 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     columns = ["key", "study", "number", "state", "name", "baseline", "arch_id", "config", *_NUMBERS,
                "latency_source", "latency_device", "latency_disturbed", "latency_slowdown", "latency_runtime",
                "latency_runtime_version", "proxy", "status", "reason",
-               "budget_ms", "resolution", "batch", "precision", "curve", *DESIGN_CHOICES]
+               "budget_ms", "resolution", "batch", "precision", "curve", "superseded_by", *DESIGN_CHOICES]
     frame = pd.DataFrame(rows, columns=columns)
     frame["why"] = outcome(frame)
     return frame
@@ -449,4 +452,6 @@ def outcome(frame: pd.DataFrame) -> pd.Series:
     ``failed: proxy training: loss is NaN``, ``running``..."""
     status = frame["status"].where(frame["status"] != "", frame["state"].str.lower())
     status = status.where(frame["state"] != "RUNNING", "running")
-    return status.where(frame["reason"] == "", status + ": " + frame["reason"])
+    status = status.where(frame["reason"] == "", status + ": " + frame["reason"])
+    later = frame["superseded_by"]
+    return status.where(later.isna(), "superseded by trial " + later.fillna(-1).astype(int).astype(str))

@@ -102,6 +102,11 @@ class DeviceProfile:
     def peak(self, precision: str) -> float:
         return self.peak_gflops.get(precision, self.peak_gflops["fp32"])
 
+    @property
+    def fitted_to_networks(self) -> bool:
+        """Whether `nas.latency.calibrate` fitted it to whole networks measured on the device (not only kernels)."""
+        return bool(self.calibration.get("configs"))
+
     def efficiency(self, kernel_class: str) -> float:
         return getattr(self, EFFICIENCY_FIELDS[kernel_class])
 

@@ -4,8 +4,9 @@ With no other option it searches the hardnet space on this machine: latency meas
 device at hand (the CPU where there is no GPU), accuracy from a short proxy training on the
 embedded digits data, 20 evaluated trials, the canonical configs of the space enqueued first as
 baselines.
-Rerunning the same command resumes the study. Exit codes: 0 done, 2 usage error, 3 fewer evaluated
-trials than --trials (the last line says why), 130 interrupted.
+Rerunning the same command resumes the study. Exit codes: 0 done, 2 usage error, 3 fell short (fewer
+evaluated trials than --trials, or a front or baseline whose latency other work kept from being
+measured: the last line says why and what to do), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from ..cli import ArgumentParser, run
 from ..latency.runtimes import MEASURE_RUNTIMES
 from ..paths import runs_dir
 from ..resolution import parse_resolution, resolution_arg
-from .results import shortfall
+from .results import shortfall, unmeasured_note
 from .settings import SearchSettings, check_study_name, parse_budget, parse_objectives
 
 EXIT_SHORT = 3
-"""Exit code of a search that ended with fewer evaluated trials than --trials (2: usage error, 130: interrupted)."""
+"""Exit code of a search that fell short: fewer evaluated trials than --trials, or latencies of its front or
+baselines that could only be predicted (2: usage error, 130: interrupted)."""
 
 
 def _positive_int(text: str) -> int:
@@ -133,11 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if interrupted:
         print("nas.search: interrupted; completed trials are saved, rerun the same command to resume", file=sys.stderr)
         return 130
-    short = shortfall(records, settings.trials, settings.timeout_s) if records is not None else None
-    if short is not None:
-        print(f"nas.search: fell short: {short}", file=sys.stderr)
-        return EXIT_SHORT
-    return 0
+    if records is None:
+        return 0
+    short = [line for line in (shortfall(records, settings.trials, settings.timeout_s),
+                               unmeasured_note(records) if settings.latency_kind == "measured" else None) if line]
+    for line in short:
+        print(f"nas.search: fell short: {line}", file=sys.stderr)
+    return EXIT_SHORT if short else 0
 
 
 def _read_study(storage: str, study_name: str) -> Any:
@@ -177,19 +181,20 @@ def _validate_early(s: SearchSettings) -> None:
 def _report(study, s: SearchSettings, folder: Path) -> list[dict[str, Any]]:
     """Print the summary, the front and the baselines, write the front's files; returns the trial records."""
     from ..config import ArchConfig
-    from .results import format_table, is_interrupted, pareto_front, trial_records, write_front, yardstick
+    from .results import current, format_table, is_interrupted, pareto_front, trial_records, write_front, yardstick
 
     recs = trial_records(study)
     front = pareto_front(recs)
     interrupted = [r for r in recs if is_interrupted(r["state"], r)]
-    retried = {r.get("retry_of") for r in recs}
-    baselines = [r for r in recs if r.get("seed") and r["number"] not in retried]
+    baselines = [r for r in current(recs) if r.get("seed")]
     states = {st: sum(r["state"] == st for r in recs) for st in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
-    gated = sum(1 for r in recs if str(r.get("reason") or "").startswith(("gate", "over budget")))
+    remeasured = sum(1 for r in recs if r.get("remeasure_of") is not None and r["state"] in ("COMPLETE", "PRUNED"))
+    gated = sum(1 for r in recs if r.get("status") == "rejected" and r.get("remeasure_of") is None)
     failed = states["FAIL"] - len(interrupted)
     others = "".join(f", {states[st]} {st.lower()}" for st in ("RUNNING", "WAITING") if states[st])
+    again = f", {remeasured} latency re-measurements" if remeasured else ""
     print(f"\nstudy {study.study_name}: {len(recs)} trials ({states['COMPLETE']} complete, {states['PRUNED']} pruned "
-          f"of which {gated} rejected before training, {failed} failed, {len(interrupted)} interrupted{others}); "
+          f"of which {gated} rejected before training, {failed} failed, {len(interrupted)} interrupted{others}{again}); "
           f"budget {s.budget_ms:g} ms "
           f"({'measured on ' + s.device if s.latency_kind == 'measured' else 'predicted for ' + str(s.latency_device)})")
     if failed:

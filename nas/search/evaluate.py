@@ -108,25 +108,21 @@ def _evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, fl
                                 f"{s.gate_factor:g}x the {s.budget_ms:g} ms budget")
     if s.latency_kind == "measured":
         lat = measure_settled(config, s)
-        m.update(latency_runtime=lat.context.get("runtime", s.runtime),
-                 latency_runtime_version=lat.context.get("runtime_version"))
-        if lat.ok:
-            m.update(latency_disturbed=lat.disturbed, latency_slowdown=lat.canary_slowdown)
+        m.update(_measurement_fields(lat, s))
         if lat.ok and lat.disturbed:
             # a figure timed while other work ran can be 100x off (thread stalls grow with the network, so no
             # slowdown factor corrects it): keep it aside and decide on this device's prediction, labelled so
-            m.update(latency_raw_ms=lat.median_ms, latency_interference=lat.interference)
+            m.update(latency_raw_ms=lat.median_ms, latency_interference=lat.interference,
+                     latency_prediction_calibrated=gate.fitted_to_networks)
             lat = predict(config, gate, s.resolution, s.batch, s.precision)
     else:
         lat = predict(config, s.latency_device, s.resolution, s.batch, s.precision)
-    m.update(latency_source=lat.source, latency_device=lat.device, latency_rel_iqr=lat.rel_iqr)
     if not lat.ok:
+        m.update(latency_source=lat.source, latency_device=lat.device, latency_rel_iqr=lat.rel_iqr)
         return done("failed", f"latency: {lat.error}")
-    m["latency_ms"] = lat.median_ms
-    m["over_budget"] = lat.median_ms > s.budget_ms
-    if lat.median_ms > s.budget_ms and not baseline:
-        flag = " (the measurement was disturbed by other work)" if m.get("latency_disturbed") else ""
-        return done("rejected", f"over budget: {lat.source} {lat.median_ms:.1f} ms > {s.budget_ms:g} ms{flag}")
+    m.update(_latency_fields(lat, s))
+    if m["over_budget"] and not baseline:
+        return done("rejected", _over_budget(m, s))
 
     if baseline:
         cached = _proxy_cache().get(config.arch_id, proxy_context(s))
@@ -137,6 +133,43 @@ def _evaluate(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, fl
     if baseline and m["status"] == "ok":
         _proxy_cache().put(config.arch_id, proxy_context(s), m)
     m["wall_s"] = time.perf_counter() - start
+    return m
+
+
+def _measurement_fields(lat: LatencyResult, s: SearchSettings) -> dict[str, Any]:
+    """What a measurement records besides its figure: the runtime, and whether other work disturbed it."""
+    fields = {"latency_runtime": lat.context.get("runtime", s.runtime),
+              "latency_runtime_version": lat.context.get("runtime_version")}
+    if lat.ok:
+        fields.update(latency_disturbed=lat.disturbed, latency_slowdown=lat.canary_slowdown)
+    return fields
+
+
+def _latency_fields(lat: LatencyResult, s: SearchSettings) -> dict[str, Any]:
+    """The latency a candidate is judged by (measured, or predicted) and whether it is over the budget."""
+    return {"latency_source": lat.source, "latency_device": lat.device, "latency_rel_iqr": lat.rel_iqr,
+            "latency_ms": lat.median_ms, "over_budget": lat.median_ms > s.budget_ms}
+
+
+def _over_budget(m: dict[str, Any], s: SearchSettings) -> str:
+    flag = " (the measurement was disturbed by other work)" if m.get("latency_disturbed") else ""
+    return f"over budget: {m['latency_source']} {m['latency_ms']:.1f} ms > {s.budget_ms:g} ms{flag}"
+
+
+def remeasure(attrs: dict[str, Any], config: ArchConfig, s: SearchSettings, baseline: bool = False) -> dict[str, Any] | None:
+    """A twin's metrics (``attrs``) with the latency that other work disturbed measured again, the training kept.
+
+    Measured cleanly now, the figure and its verdict replace the prediction that stood in for it
+    (a candidate over the budget is now rejected, a baseline never); None while the device is still busy.
+    """
+    lat = measure_settled(config, s)
+    if not lat.ok or lat.disturbed:
+        return None
+    m = {k: v for k, v in attrs.items()
+         if k not in ("latency_raw_ms", "latency_interference", "latency_prediction_calibrated")}
+    m.update(_measurement_fields(lat, s), **_latency_fields(lat, s), status="ok", reason=None)
+    if m["over_budget"] and not baseline:
+        m.update(status="rejected", reason=_over_budget(m, s))
     return m
 
 

@@ -6,7 +6,8 @@
 2. `enqueue_seeds`: the canonical configs that are points of the space run first, named.
 3. `claim`: the trial samples its architecture and records ``arch_id`` (concurrent trials see it).
 4. `settle`: a twin (same ``arch_id``) that was evaluated is reused, a running one is waited for
-   (bounded by the deadline and Ctrl-C); otherwise `evaluate` runs.
+   (bounded by the deadline and Ctrl-C); otherwise `evaluate` runs. A twin's latency that other
+   work disturbed is measured again (`requeue_disturbed` queues them when a study resumes).
 5. `outcome` / `record`: the evaluation status decides the trial's state, values, constraint and
    user attributes: ok -> COMPLETE; rejected (gate, budget) or pruned -> PRUNED; failed -> FAIL
    (a verdict); interrupted -> FAIL that does not count and runs again. A baseline is never
@@ -33,14 +34,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..config import ArchConfig
 from ..space import InvalidCandidate, SearchSpace
-from .evaluate import evaluate, objective_values
-from .results import is_interrupted
+from .evaluate import evaluate, objective_values, remeasure
+from .results import current, is_interrupted, trial_records, unmeasured
 from .settings import SearchSettings
 from .storage import open_storage
 
 __all__ = ["DeadlineReached", "Outcome", "claim", "enqueue_seeds", "evaluated_count", "evaluated_twin",
            "fail_dead_trials", "interrupt_now", "interrupted", "make_sampler", "open_study", "outcome", "record",
-           "report_failure", "request_stop", "requeue_interrupted", "reuse", "say", "settle", "stop_requested"]
+           "report_failure", "request_stop", "requeue_disturbed", "requeue_interrupted", "reuse", "say", "search_done",
+           "settle", "stop_requested", "waiting_remeasures"]
 
 _STOP = threading.Event()
 _RAISE_OK = threading.Event()
@@ -119,7 +121,8 @@ def open_study(s: SearchSettings, storage: str, study_name: str, heartbeat: bool
     """Create or resume; a resumed study must have been created with the same settings.
 
     Its ``sampler`` is the one every backend proposes with. Trials of processes that died are
-    failed first and queued to run again (`requeue_interrupted`).
+    failed first and queued to run again (`requeue_interrupted`); on a resumed measured-latency study,
+    latencies other work disturbed are queued to be measured again (`requeue_disturbed`).
     """
     st = open_storage(storage, heartbeat=heartbeat)
     try:
@@ -140,6 +143,8 @@ def open_study(s: SearchSettings, storage: str, study_name: str, heartbeat: bool
         study.set_user_attr("objectives", list(s.objectives))
     fail_dead_trials(study, own_pid_is_dead=True)
     requeue_interrupted(study)
+    if existing is not None and s.latency_kind == "measured":
+        requeue_disturbed(study)
     return study
 
 
@@ -208,6 +213,41 @@ def requeue_interrupted(study: optuna.Study) -> list[int]:
     return queued
 
 
+def requeue_disturbed(study: optuna.Study) -> list[int]:
+    """Queue a re-measurement of every evaluated architecture whose latency is still a prediction standing in
+    for a measurement other work disturbed (once per run; `settle` measures it again, reusing the training).
+
+    Returns the trial numbers whose latency is measured again.
+    """
+    records = trial_records(study)
+    params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
+    pending = {r.get("remeasure_of") for r in records if r["state"] in ("WAITING", "RUNNING")}
+    queued, seen = [], set()
+    for r in unmeasured(current(records)):
+        if r.get("arch_id") in seen or r["number"] in pending:
+            continue
+        seen.add(r.get("arch_id"))
+        attrs = {"remeasure_of": r["number"]} | ({"seed": r["seed"]} if r.get("seed") else {})
+        study.enqueue_trial(params[r["number"]], user_attrs=attrs)
+        queued.append(r["number"])
+    return queued
+
+
+def waiting_remeasures(study: optuna.Study) -> int:
+    """Queued re-measurements not yet run: a search runs them even when it already holds its trials."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+               if t.user_attrs.get("remeasure_of") is not None)
+
+
+def search_done(study: optuna.Study, trials: int) -> bool:
+    """Whether a search holds ``trials`` evaluated trials with no re-measurement waiting, or hit the cap of
+    REJECTION_CAP times as many finished candidates."""
+    from .results import REJECTION_CAP
+
+    evaluated, finished = evaluated_count(study)
+    return (evaluated >= trials and not waiting_remeasures(study)) or finished >= REJECTION_CAP * trials
+
+
 def enqueue_seeds(study: optuna.Study, space: SearchSpace) -> list[str]:
     """Queue the canonical configs of the space once (a run killed while queueing them completes the set)."""
     trials = study.get_trials(deepcopy=False)
@@ -225,9 +265,11 @@ def enqueue_seeds(study: optuna.Study, space: SearchSpace) -> list[str]:
 
 
 def evaluated_count(study: optuna.Study) -> tuple[int, int]:
-    """(trials that were evaluated, all finished trials): gate/budget rejections and interrupted trials are not."""
+    """(trials that were evaluated, all finished trials): gate/budget rejections and interrupted trials are not
+    evaluated; re-measurements of a latency are neither."""
     finished = [t for t in study.get_trials(deepcopy=False)
                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+    finished = [t for t in finished if t.user_attrs.get("remeasure_of") is None]  # not a candidate of its own
     evaluated = [t for t in finished if t.user_attrs.get("status") != "rejected"
                  and not is_interrupted(t.state.name, t.user_attrs)]
     return len(evaluated), len(finished)
@@ -299,16 +341,21 @@ def evaluated_twin(study: optuna.Study, number: int, arch_id: str, deadline: flo
     while True:
         waiting_for = None
         failed = None
+        predicted = None  # a twin whose latency is a prediction: one measured cleanly is preferred
         for t in study.get_trials(deepcopy=False, states=wanted):
             if t.number == number or t.user_attrs.get("arch_id") != arch_id:
                 continue
-            if t.state == TrialState.COMPLETE:
+            if t.state == TrialState.COMPLETE and not t.user_attrs.get("latency_disturbed"):
                 return t
+            if t.state == TrialState.COMPLETE:
+                predicted = predicted or t
             if t.state == TrialState.FAIL:
                 if not is_interrupted(t.state.name, t.user_attrs) and failed is None:
                     failed = t
             elif t.number < number and waiting_for is None:
                 waiting_for = t
+        if predicted is not None:
+            return predicted
         if failed is not None:
             return failed
         if waiting_for is None:
@@ -338,8 +385,17 @@ def settle(study: optuna.Study, number: int, config: ArchConfig, s: SearchSettin
     """A claimed trial's outcome: a twin's result, or the evaluation's (``metrics`` fills in as it runs).
 
     A config named after a seed (`claim` names it) is a baseline: evaluated whatever its latency.
+    A twin whose latency other work disturbed is measured again (its training reused): measured
+    cleanly, this trial carries the figure (``remeasure_of``) and supersedes the twin's prediction.
     """
     twin = evaluated_twin(study, number, config.arch_id, deadline)
+    if twin is not None and twin.state == TrialState.COMPLETE and twin.user_attrs.get("latency_disturbed") \
+            and s.latency_kind == "measured":
+        with interruptible(True):
+            attrs = {k: v for k, v in twin.user_attrs.items() if k not in _NOT_COPIED}
+            m = remeasure(attrs, config, s, baseline=bool(config.name))
+        if m is not None:
+            return outcome(m | {"remeasure_of": twin.number, "budget_ms": s.budget_ms}, s)
     if twin is not None:
         return reuse(twin, s)
     with interruptible(True):

@@ -31,8 +31,9 @@ from ..latency.devices import resolve_device
 from ..space import SearchSpace, load_space
 from .fidelity import stop_rule
 from .lifecycle import (DeadlineReached, Outcome, claim, enqueue_seeds, evaluated_count, interrupted, interruptible,
-                        open_study, record, report_failure, requeue_interrupted, say, settle, stop_requested)
-from .results import REJECTION_CAP, is_gate_rejection
+                        open_study, record, report_failure, requeue_interrupted, say, search_done, settle,
+                        stop_requested)
+from .results import is_gate_rejection
 from .settings import SearchSettings
 from .storage import default_storage
 
@@ -50,8 +51,7 @@ class _StopWhenDone:
         self.trials = trials
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        evaluated, finished = evaluated_count(study)
-        if evaluated >= self.trials or finished >= REJECTION_CAP * self.trials or stop_requested():
+        if search_done(study, self.trials) or stop_requested():
             study.stop()
 
 
@@ -130,7 +130,8 @@ class _Progress:
             self.bar = tqdm(total=total, initial=min(done, total), unit="trial", file=sys.stderr, dynamic_ncols=True)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self.bar is None or trial.user_attrs.get("status") in ("rejected", "interrupted"):
+        if self.bar is None or trial.user_attrs.get("status") in ("rejected", "interrupted") \
+                or trial.user_attrs.get("remeasure_of") is not None:
             return
         from .results import pareto_front, trial_records
 
@@ -188,10 +189,10 @@ def run_optuna(s: SearchSettings, storage: str, study_name: str, progress: bool 
         if on_open is not None:
             on_open(study)
         enqueue_seeds(study, space)
-        evaluated, finished = evaluated_count(study)
+        evaluated, _ = evaluated_count(study)
         bar = _Progress(s.trials, evaluated, progress)
         try:
-            if evaluated < s.trials and finished < REJECTION_CAP * s.trials and not stop_requested():
+            if not search_done(study, s.trials) and not stop_requested():
                 study.optimize(
                     _objective(study, space, s, deadline), timeout=s.timeout_s, n_jobs=1, catch=(CandidateFailed,),
                     callbacks=[_report_failure, _requeue, _StopWhenDone(s.trials), _GateCalibration(s), bar,

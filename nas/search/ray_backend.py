@@ -168,10 +168,10 @@ class LifecycleSearch(OptunaSearch):
             return None
         if self._counts is None:
             self._counts = L.evaluated_count(self.study)
-        evaluated, finished = self._counts
-        if L.stop_requested() or evaluated >= self.s.trials or finished >= REJECTION_CAP * self.s.trials:
+        evaluated, _ = self._counts
+        if L.stop_requested() or L.search_done(self.study, self.s.trials):
             return Searcher.FINISHED
-        if evaluated + len(self._live) >= self.s.trials:
+        if evaluated + len(self._live) >= self.s.trials and not L.waiting_remeasures(self.study):
             return None  # the trials in flight may be enough
         proposal = super().suggest(trial_id)
         trial = self._claim.claimed.pop(proposal["number"])
@@ -263,8 +263,8 @@ def _run(s: SearchSettings, storage: str, study_name: str, address: str | None,
 
     deadline = time.time() + s.timeout_s if s.timeout_s is not None else None
     study = L.open_study(s, storage, study_name, heartbeat=False)
-    evaluated, finished = L.evaluated_count(study)
-    done = evaluated >= s.trials or finished >= REJECTION_CAP * s.trials
+    _, finished = L.evaluated_count(study)
+    done = L.search_done(study, s.trials)
     resources = None if done else _start_ray(s, address)  # a cluster that cannot run the trials records no run
     if on_open is not None:
         on_open(study)

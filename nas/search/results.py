@@ -13,8 +13,9 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["REJECTION_CAP", "format_table", "shortfall", "hypervolume", "is_gate_rejection", "is_interrupted", "nondominated", "pareto_front", "trial_metadata", "trial_records",
-           "write_front", "yardstick"]
+__all__ = ["REJECTION_CAP", "current", "format_table", "hypervolume", "is_gate_rejection", "is_interrupted",
+           "measured_cleanly", "nondominated", "pareto_front", "shortfall", "trial_metadata", "trial_records",
+           "unmeasured", "unmeasured_note", "write_front", "yardstick"]
 
 _COLUMNS = ("number", "name", "arch_id", "accuracy", "latency_ms", "latency_source", "cio", "macs", "params", "feasible")
 
@@ -33,8 +34,18 @@ def _finite_or_none(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
+def measured_cleanly(attrs: Mapping[str, Any]) -> bool:
+    """A latency measured on the device with no other work disturbing it (not a prediction standing in)."""
+    return attrs.get("latency_source") == "measured" and not attrs.get("latency_disturbed")
+
+
 def trial_records(study: Any) -> list[dict[str, Any]]:
-    """One flat dict per trial: number, state, objective values and all user attributes."""
+    """One flat dict per trial: number, state, objective values and all user attributes.
+
+    A finished trial cannot be edited, so a re-measurement is a later trial (``remeasure_of``):
+    the record it replaces gets ``superseded_by`` (a disturbed latency, once a twin measured it
+    cleanly; a re-measurement that was disturbed again adds nothing over its original).
+    """
     out = []
     budget = study.user_attrs.get("settings", {}).get("budget_ms")
     for t in study.get_trials(deepcopy=False):
@@ -43,7 +54,30 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
         lat = rec.get("latency_ms")
         rec["feasible"] = bool(t.state.name == "COMPLETE" and lat is not None and (budget is None or lat <= budget))
         out.append(rec)
+    clean: dict[str, int] = {}
+    for r in out:
+        if r["state"] in ("COMPLETE", "PRUNED") and measured_cleanly(r):
+            clean.setdefault(str(r.get("arch_id")), r["number"])
+    for r in out:
+        if r["state"] != "COMPLETE" or not r.get("latency_disturbed"):
+            continue
+        if str(r.get("arch_id")) in clean:
+            r["superseded_by"] = clean[str(r.get("arch_id"))]
+        elif r.get("remeasure_of") is not None:
+            r["superseded_by"] = r["remeasure_of"]
     return out
+
+
+def current(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records that stand: neither superseded by a re-measurement nor an interrupted trial run again."""
+    records = list(records)
+    retried = {r.get("retry_of") for r in records}
+    return [r for r in records if r.get("superseded_by") is None and r["number"] not in retried]
+
+
+def unmeasured(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """COMPLETE records whose latency is a prediction standing in for a disturbed measurement."""
+    return [r for r in records if r.get("state") == "COMPLETE" and r.get("latency_disturbed")]
 
 
 def measured_runtime(record: Mapping[str, Any], settings: Mapping[str, Any]) -> tuple[str, str]:
@@ -94,7 +128,7 @@ REJECTION_CAP = 25
 
 def shortfall(records: Sequence[dict[str, Any]], trials: int, timeout_s: float | None = None) -> str | None:
     """One line saying why a search holds fewer than ``trials`` evaluated trials, and what to try; None if it does not."""
-    finished = [r for r in records if r.get("state") in ("COMPLETE", "PRUNED", "FAIL")]
+    finished = [r for r in records if r.get("state") in ("COMPLETE", "PRUNED", "FAIL") and r.get("remeasure_of") is None]
     interrupted = {r["number"] for r in finished if is_interrupted(r["state"], r)}
     evaluated = [r for r in finished if r.get("status") != "rejected" and r["number"] not in interrupted]
     if len(evaluated) >= trials:
@@ -150,10 +184,11 @@ def nondominated(points: Sequence[Sequence[float]], signs: Sequence[int]) -> lis
 
 def pareto_front(records: Iterable[dict[str, Any]], objectives: Sequence[str] = ("accuracy", "latency_ms", "cio"),
                  maximize: Sequence[str] = ("accuracy",), feasible_only: bool = True) -> list[dict[str, Any]]:
-    """Non-dominated records (first occurrence of each architecture), sorted by the second objective."""
+    """Non-dominated records (first occurrence of each architecture, superseded ones left out), sorted by the
+    second objective."""
     pool, seen = [], set()
     for r in records:
-        if r.get("state") != "COMPLETE" or (feasible_only and not r.get("feasible")):
+        if r.get("state") != "COMPLETE" or (feasible_only and not r.get("feasible")) or _present(r.get("superseded_by")):
             continue
         if any(r.get(o) is None or (isinstance(r.get(o), float) and math.isnan(r[o])) for o in objectives):
             continue
@@ -207,6 +242,27 @@ def _fmt(v: Any, col: str) -> str:
     if col == "macs":
         return f"{v / 1e9:.3f}G"
     return str(v)
+
+
+def unmeasured_note(records: Sequence[dict[str, Any]]) -> str | None:
+    """One line when the front or a baseline of a measured-latency search stands on predicted latencies
+    (every measurement of them was disturbed by other work), and what to do; None when all were measured."""
+    standing = current(records)
+    front = pareto_front(standing)
+    baselines = [r for r in standing if r.get("seed")]
+    on_front, base = unmeasured(front), unmeasured(baselines)
+    if not on_front and not base:
+        return None
+    both = on_front + base
+    slow = [r["latency_slowdown"] for r in both if isinstance(r.get("latency_slowdown"), (int, float))]
+    worst = f" (the device ran up to {max(slow):.1f}x slower than quiet)" if slow else ""
+    calibrated = all(r.get("latency_prediction_calibrated") for r in both)
+    trust = ("from this device's calibrated profile" if calibrated else
+             "from a profile not yet calibrated on measurements here, which can be several times off")
+    return (f"latency not measured for {len(on_front)} of the front's {len(front)} architectures and {len(base)} of "
+            f"{len(baselines)} baselines: other work disturbed every measurement of them{worst}, so their latency "
+            f"is predicted {trust}. Rerun the same command on a quiet machine: it measures them again and keeps "
+            "their training")
 
 
 def format_table(rows: Sequence[dict[str, Any]], title: str) -> str:
