@@ -942,7 +942,7 @@ def test_storage_marker_changes_when_a_search_writes_and_only_then(tmp_path, fix
 
 def test_a_prediction_a_re_measurement_superseded_is_no_feasible_point():
     """The search measures a disturbed latency again in a later trial; the app shows the measured one only."""
-    base = {"state": "COMPLETE", "arch_id": "a1", "accuracy": 0.8, "status": "ok", "config": None}
+    base = {"state": "COMPLETE", "arch_id": "a1", "accuracy": 0.8, "status": "ok", "config": None, "seed": "hardnet68"}
     records = [{**base, "number": 0, "latency_ms": 5.0, "latency_source": "predicted", "latency_disturbed": True,
                 "superseded_by": 1},
                {**base, "number": 1, "latency_ms": 9.0, "latency_source": "measured", "latency_disturbed": False,
@@ -952,3 +952,4 @@ def test_a_prediction_a_re_measurement_superseded_is_no_feasible_point():
     assert list(A.feasible_mask(frame, lat, 10.0)) == [False, True]
     assert list(A.front_mask(frame, lat, A.feasible_mask(frame, lat, 10.0), by=None)) == [False, True]
     assert frame.loc[0, "why"] == "superseded by trial 1" and frame.loc[1, "why"] == "ok"
+    assert list(frame["baseline"]) == [False, True]  # one yardstick per baseline: the measured one

@@ -384,7 +384,7 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "number": int(r.get("number", -1)),
             "state": r.get("state", ""),
             "name": str(r.get("name") or r.get("seed") or ""),
-            "baseline": bool(r.get("seed")),
+            "baseline": bool(r.get("seed")) and r.get("superseded_by") is None,  # a re-measurement stands for it
             "arch_id": r.get("arch_id") or "",
             "config": cfg or "",
             "latency_source": r.get("latency_source") or "",
