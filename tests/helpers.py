@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -121,3 +122,24 @@ def synthetic_clock(truth):
     from nas.latency.kernels import kernels_ms
 
     return lambda probe, seconds: kernels_ms(probe.kernels, truth)
+
+
+def drive_ray(s: Any, url: str, name: str) -> None:
+    """What Tune does with one worker: propose, run the trainable, hand its last result back, until finished."""
+    from ray.tune.search import Searcher
+
+    from nas.search import lifecycle
+    from nas.search.ray_backend import LifecycleSearch, param_space, run_trial
+
+    search = LifecycleSearch(s, lifecycle.open_study(s, url, name, heartbeat=False), url)
+    search.set_max_concurrency(1)
+    for i in range(50):
+        proposal = search.suggest(f"t{i}")
+        if proposal == Searcher.FINISHED:
+            return
+        if proposal is None:  # nothing to run now
+            continue
+        reports: list[dict] = []
+        run_trial(param_space(s, url, name, None) | proposal, reports.append)
+        search.on_trial_complete(f"t{i}", {**reports[-1], "done": True})
+    pytest.fail("the Ray searcher never finished")

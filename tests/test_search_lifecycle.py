@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import RAY_ENV, RAY_PREFIX, needs_ray, needs_ray_network
+from helpers import RAY_ENV, RAY_PREFIX, drive_ray, needs_ray, needs_ray_network
 
 from nas.search import lifecycle
 from nas.search.settings import SearchSettings
@@ -128,26 +128,6 @@ def _check_expected(rows: list[dict]) -> None:
     assert rows[2]["constraints"]["constraints:latency"] > 0 and rows[4]["values"] == rows[2]["values"]
 
 
-def _drive_ray(s: SearchSettings, url: str, name: str) -> None:
-    """What Tune does with one worker: propose, run the trainable, hand its last result back, until finished."""
-    from ray.tune.search import Searcher
-
-    from nas.search.ray_backend import LifecycleSearch, param_space, run_trial
-
-    search = LifecycleSearch(s, lifecycle.open_study(s, url, name, heartbeat=False), url)
-    search.set_max_concurrency(1)
-    for i in range(50):
-        proposal = search.suggest(f"t{i}")
-        if proposal == Searcher.FINISHED:
-            return
-        if proposal is None:  # nothing to run now
-            continue
-        reports: list[dict] = []
-        run_trial(param_space(s, url, name, None) | proposal, reports.append)
-        search.on_trial_complete(f"t{i}", {**reports[-1], "done": True})
-    pytest.fail("the Ray searcher never finished")
-
-
 @needs_ray
 def test_both_backends_run_one_trial_lifecycle(tmp_path, monkeypatch):
     import nas.search.evaluate as E
@@ -157,7 +137,7 @@ def test_both_backends_run_one_trial_lifecycle(tmp_path, monkeypatch):
     monkeypatch.setattr(E, "zero_cost", _exec(CRASH)["crash"](E.zero_cost))
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     for backend, run in (("optuna", lambda s: run_optuna(s, url, "optuna", progress=False)),
-                         ("ray", lambda s: _drive_ray(s, url, "ray"))):
+                         ("ray", lambda s: drive_ray(s, url, "ray"))):
         s = scenario["settings"](backend)
         scenario["prepare"](s, url, backend)
         run(s)

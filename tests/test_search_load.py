@@ -3,6 +3,7 @@ figures only, and a run that falls short saying why (exit code 3)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ from nas.search import SearchSettings
 from nas.search.optuna_backend import _GateCalibration
 from nas.search.results import format_table, shortfall, write_front
 
-from helpers import TINY
+from helpers import TINY, drive_ray, needs_ray
 
 CFG = nas.get_config("hardnet39ds")
 
@@ -276,3 +277,34 @@ def test_a_front_other_work_kept_from_being_measured_exits_3_and_a_quiet_rerun_m
 
 def get_arch(name: str) -> str:
     return nas.get_config(name).arch_id
+
+
+@needs_ray
+def test_the_ray_backend_runs_the_re_measurements_of_a_resumed_busy_study(monkeypatch, _isolated_runs):
+    """A study searched while busy (Optuna backend), resumed quietly on Ray: its queued re-measurements run there
+    although the study already holds its trials, each reuses its twin's proxy result, and then Ray stops."""
+    from nas.search.lifecycle import evaluated_count
+    from nas.search.optuna_backend import run_optuna
+    from nas.search.results import current, pareto_front, trial_records, unmeasured
+
+    _quiet_cpu_profile()
+    busy = {"on": True}
+    monkeypatch.setattr(ev, "measure_settled", lambda config, s, sleep=None: _lat(100.0, True, 4.0) if busy["on"]
+                        else _lat(0.5))
+    url = f"sqlite:///{_isolated_runs / 'nas.db'}"
+    s = SearchSettings(space=TINY, resolution=64, proxy="zero-cost", budget_ms=30.0, trials=3, device="cpu")
+    study = run_optuna(s, url, "busy", progress=False)
+    disturbed = {r["number"] for r in unmeasured(current(trial_records(study)))}
+    evaluated = evaluated_count(study)[0]
+    assert disturbed and evaluated == 3
+
+    busy["on"] = False
+    monkeypatch.setattr(ev, "zero_cost", lambda *a, **k: pytest.fail("a proxy result was computed again"))
+    drive_ray(dataclasses.replace(s, backend="ray"), url, "busy")
+    study = optuna.load_study(study_name="busy", storage=url)
+    records = trial_records(study)
+    again = [r for r in records if r.get("remeasure_of") is not None]
+    assert {r["remeasure_of"] for r in again} == disturbed
+    assert all(r["state"] == "COMPLETE" and r["latency_source"] == "measured" and r["latency_ms"] == 0.5 for r in again)
+    assert evaluated_count(study)[0] == evaluated and not unmeasured(current(records))
+    assert all(r["latency_source"] == "measured" for r in pareto_front(records))

@@ -168,11 +168,12 @@ class LifecycleSearch(OptunaSearch):
             return None
         if self._counts is None:
             self._counts = L.evaluated_count(self.study)
-        evaluated, _ = self._counts
-        if L.stop_requested() or L.search_done(self.study, self.s.trials):
+        evaluated, finished = self._counts
+        if L.stop_requested() or finished >= REJECTION_CAP * self.s.trials:
             return Searcher.FINISHED
         if evaluated + len(self._live) >= self.s.trials and not L.waiting_remeasures(self.study):
-            return None  # the trials in flight may be enough
+            # done, or the trials in flight may be enough (queued re-measurements run whatever the count)
+            return Searcher.FINISHED if evaluated >= self.s.trials else None
         proposal = super().suggest(trial_id)
         trial = self._claim.claimed.pop(proposal["number"])
         if "outcome" in proposal:  # a candidate that cannot be built needs no Tune trial
