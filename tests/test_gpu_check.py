@@ -61,8 +61,11 @@ def test_quick_cpu_check_runs_every_section(tmp_path):
     proc, report = _run(["--deadline", "600"], tmp_path / "out", tmp_path / "runs")
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     statuses = _statuses(report)
-    assert statuses == {name: "ok" for name in G.SECTIONS}, proc.stdout[-3000:]
-    assert proc.returncode == 0
+    # on a busy machine every latency of the search's front may be disturbed: it says so (exit 3), honestly partial
+    busy = statuses["search"].startswith("partial: fell short: latency not measured for ")
+    assert statuses == {name: "ok" for name in G.SECTIONS} | ({"search": statuses["search"]} if busy else {}), \
+        proc.stdout[-3000:]
+    assert proc.returncode == (1 if busy else 0)
     assert report["finished"] is True
     for path, value in _numbers(report):
         assert math.isfinite(value), path
@@ -80,7 +83,7 @@ def test_quick_cpu_check_runs_every_section(tmp_path):
     assert sec["predict"]["fidelity"] and len(sec["predict"]["predictions"]) >= len(G.QUICK.models) + 2
     assert {p["label"] for p in sec["predict"]["profiles"]} >= {"local profile (profile_device)"}
     study = sec["search"]["study"]
-    assert sec["search"]["returncode"] == 0 and study["evaluated"] >= 1 and study["trials"] >= 2
+    assert sec["search"]["returncode"] == (3 if busy else 0) and study["evaluated"] >= 1 and study["trials"] >= 2
     rows = {r["variant"]: r for r in sec["export"]["rows"]}
     assert {"eager (package)", "exported .py", "exported .py --deploy", "torchscript --deploy"} <= set(rows)
     for row in rows.values():  # the same weights: every variant computes the package's outputs

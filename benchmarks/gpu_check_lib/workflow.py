@@ -96,7 +96,7 @@ def section_search(sec: Section, sh: Shared) -> None:
     if stopped:
         sec.partial_reason = f"time: the search was stopped after {wall:.0f} s with {evaluated} trials evaluated"
     elif rc == 3:
-        sec.partial_reason = f"fell short: {lines[-1] if lines else 'no output'}"
+        sec.partial_reason = f"fell short: {lines[-1].removeprefix('nas.search: fell short: ') if lines else 'no output'}"
     elif rc != 0:
         raise SectionError(f"python -m nas.search exited {rc}: {lines[-1] if lines else 'no output'}")
 
