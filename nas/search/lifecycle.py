@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..config import ArchConfig
 from ..space import InvalidCandidate, SearchSpace
 from .evaluate import evaluate, objective_values, remeasure
-from .results import current, is_interrupted, trial_records, unmeasured
+from .results import REJECTION_CAP, current, is_interrupted, trial_records, unmeasured
 from .settings import SearchSettings
 from .storage import open_storage
 
@@ -242,8 +242,6 @@ def waiting_remeasures(study: optuna.Study) -> int:
 def search_done(study: optuna.Study, trials: int) -> bool:
     """Whether a search holds ``trials`` evaluated trials with no re-measurement waiting, or hit the cap of
     REJECTION_CAP times as many finished candidates."""
-    from .results import REJECTION_CAP
-
     evaluated, finished = evaluated_count(study)
     return (evaluated >= trials and not waiting_remeasures(study)) or finished >= REJECTION_CAP * trials
 
@@ -370,9 +368,14 @@ def evaluated_twin(study: optuna.Study, number: int, arch_id: str, deadline: flo
         fail_dead_trials(study)
 
 
+def _twin_attrs(twin: FrozenTrial) -> dict[str, Any]:
+    """A twin's user attributes that carry over to a trial reusing its result."""
+    return {k: v for k, v in twin.user_attrs.items() if k not in _NOT_COPIED}
+
+
 def reuse(twin: FrozenTrial, s: SearchSettings) -> Outcome:
     """A twin's result as this trial's: never trained (or crashed) twice; ``duplicate_of`` names the first."""
-    attrs = {k: v for k, v in twin.user_attrs.items() if k not in _NOT_COPIED}
+    attrs = _twin_attrs(twin)
     attrs["duplicate_of"] = twin.user_attrs.get("duplicate_of", twin.number)
     if twin.state == TrialState.FAIL:
         return Outcome(TrialState.FAIL, attrs | {"reason": twin.user_attrs.get("reason") or "failed"})
@@ -392,8 +395,7 @@ def settle(study: optuna.Study, number: int, config: ArchConfig, s: SearchSettin
     if twin is not None and twin.state == TrialState.COMPLETE and twin.user_attrs.get("latency_disturbed") \
             and s.latency_kind == "measured":
         with interruptible(True):
-            attrs = {k: v for k, v in twin.user_attrs.items() if k not in _NOT_COPIED}
-            m = remeasure(attrs, config, s, baseline=bool(config.name))
+            m = remeasure(_twin_attrs(twin), config, s, baseline=bool(config.name))
         if m is not None:
             return outcome(m | {"remeasure_of": twin.number, "budget_ms": s.budget_ms}, s)
     if twin is not None:
