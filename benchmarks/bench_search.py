@@ -2,7 +2,7 @@
 
     python benchmarks/bench_search.py [--seconds 600] [--seeds 3 | --seed-list 0,2] [--proxy train|zero-cost]
         [--data ../shared/data/cifar10-jpg.tar.gz] [--proxy-epochs 4] [--budget 5] [--latency predicted:1080ti]
-        [--strategies random,tpe,nsga2,halving,evolution,budget,default] [--results FILE] [--runs DIR]
+        [--strategies random,tpe,nsga2,halving,evolution,budget,hvi,default] [--results FILE] [--runs DIR]
     python benchmarks/bench_search.py --report-only --results FILE
 
 With ``--results FILE`` every finished (strategy, seed) run is appended to FILE as one JSON line
@@ -51,6 +51,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 STRATEGIES = {  # name -> (sampler, fidelity)
     "random": ("random", "median"), "tpe": ("tpe", "median"), "nsga2": ("nsga2", "median"),
     "budget": ("budget", "median"), "evolution": ("evolution", "median"), "halving": ("evolution", "halving"),
+    "hvi": ("hvi", "median"),
     "default": (SearchSettings().sampler, SearchSettings().fidelity),
 }
 

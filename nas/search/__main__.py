@@ -62,9 +62,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--proxy-epochs", type=float, default=4.0, help="epochs of the training proxy (default 4)")
     p.add_argument("--data", default="digits", help="digits (embedded), cifar10, cifar100 or a path (default digits)")
     p.add_argument("--objectives", default="accuracy,latency,cio", help="comma list among accuracy, latency, cio, macs, params")
-    p.add_argument("--sampler", default="tpe",
-                   help="tpe, nsga2, random, evolution (mutations of the seeds and the front) or budget (random "
-                        "proposals), the last two steered to the budget edge by the latency predictor (default tpe)")
+    p.add_argument("--sampler", default=SearchSettings.sampler,
+                   help="tpe, nsga2, random, evolution (mutations of the seeds and the front that fit the budget), "
+                        "budget (random proposals nearest the budget edge) or hvi (the proposal that would grow the "
+                        f"front most per second of training) (default {SearchSettings.sampler})")
     p.add_argument("--fidelity", default="median",
                    help="when a proxy training stops early: median (below the median at an epoch) or halving "
                         "(successive halving: top third at epochs 1, 3, 9...) (default median)")

@@ -108,6 +108,11 @@ def make_sampler(s: SearchSettings, offset: int) -> optuna.samplers.BaseSampler:
 
         return EvolutionSampler(load_space(s.space), s, seed, evolve=s.sampler == "evolution",
                                 edge=s.sampler == "budget")
+    if s.sampler == "hvi":
+        from ..space import load_space
+        from .frontier import FrontierSampler
+
+        return FrontierSampler(load_space(s.space), s, seed)
     if s.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, s.trials // 3)))
     # constraints come from trial.set_constraint("latency", ...) (Optuna 5's interface)

@@ -26,9 +26,10 @@ OBJECTIVES: dict[str, str] = {
     "macs": "minimize",
     "params": "minimize",
 }
-SAMPLERS = ("tpe", "nsga2", "random", "evolution", "budget")
+SAMPLERS = ("tpe", "nsga2", "random", "evolution", "budget", "hvi")
 """``--sampler``: Optuna's TPE, NSGA-II and random; seed-aware evolution and random proposals, both
-steered to the budget edge by the latency predictor (`nas.search.evolution`)."""
+steered to the budget edge by the latency predictor (`nas.search.evolution`); proposals ranked by
+optimistic hypervolume improvement per training second (`nas.search.frontier`)."""
 _UNITS = {"ms": 1.0, "s": 1000.0, "us": 0.001}
 MAX_BUDGET_MS = 3_600_000.0
 """One hour: a latency budget above it is a typo (and ``1e999ms`` would be infinite)."""
