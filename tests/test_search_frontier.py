@@ -111,3 +111,21 @@ def test_a_search_with_it_trains_only_candidates_that_fit(tmp_path, monkeypatch,
     candidates = [r for r in trial_records(study) if not r.get("seed")]  # drive_ray queues no seeds
     assert len(candidates) >= 2
     assert all(r["status"] == "ok" and r["latency_ms"] <= 3.0 for r in candidates), candidates
+
+
+def test_with_measured_latency_predictions_are_scaled_to_the_study_s_own_measurements(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARDNAS_RUNS", str(tmp_path))
+    s = SearchSettings(budget_ms=30.0, latency="measured", device="cpu", proxy="zero-cost", sampler="hvi")
+    sampler = make_sampler(s, 0)
+    assert isinstance(sampler, FrontierSampler) and sampler.limit_ms > s.budget_ms  # the measurement decides
+    study = optuna.create_study(directions=s.directions, sampler=sampler)
+    assert sampler.latency_scale(study.get_trials(deepcopy=False)) == 1.0
+    for name, ratio, disturbed in (("hardnet39ds", 2.0, False), ("hardnet68", 2.0, False), ("hardnet85", 9.0, True)):
+        config = SPACE.seeds()[name]
+        predicted = predict_ms(config, sampler.profile, s.resolution, s.batch, s.precision)
+        trial = study.ask()
+        for k, v in {"config": config.to_json(indent=None), "latency_source": "measured",
+                     "latency_ms": ratio * predicted, "latency_disturbed": disturbed}.items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert sampler.latency_scale(study.get_trials(deepcopy=False)) == pytest.approx(2.0)  # the disturbed one left out

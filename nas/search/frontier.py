@@ -14,7 +14,10 @@ makes them) the sampler
    trainings (``proxy_wall_s``), so that of two equally promising networks the cheaper one is
    tried first.
 
-It keeps the proposal with the highest ratio; with probability ``explore`` a random one that fits.
+With measured latency the predictions are scaled by the study's own median measured / predicted
+ratio, and a proposal up to ``MEASURED_SLACK`` over the budget still counts as fitting (the
+measurement decides). It keeps the proposal with the highest ratio; with probability ``explore``
+a random one that fits.
 When no proposal would add anything (even optimistically), the most optimistic accuracy per
 second wins. Seeded by ``--seed``; both backends use it like any Optuna sampler.
 """
@@ -22,6 +25,7 @@ second wins. Seeded by ``--seed``; both backends use it like any Optuna sampler.
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,24 +37,28 @@ from ..latency.predict import predict_ms
 from ..space import InvalidCandidate, SearchSpace
 from .evaluate import METRIC_OF
 from .evolution import EvolutionSampler, mutate
-from .results import hypervolume, nondominated
+from .results import hypervolume, measured_cleanly, nondominated
 from .settings import OBJECTIVES, SearchSettings
 
 __all__ = ["Candidate", "FrontierSampler", "fit_accuracy", "fit_train_seconds"]
 
 POOL = 160
 """Proposals scored per trial (each costs a few ms: the cost model and the latency predictor)."""
+MEASURED_SLACK = 1.15
+"""With measured latency, a proposal predicted up to this factor over the budget may still fit it."""
 FEATURES = ("params", "macs", "cio", "latency_ms")
 
 
 class Candidate:
     """A proposal with every metric known before training."""
 
-    def __init__(self, config: ArchConfig, params: dict[str, Any], s: SearchSettings, profile: Any) -> None:
+    def __init__(self, config: ArchConfig, params: dict[str, Any], s: SearchSettings, profile: Any,
+                 latency_scale: float = 1.0) -> None:
         cost = analyze(config, s.resolution, s.batch)
         self.config, self.params = config, params
+        latency = latency_scale * predict_ms(config, profile, s.resolution, s.batch, s.precision)
         self.metrics: dict[str, float] = {"params": float(cost.params), "macs": float(cost.macs), "cio": float(cost.cio),
-                                          "latency_ms": predict_ms(config, profile, s.resolution, s.batch, s.precision)}
+                                          "latency_ms": latency}
 
 
 def _features(rows: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -108,11 +116,27 @@ class FrontierSampler(EvolutionSampler):
                  explore: float = 0.1) -> None:
         super().__init__(space, s, seed, evolve=True, edge=False, explore=explore)
         self.pool, self.beta = pool, beta
+        self.limit_ms = s.budget_ms * (MEASURED_SLACK if s.latency_kind == "measured" else 1.0)
+        self._predicted: dict[int, float] = {}  # trial number -> this sampler's prediction of its architecture
+
+    def latency_scale(self, trials: list[FrozenTrial]) -> float:
+        """Median measured / predicted latency over the study's clean measurements; 1 without any."""
+        ratios = []
+        for t in trials:
+            a = t.user_attrs
+            if not measured_cleanly(a) or not a.get("latency_ms") or not a.get("config"):
+                continue
+            if t.number not in self._predicted:
+                self._predicted[t.number] = predict_ms(ArchConfig.from_json(a["config"]), self.profile,
+                                                       self.s.resolution, self.s.batch, self.s.precision)
+            ratios.append(float(a["latency_ms"]) / self._predicted[t.number])
+        return statistics.median(ratios) if ratios else 1.0
 
     def propose(self, trials: list[FrozenTrial]) -> dict[str, Any]:
         have = {t.user_attrs.get("arch_id") for t in trials}
         parents = self.parents(trials)
         explore = self.rng.random() < self.explore
+        scale = self.latency_scale(trials)
         pool: list[Candidate] = []
         for _ in range(self.pool):
             parent = self.rng.choice(parents) if parents and self.rng.random() >= 0.5 else None
@@ -122,8 +146,8 @@ class FrontierSampler(EvolutionSampler):
                 continue
             if config.arch_id in have:
                 continue
-            cand = Candidate(config, params, self.s, self.profile)
-            if cand.metrics["latency_ms"] > self.s.budget_ms:
+            cand = Candidate(config, params, self.s, self.profile, scale)
+            if cand.metrics["latency_ms"] > self.limit_ms:
                 continue
             have.add(config.arch_id)
             pool.append(cand)
