@@ -161,6 +161,17 @@ def test_resume_continues_and_refuses_other_settings(_isolated_runs):
         main([*fast("2ms"), "--trials", "5", "--study-name", "resume"])
 
 
+def test_a_resume_may_switch_the_sampler_and_runs_jsonl_records_each_run_s(_isolated_runs):
+    assert main([*FAST, "--trials", "2", "--sampler", "tpe", "--study-name", "switch"]) == 0
+    study = _study(_isolated_runs, "switch")
+    old = dict(study.user_attrs["settings"]) | {"sampler": "tpe"}  # as studies recorded it before it was volatile
+    study.set_user_attr("settings", old)
+    assert main([*FAST, "--trials", "3", "--sampler", "hvi", "--study-name", "switch"]) == 0
+    assert len([t for t in _study(_isolated_runs, "switch").trials if t.user_attrs.get("status") != "rejected"]) == 3
+    runs = [json.loads(line) for line in (_isolated_runs / "switch" / "runs.jsonl").read_text().splitlines()]
+    assert [r["settings"]["sampler"] for r in runs] == ["tpe", "hvi"]
+
+
 def _completed(db: Path, study: str) -> int:
     if not db.exists():
         return 0

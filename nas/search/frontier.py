@@ -52,13 +52,11 @@ FEATURES = ("params", "macs", "cio", "latency_ms")
 class Candidate:
     """A proposal with every metric known before training."""
 
-    def __init__(self, config: ArchConfig, params: dict[str, Any], s: SearchSettings, profile: Any,
-                 latency_scale: float = 1.0) -> None:
+    def __init__(self, config: ArchConfig, params: dict[str, Any], s: SearchSettings, latency_ms: float) -> None:
         cost = analyze(config, s.resolution, s.batch)
         self.config, self.params = config, params
-        latency = latency_scale * predict_ms(config, profile, s.resolution, s.batch, s.precision)
         self.metrics: dict[str, float] = {"params": float(cost.params), "macs": float(cost.macs), "cio": float(cost.cio),
-                                          "latency_ms": latency}
+                                          "latency_ms": latency_ms}
 
 
 def _features(rows: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -146,11 +144,11 @@ class FrontierSampler(EvolutionSampler):
                 continue
             if config.arch_id in have:
                 continue
-            cand = Candidate(config, params, self.s, self.profile, scale)
-            if cand.metrics["latency_ms"] > self.limit_ms:
+            latency = scale * predict_ms(config, self.profile, self.s.resolution, self.s.batch, self.s.precision)
+            if latency > self.limit_ms:
                 continue
             have.add(config.arch_id)
-            pool.append(cand)
+            pool.append(Candidate(config, params, self.s, latency))
             if explore:
                 return params  # the first new proposal that fits
         if not pool:

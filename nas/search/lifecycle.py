@@ -36,7 +36,7 @@ from ..config import ArchConfig
 from ..space import InvalidCandidate, SearchSpace
 from .evaluate import evaluate, objective_values, remeasure
 from .results import REJECTION_CAP, current, is_interrupted, trial_records, unmeasured
-from .settings import SearchSettings
+from .settings import VOLATILE, SearchSettings
 from .storage import open_storage
 
 __all__ = ["DeadlineReached", "Outcome", "claim", "enqueue_seeds", "evaluated_count", "evaluated_twin",
@@ -136,6 +136,8 @@ def open_study(s: SearchSettings, storage: str, study_name: str, heartbeat: bool
         existing = None
     if existing is not None:
         recorded = existing.user_attrs.get("settings")
+        if recorded is not None:  # a study recorded before a setting became volatile holds it too
+            recorded = {k: v for k, v in recorded.items() if k not in VOLATILE}
         if recorded is not None and recorded != s.identity():
             diff = sorted(k for k in s.identity() if recorded.get(k) != s.identity()[k])
             raise ValueError(f"study-name: {study_name!r} was created with other settings ({', '.join(diff)}); "

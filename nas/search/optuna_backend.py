@@ -34,7 +34,7 @@ from .lifecycle import (DeadlineReached, Outcome, claim, enqueue_seeds, evaluate
                         open_study, record, report_failure, requeue_interrupted, say, search_done, settle,
                         stop_requested)
 from .results import is_gate_rejection
-from .settings import SearchSettings
+from .settings import VOLATILE, SearchSettings
 from .storage import default_storage
 
 __all__ = ["CandidateFailed", "default_storage", "record_run", "run_optuna"]
@@ -151,7 +151,7 @@ def record_run(folder: Path, s: SearchSettings, storage: str, study_name: str) -
     import torch
 
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, "cwd": os.getcwd(),
-             "settings": s.identity() | {"trials": s.trials, "timeout_s": s.timeout_s, "backend": s.backend},
+             "settings": s.identity() | {k: getattr(s, k) for k in VOLATILE},
              "storage": storage, "study_name": study_name, "python": sys.version.split()[0],
              "platform": platform.platform(), "torch": torch.__version__, "optuna": optuna.__version__,
              "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -15,7 +15,7 @@ from ..latency.profiles import list_profiles, resolve_profile
 from ..latency.runtimes import MEASURE_RUNTIMES
 from ..resolution import canonical_resolution
 
-__all__ = ["MAX_BUDGET_MS", "OBJECTIVES", "SAMPLERS", "SearchSettings", "check_study_name", "parse_budget", "parse_latency",
+__all__ = ["MAX_BUDGET_MS", "OBJECTIVES", "SAMPLERS", "VOLATILE", "SearchSettings", "check_study_name", "parse_budget", "parse_latency",
            "parse_objectives"]
 
 #: objective name -> Optuna direction
@@ -30,6 +30,8 @@ SAMPLERS = ("tpe", "nsga2", "random", "evolution", "budget", "hvi")
 """``--sampler``: Optuna's TPE, NSGA-II and random; seed-aware evolution and random proposals, both
 steered to the budget edge by the latency predictor (`nas.search.evolution`); proposals ranked by
 optimistic hypervolume improvement per training second (`nas.search.frontier`)."""
+VOLATILE = ("trials", "timeout_s", "workers", "backend", "gpus_per_trial", "fidelity", "sampler")
+"""Settings a resumed study may change: how long, where and how the next trials run and are proposed."""
 _UNITS = {"ms": 1.0, "s": 1000.0, "us": 0.001}
 MAX_BUDGET_MS = 3_600_000.0
 """One hour: a latency budget above it is a typo (and ``1e999ms`` would be infinite)."""
@@ -104,7 +106,7 @@ class SearchSettings:
     data: str = "digits"
     proxy_epochs: float = 4.0
     objectives: tuple[str, ...] = ("accuracy", "latency", "cio")
-    sampler: str = "tpe"
+    sampler: str = "hvi"
     gate_factor: float = 2.0
     backend: str = "optuna"
     workers: int = 1
@@ -176,7 +178,7 @@ class SearchSettings:
     def identity(self) -> dict[str, Any]:
         """The settings that change what a trial's numbers mean (a resumed study must match them)."""
         d = dataclasses.asdict(self)
-        for volatile in ("trials", "timeout_s", "workers", "backend", "gpus_per_trial", "fidelity"):
+        for volatile in VOLATILE:
             d.pop(volatile)
         if d["runtime"] == "eager":  # what every study measured before runtimes existed: resumes still match
             d.pop("runtime")
