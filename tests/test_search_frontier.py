@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import optuna
@@ -12,9 +13,9 @@ from helpers import drive_ray
 from nas.latency.predict import predict_ms
 from nas.latency.profiles import resolve_profile
 from nas.search import run_search
-from nas.search.frontier import Candidate, FrontierSampler, fit_accuracy, fit_train_seconds
+from nas.search.frontier import Candidate, FrontierSampler, _added_volume, fit_accuracy, fit_train_seconds
 from nas.search.lifecycle import make_sampler
-from nas.search.results import trial_records
+from nas.search.results import hypervolume, trial_records
 from nas.search.settings import SearchSettings
 from nas.space import load_space
 
@@ -58,6 +59,16 @@ def test_a_point_the_front_dominates_adds_nothing_and_one_beyond_it_adds_volume(
     front = [_row(2, 0.40), _row(4, 0.45)]
     gain = _sampler()._improvement(front, [_row(3, 0.40), _row(1, 0.40), _row(3, 0.50)])
     assert gain[0] == 0.0 and gain[1] > 0.0 and gain[2] > 0.0
+
+
+def test_the_added_volume_is_the_hypervolume_difference_exactly():
+    rng = random.Random(1)
+    for _ in range(200):
+        d = rng.choice([2, 3])
+        front = [[rng.random() for _ in range(d)] for _ in range(rng.randint(0, 12))]
+        p = [rng.random() for _ in range(d)]
+        direct = hypervolume(front + [p], [1.1] * d) - hypervolume(front, [1.1] * d)
+        assert _added_volume(p, front, 1.1) == pytest.approx(direct, abs=1e-12)
 
 
 def test_of_two_equally_promising_proposals_the_cheaper_to_train_wins():

@@ -47,6 +47,8 @@ POOL = 160
 MEASURED_SLACK = 1.15
 """With measured latency, a proposal predicted up to this factor over the budget may still fit it."""
 FEATURES = ("params", "macs", "cio", "latency_ms")
+GP_POINTS = 400
+"""The accuracy model learns from the latest this many trainings (its cost grows with their cube)."""
 
 
 class Candidate:
@@ -158,9 +160,9 @@ class FrontierSampler(EvolutionSampler):
     def scores(self, trials: list[FrozenTrial], pool: list[Candidate]) -> np.ndarray:
         """Each proposal's optimistic hypervolume improvement per predicted training second."""
         trained = _trained(trials)
-        mu, sd = fit_accuracy(trained, [c.metrics for c in pool])
+        mu, sd = fit_accuracy(trained[-GP_POINTS:], [c.metrics for c in pool])
         optimistic = mu + self.beta * sd
-        a, b = fit_train_seconds(trained)
+        a, b = fit_train_seconds(trained[-GP_POINTS:])
         seconds = np.array([a * c.metrics["macs"] ** b for c in pool])
         feasible = [r for r in trained if r["latency_ms"] <= self.s.budget_ms]
         gain = self._improvement(feasible, [c.metrics | {"accuracy": float(o)} for c, o in zip(pool, optimistic)])
@@ -180,10 +182,25 @@ class FrontierSampler(EvolutionSampler):
             return [(1.0 - (float(r[k]) - lo[k]) / span[k]) if sg > 0 else (float(r[k]) - lo[k]) / span[k]
                     for k, sg in zip(keys, signs)]
 
-        ref = [1.1] * len(keys)
-        base_pts = [scaled(front[i]) for i in nondominated([[r[k] for k in keys] for r in front], signs)] if front else []
-        base = hypervolume(base_pts, ref)
-        return np.array([hypervolume(base_pts + [scaled(p)], ref) - base for p in points])
+        base = [scaled(front[i]) for i in nondominated([[r[k] for k in keys] for r in front], signs)] if front else []
+        return np.array([_added_volume(scaled(p), base, 1.1) for p in points])
+
+
+def _added_volume(p: list[float], front: list[list[float]], ref: float) -> float:
+    """The hypervolume ``p`` adds to ``front`` (all minimised, reference ``ref`` in every objective).
+
+    Only the part of p's box that no front point covers counts: the box's volume less the volume
+    of the front clipped to it (each point's componentwise max with p), whose non-dominated part is
+    usually small, so this stays fast on fronts of hundreds of points."""
+    box = math.prod(ref - v for v in p)
+    if box <= 0.0 or any(all(a <= b for a, b in zip(q, p)) for q in front):  # outside, or covered already
+        return 0.0
+    clipped = [[max(a, b) for a, b in zip(q, p)] for q in front]
+    clipped = [c for c in clipped if all(v < ref for v in c)]
+    if not clipped:
+        return box
+    keep = nondominated(clipped, [-1] * len(p))
+    return max(0.0, box - hypervolume([clipped[i] for i in keep], [ref] * len(p)))
 
 
 def _trained(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
