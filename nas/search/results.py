@@ -255,14 +255,14 @@ def unmeasured_note(records: Sequence[dict[str, Any]]) -> str | None:
         return None
     both = on_front + base
     slow = [r["latency_slowdown"] for r in both if isinstance(r.get("latency_slowdown"), (int, float))]
-    worst = f" (the device ran up to {max(slow):.1f}x slower than quiet)" if slow else ""
+    worst = f" (the device ran up to {max(slow):.1f}x slower than its quiet baseline)" if slow else ""
     calibrated = all(r.get("latency_prediction_calibrated") for r in both)
     trust = ("from this device's calibrated profile" if calibrated else
              "from a profile not yet calibrated on measurements here, which can be several times off")
     return (f"latency not measured for {len(on_front)} of the front's {len(front)} architectures and {len(base)} of "
-            f"{len(baselines)} baselines: other work disturbed every measurement of them{worst}, so their latency "
-            f"is predicted {trust}. Rerun the same command on a quiet machine: it measures them again and keeps "
-            "their training")
+            f"{len(baselines)} baselines: every measurement of them was disturbed{worst}, by other work or by a host "
+            f"that slowed down by itself, so their latency is predicted {trust}. Rerun the same command when the "
+            "machine is quiet: it measures them again and keeps their training")
 
 
 def format_table(rows: Sequence[dict[str, Any]], title: str) -> str:
