@@ -208,8 +208,9 @@ def test_fidelity_figures():
     assert C.fidelity([], []) == {"n": 0}
 
 
-def test_calibration_on_half_is_judged_on_the_other_half(tmp_path):
-    # synthetic clean measurements made by a "true" device 3x slower than the micro-benchmarked profile
+def test_calibration_on_half_is_judged_on_the_other_half(tmp_path, steady_cpu):
+    # synthetic clean measurements made by a "true" device 3x slower than the micro-benchmarked profile (timed by
+    # the synthetic CPU of `steady_cpu`: on the real, loaded CPU the base profile, and so the fit, varied)
     report = H.Report(tmp_path, {}, ["predict"], {"predict"}, lambda d: "", 0.0)
     sh = C.Shared(torch.device("cpu"), G.FULL, None, tmp_path, report)
     base = load_cpu_profile().profile
