@@ -179,6 +179,58 @@ def test_readers_open_storages_read_only(tmp_path):
     assert empty.stat().st_size == 0 and not journal.exists()
 
 
+_KILLED_MID_COMMIT = """
+import os, signal, sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+con.execute("PRAGMA cache_size=1")  # pages spill into the file before the commit, as in a large write
+con.execute("BEGIN")
+con.executemany("INSERT INTO study_user_attributes (study_id, key, value_json) VALUES (1, ?, ?)",
+                [(f"k{i}", "x" * 500) for i in range(5000)])
+con.execute("DELETE FROM trials")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_mid_commit(tmp_path: Path) -> tuple[Path, list[float]]:
+    """An Optuna SQLite storage whose writer was killed in the middle of a commit (a hot journal beside it)."""
+    db = tmp_path / "nas.db"
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{db}")
+    for x in (1.0, 2.0, 3.0):
+        study.enqueue_trial({"x": x})
+        study.optimize(lambda t: t.suggest_float("x", 0, 5), n_trials=1)
+    del study
+    proc = subprocess.run([sys.executable, "-c", _KILLED_MID_COMMIT, str(db)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL and Path(f"{db}-journal").stat().st_size > 0
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):  # what a plain read-only open says
+        sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute("SELECT count(*) FROM trials").fetchone()
+    return db, [1.0, 2.0, 3.0]
+
+
+def test_a_reader_reads_the_last_commit_of_a_file_a_killed_writer_left_and_changes_nothing(tmp_path):
+    from nas.explore.data import _STORAGES, list_studies
+    from nas.search.storage import open_storage_readonly
+
+    db, values = _killed_mid_commit(tmp_path)
+    url, journal = f"sqlite:///{db}", Path(f"{db}-journal")
+    before = (_sha(db), _sha(journal))
+    storage = open_storage_readonly(url)
+    assert [t.value for t in optuna.load_study(study_name="s", storage=storage).trials] == values
+    assert [s.name for s in list_studies(url)] == ["s"] and url not in _STORAGES  # a copy is not cached
+    copy = Path(storage.snapshot.name)
+    del storage
+    assert not copy.exists() and (_sha(db), _sha(journal)) == before
+
+
+def test_a_search_resumes_a_file_its_killed_writer_left_mid_commit(tmp_path):
+    from nas.search.storage import open_storage, open_storage_readonly
+
+    db, values = _killed_mid_commit(tmp_path)
+    storage = open_storage(f"sqlite:///{db}")  # SQLite rolls the file back: not "damaged"
+    assert [t.value for t in optuna.load_study(study_name="s", storage=storage).trials] == values
+    assert not Path(f"{db}-journal").exists()
+    assert open_storage_readonly(f"sqlite:///{db}").snapshot is None
+
+
 def test_a_search_that_cannot_start_records_no_run(tmp_path):
     runs = tmp_path / "runs"
     space = _space(tmp_path, ONE, "one")

@@ -128,7 +128,8 @@ def _storage(url: str) -> Any:
         if msg.startswith(prefix):  # the opener already names the URL
             msg = msg[len(prefix):]
         raise StorageError(f"storage {url}: {msg}") from None
-    _STORAGES[url] = storage
+    if getattr(storage, "snapshot", None) is None:  # a copy of a file left mid-commit would go stale
+        _STORAGES[url] = storage
     return storage
 
 

@@ -6,6 +6,8 @@
   a file that is not an Optuna storage, a damaged database and a folder it cannot write.
 * A reader (export, the explorer, reports) never creates or changes anything: a missing file, a
   0-byte file, a file without Optuna's tables or a damaged database is a one-line `ValueError`.
+* A SQLite file a killed writer left mid-commit (a hot ``-journal`` beside it) is not damaged: the
+  next writer rolls it back in place; a reader reads a private copy rolled back to the last commit.
 * Every trial a writer creates records its ``worker`` (host:pid) in the same commit, so a trial
   of a process that died can be recognised at once on the same host.
 """
@@ -16,8 +18,10 @@ import datetime
 import functools
 import importlib.util
 import os
+import shutil
 import socket
 import sqlite3
+import tempfile
 import urllib.parse
 import warnings
 from pathlib import Path
@@ -82,9 +86,24 @@ def _check_url(url: Any) -> None:
         raise ValueError(f"storage: {url!r} is not allowed; journal: needs a file path, e.g. journal:runs/nas.log")
 
 
-def _sqlite_tables(url: str, path: Path) -> set[str]:
-    """The tables of an existing SQLite file, after SQLite's own check that no page is damaged."""
-    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+class _Interrupted(Exception):
+    """The file has a hot journal: its writer was killed mid-commit, and a read-only opener cannot roll it back."""
+
+
+def _interrupted(err: sqlite3.Error, path: Path) -> bool:
+    name = getattr(err, "sqlite_errorname", None)  # Python >= 3.11
+    if name is not None:
+        return name == "SQLITE_READONLY_ROLLBACK"
+    return "readonly database" in str(err) and Path(f"{path}-journal").exists()
+
+
+def _sqlite_tables(url: str, path: Path, mode: str) -> set[str]:
+    """The tables of an existing SQLite file, after SQLite's own check that no page is damaged.
+
+    ``mode="rw"`` (a writer) lets SQLite roll back what a killed writer left mid-commit;
+    ``mode="ro"`` (a reader) raises `_Interrupted` instead.
+    """
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode={mode}"
     try:
         con = sqlite3.connect(uri, uri=True, timeout=60)
         try:
@@ -96,6 +115,8 @@ def _sqlite_tables(url: str, path: Path) -> set[str]:
         if "not a database" in str(err):
             raise ValueError(f"storage: {url!r} is not a hardnas/Optuna storage ({path} is not a database "
                              "SQLite can read)") from None
+        if mode == "ro" and _interrupted(err, path):
+            raise _Interrupted() from None
         raise ValueError(f"storage: {url!r} is damaged ({first_line(err)}); restore {path} from a backup "
                          "or pass another --storage") from None
     if problems != ["ok"]:
@@ -104,6 +125,49 @@ def _sqlite_tables(url: str, path: Path) -> set[str]:
         raise ValueError(f"storage: {url!r} is damaged (SQLite integrity check: {detail}); restore {path} "
                          "from a backup or pass another --storage")
     return tables
+
+
+def _journal_stamp(journal: Path) -> tuple[int, int] | None:
+    try:
+        st = journal.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _rolled_back_copy(url: str, path: Path) -> tuple[Path, tempfile.TemporaryDirectory]:
+    """A private copy of ``path`` and its hot journal, rolled back to the last commit; the original is untouched.
+
+    The journal is copied first: rolling it back onto a file a writer has meanwhile recovered
+    restores the same pages. A journal that changed while the file was copied means a writer
+    was at work; the copy is then taken again.
+    """
+    journal = Path(f"{path}-journal")
+    for _ in range(5):
+        folder = tempfile.TemporaryDirectory(prefix="hardnas-storage-")
+        copy = Path(folder.name) / path.name
+        before = _journal_stamp(journal)
+        try:
+            if before is not None:
+                shutil.copyfile(journal, f"{copy}-journal")
+            shutil.copyfile(path, copy)
+        except FileNotFoundError:
+            folder.cleanup()
+            continue
+        except OSError as err:
+            folder.cleanup()
+            raise ValueError(f"storage: {url!r} could not be read ({err.strerror or first_line(err)}: "
+                             f"{err.filename or path})") from None
+        if _journal_stamp(journal) == before:
+            con = sqlite3.connect(copy, timeout=60)
+            try:
+                con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # SQLite rolls the copy back here
+            finally:
+                con.close()
+            return copy, folder
+        folder.cleanup()
+    raise ValueError(f"storage: {url!r} could not be read (a writer kept changing {path} while it was "
+                     "copied); try again")
 
 
 def _not_optuna(url: str, path: Path, tables: set[str]) -> ValueError:
@@ -206,7 +270,7 @@ def open_storage(url: str, heartbeat: bool = False) -> Any:
         if path is not None:
             _writable_folder(url, path)
             if path.exists() and path.stat().st_size > 0:
-                tables = _sqlite_tables(url, path)
+                tables = _sqlite_tables(url, path, "rw")
                 if tables and not _OPTUNA_TABLES <= tables:
                     raise _not_optuna(url, path, tables)
     return _rdb(url, True, heartbeat, engine_kwargs)
@@ -216,7 +280,8 @@ def open_storage_readonly(url: str) -> Any:
     """The storage for reading only: never creates a file or a table, never writes.
 
     A missing file, a 0-byte file, a file without Optuna's tables or a damaged database is a
-    one-line `ValueError` naming the URL.
+    one-line `ValueError` naming the URL. A SQLite file a killed writer left mid-commit is read
+    from a private rolled-back copy (the storage's ``snapshot`` attribute then holds it).
     """
     _check_url(url)
     path = storage_file(url)
@@ -233,13 +298,20 @@ def open_storage_readonly(url: str) -> Any:
             raise ValueError(f"storage: {url!r} is not allowed for reading; expected a file, e.g. sqlite:///runs/nas.db")
         if path.stat().st_size == 0:
             raise ValueError(f"storage: {url!r} is not a hardnas/Optuna storage ({path} is an empty file)")
-        tables = _sqlite_tables(url, path)
+        source, keep = path, None
+        try:
+            tables = _sqlite_tables(url, path, "ro")
+        except _Interrupted:
+            source, keep = _rolled_back_copy(url, path)
+            tables = _sqlite_tables(url, source, "ro")
         if not _OPTUNA_TABLES <= tables:
             raise _not_optuna(url, path, tables)
-        uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+        uri = f"file:{urllib.parse.quote(str(source.resolve()))}?mode=ro"
         connect: Callable[[], sqlite3.Connection] = functools.partial(
             sqlite3.connect, uri, uri=True, timeout=60, check_same_thread=False)
-        return _rdb(url, False, False, {"creator": connect})
+        storage = _rdb(url, False, False, {"creator": connect})
+        storage.snapshot = keep  # the copy lives as long as the storage; a cache should not keep it
+        return storage
     storage = _rdb(url, False, False, {})
     try:
         from sqlalchemy import inspect
