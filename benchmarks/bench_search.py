@@ -43,7 +43,7 @@ from typing import Any
 import optuna
 
 from nas.search import run_search
-from nas.search.results import hypervolume, trial_records
+from nas.search.results import hypervolume, trial_records, unit_scale
 from nas.search.settings import SearchSettings
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -79,18 +79,10 @@ def _time_to_dominate(recs: list[dict[str, Any]], best: dict[str, Any] | None, s
 
 
 def _normalised_hv(runs: dict[tuple[str, int], list[dict[str, Any]]]) -> dict[tuple[str, int], float]:
-    keys = ("accuracy", "latency_ms", "cio")
     everything = [r for recs in runs.values() for r in recs]
     if not everything:
         return {key: 0.0 for key in runs}
-    lo = {k: min(r[k] for r in everything) for k in keys}
-    hi = {k: max(r[k] for r in everything) for k in keys}
-    span = {k: (hi[k] - lo[k]) or 1.0 for k in keys}
-
-    def point(r: dict[str, Any]) -> list[float]:
-        return [(hi["accuracy"] - r["accuracy"]) / span["accuracy"], (r["latency_ms"] - lo["latency_ms"]) / span["latency_ms"],
-                (r["cio"] - lo["cio"]) / span["cio"]]
-
+    point = unit_scale(everything, ("accuracy", "latency_ms", "cio"), (1, -1, -1))
     return {key: hypervolume([point(r) for r in recs], [1.1, 1.1, 1.1]) for key, recs in runs.items()}
 
 

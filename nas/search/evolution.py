@@ -28,7 +28,7 @@ from ..latency.predict import predict_ms
 from ..space import InvalidCandidate, SearchSpace
 from .evaluate import gate_profile
 from .results import nondominated
-from .settings import OBJECTIVES, SearchSettings
+from .settings import SearchSettings
 
 __all__ = ["EvolutionSampler", "Proposal", "mutate"]
 
@@ -148,8 +148,7 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.params]
         seeds = [t.params for t in done if t.user_attrs.get("seed")]
         feasible = [t for t in done if t.user_attrs.get("latency_ms", math.inf) <= self.s.budget_ms]
-        signs = [1 if OBJECTIVES[o] == "maximize" else -1 for o in self.s.objectives]
-        front = [feasible[i].params for i in nondominated([t.values for t in feasible], signs)] if feasible else []
+        front = [feasible[i].params for i in nondominated([t.values for t in feasible], self.s.signs)] if feasible else []
         return seeds + front
 
     def propose(self, trials: list[FrozenTrial]) -> dict[str, Any]:

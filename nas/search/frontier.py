@@ -37,8 +37,8 @@ from ..latency.predict import predict_ms
 from ..space import InvalidCandidate, SearchSpace
 from .evaluate import METRIC_OF
 from .evolution import EvolutionSampler, mutate
-from .results import hypervolume, measured_cleanly, nondominated
-from .settings import OBJECTIVES, SearchSettings
+from .results import hypervolume, measured_cleanly, nondominated, unit_scale
+from .settings import SearchSettings
 
 __all__ = ["Candidate", "FrontierSampler", "fit_accuracy", "fit_train_seconds"]
 
@@ -149,10 +149,10 @@ class FrontierSampler(EvolutionSampler):
             latency = scale * predict_ms(config, self.profile, self.s.resolution, self.s.batch, self.s.precision)
             if latency > self.limit_ms:
                 continue
-            have.add(config.arch_id)
-            pool.append(Candidate(config, params, self.s, latency))
             if explore:
                 return params  # the first new proposal that fits
+            have.add(config.arch_id)
+            pool.append(Candidate(config, params, self.s, latency))
         if not pool:
             return super().propose(trials)
         return pool[int(np.argmax(self.scores(trials, pool)))].params
@@ -160,9 +160,10 @@ class FrontierSampler(EvolutionSampler):
     def scores(self, trials: list[FrozenTrial], pool: list[Candidate]) -> np.ndarray:
         """Each proposal's optimistic hypervolume improvement per predicted training second."""
         trained = _trained(trials)
-        mu, sd = fit_accuracy(trained[-GP_POINTS:], [c.metrics for c in pool])
+        recent = trained[-GP_POINTS:]
+        mu, sd = fit_accuracy(recent, [c.metrics for c in pool])
         optimistic = mu + self.beta * sd
-        a, b = fit_train_seconds(trained[-GP_POINTS:])
+        a, b = fit_train_seconds(recent)
         seconds = np.array([a * c.metrics["macs"] ** b for c in pool])
         feasible = [r for r in trained if r["latency_ms"] <= self.s.budget_ms]
         gain = self._improvement(feasible, [c.metrics | {"accuracy": float(o)} for c, o in zip(pool, optimistic)])
@@ -172,16 +173,8 @@ class FrontierSampler(EvolutionSampler):
 
     def _improvement(self, front: list[dict[str, Any]], points: list[dict[str, Any]]) -> np.ndarray:
         """The hypervolume each point adds to ``front``, objectives scaled to [0, 1] over both, reference 1.1."""
-        keys = [METRIC_OF[o] for o in self.s.objectives]
-        signs = [1 if OBJECTIVES[o] == "maximize" else -1 for o in self.s.objectives]
-        everything = front + points
-        lo = {k: min(float(r[k]) for r in everything) for k in keys}
-        span = {k: (max(float(r[k]) for r in everything) - lo[k]) or 1.0 for k in keys}
-
-        def scaled(r: dict[str, Any]) -> list[float]:  # minimised, 0 best
-            return [(1.0 - (float(r[k]) - lo[k]) / span[k]) if sg > 0 else (float(r[k]) - lo[k]) / span[k]
-                    for k, sg in zip(keys, signs)]
-
+        keys, signs = [METRIC_OF[o] for o in self.s.objectives], self.s.signs
+        scaled = unit_scale(front + points, keys, signs)
         base = [scaled(front[i]) for i in nondominated([[r[k] for k in keys] for r in front], signs)] if front else []
         return np.array([_added_volume(scaled(p), base, 1.1) for p in points])
 

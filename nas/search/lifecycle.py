@@ -102,17 +102,15 @@ def make_sampler(s: SearchSettings, offset: int) -> optuna.samplers.BaseSampler:
     seed = s.seed + offset  # a second process joining the study must not propose the same points
     if s.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if s.sampler in ("evolution", "budget"):
+    if s.sampler in ("evolution", "budget", "hvi"):
         from ..space import load_space
         from .evolution import EvolutionSampler
-
-        return EvolutionSampler(load_space(s.space), s, seed, evolve=s.sampler == "evolution",
-                                edge=s.sampler == "budget")
-    if s.sampler == "hvi":
-        from ..space import load_space
         from .frontier import FrontierSampler
 
-        return FrontierSampler(load_space(s.space), s, seed)
+        if s.sampler == "hvi":
+            return FrontierSampler(load_space(s.space), s, seed)
+        return EvolutionSampler(load_space(s.space), s, seed, evolve=s.sampler == "evolution",
+                                edge=s.sampler == "budget")
     if s.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, s.trials // 3)))
     # constraints come from trial.set_constraint("latency", ...) (Optuna 5's interface)

@@ -11,7 +11,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 __all__ = ["REJECTION_CAP", "current", "format_table", "hypervolume", "is_gate_rejection", "is_interrupted",
            "measured_cleanly", "nondominated", "pareto_front", "shortfall", "trial_metadata", "trial_records",
@@ -200,6 +200,20 @@ def pareto_front(records: Iterable[dict[str, Any]], objectives: Sequence[str] = 
     front = [pool[i] for i in nondominated([[r[o] for o in objectives] for r in pool], signs)]
     key = objectives[1] if len(objectives) > 1 else objectives[0]
     return sorted(front, key=lambda r: r[key])
+
+
+def unit_scale(rows: Sequence[dict[str, Any]], keys: Sequence[str],
+               signs: Sequence[int]) -> Callable[[dict[str, Any]], list[float]]:
+    """A map from a record to its ``keys`` scaled to [0, 1] over ``rows``, all minimised (0 best): what a
+    hypervolume over records of different units is computed on."""
+    lo = {k: min(float(r[k]) for r in rows) for k in keys}
+    span = {k: (max(float(r[k]) for r in rows) - lo[k]) or 1.0 for k in keys}
+
+    def scaled(r: dict[str, Any]) -> list[float]:
+        return [(1.0 - (float(r[k]) - lo[k]) / span[k]) if sg > 0 else (float(r[k]) - lo[k]) / span[k]
+                for k, sg in zip(keys, signs)]
+
+    return scaled
 
 
 def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -> float:

@@ -175,6 +175,11 @@ class SearchSettings:
     def directions(self) -> list[str]:
         return [OBJECTIVES[o] for o in self.objectives]
 
+    @property
+    def signs(self) -> list[int]:
+        """+1 for each maximised objective, -1 for each minimised one (as `results.nondominated` takes them)."""
+        return [1 if d == "maximize" else -1 for d in self.directions]
+
     def identity(self) -> dict[str, Any]:
         """The settings that change what a trial's numbers mean (a resumed study must match them)."""
         d = dataclasses.asdict(self)
