@@ -10,16 +10,21 @@ from pathlib import Path
 
 import pytest
 
+import forked
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_search.py"
 QUICK = ["--proxy", "zero-cost", "--data", "digits", "--seconds", "2"]
 
 
-def _run(*args: str, runs: Path) -> subprocess.CompletedProcess:
+def _run(*args: str, runs: Path, usage_error: bool = False) -> subprocess.CompletedProcess:
+    """The script in its own process; a usage error in a forked one (`forked`: no start-up cost, no training)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    return subprocess.run([sys.executable, str(SCRIPT), *args, "--runs", str(runs)], capture_output=True, text=True,
-                          env=env, timeout=600)
+    argv = [sys.executable, str(SCRIPT), *args, "--runs", str(runs)]
+    if usage_error:
+        return forked.run(argv, env=env, timeout=600)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.mark.slow
@@ -46,9 +51,9 @@ def test_usage_errors_name_the_value(tmp_path: Path) -> None:
                          (["--strategies", "tpe"], "no random run to compare with"),
                          (["--strategies", "fast"], "'fast' is not allowed"),
                          (["--report-only", "--results", str(tmp_path / "none.jsonl")], "needs an existing --results")):
-        proc = _run(*args, runs=tmp_path / "runs")
+        proc = _run(*args, runs=tmp_path / "runs", usage_error=True)
         assert proc.returncode == 2 and needle in proc.stderr, (args, proc.stderr)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"strategy": "random", "seed": 0, "candidates": 1, "dominated_s": null, "records": []}\nnot json\n')
-    proc = _run("--report-only", "--results", str(bad), runs=tmp_path / "runs")
+    proc = _run("--report-only", "--results", str(bad), runs=tmp_path / "runs", usage_error=True)
     assert proc.returncode == 2 and f"{bad}:2 is not a run" in proc.stderr

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import forked
 import nas
 from nas.describe import main
 
@@ -63,7 +64,7 @@ def test_reader_closing_the_pipe_early_is_not_an_error(args, read_first):
     ],
 )
 def test_usage_errors_are_one_line_exit_2(args, message, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nas.describe", *args], capture_output=True, text=True, cwd=tmp_path)
+    proc = forked.run([sys.executable, "-m", "nas.describe", *args], cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()

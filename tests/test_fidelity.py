@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import forked
+
 from nas.data import load_dataset
 from nas.proxy import ProxyBudget, train_eval
 from nas.proxy.__main__ import main
@@ -262,8 +264,7 @@ def test_cli_writes_the_report_and_reports_a_partial_cache(tmp_path, capsys):
 ])
 def test_cli_usage_errors_are_one_line_exit_2(args, message, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HARDNAS_RUNS": str(tmp_path)}
-    p = subprocess.run([sys.executable, "-m", "nas.proxy", "fidelity", *TINY, *args], capture_output=True, text=True,
-                       env=env, timeout=120)
+    p = forked.run([sys.executable, "-m", "nas.proxy", "fidelity", *TINY, *args], env=env, timeout=120)
     assert p.returncode == 2, p.stderr
     assert p.stderr.count("\n") == 1 and message in p.stderr and p.stdout == "", (p.stdout, p.stderr)
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+import forked
 import nas
 from nas.fuse import fuse_model
 from nas.latency import InterferencePolicy, LatencyCache, calibrate, cpu_profile, list_profiles, measure, predict, predict_ms, resolve_profile
@@ -267,7 +268,9 @@ def test_calibrate_save_makes_cpu_predictions_use_it(_isolated_runs):
     assert resolve_profile("cpu").source == cal.profile.source
 
 
-def _cli(*args: str):
+def _cli(*args: str, fork: bool = False):
+    if fork:  # a usage error: `forked` spares the start-up cost
+        return forked.run([sys.executable, "-m", "nas.latency", *args])
     return subprocess.run([sys.executable, "-m", "nas.latency", *args], capture_output=True, text=True)
 
 
@@ -283,5 +286,5 @@ def test_cli_measure_predict_and_errors():
                       (("hardnet68", "--batch", "0"), "batch: 0 is not allowed"),
                       (("hardnet68", "--resolution", "16"), "resolution: 16 is not allowed"),
                       (("hardnet68", "--predict", "tpu"), "device profile: 'tpu' is not known")]:
-        out = _cli(*args)
+        out = _cli(*args, fork=True)
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and msg in out.stderr, (args, out.stderr)

@@ -19,6 +19,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
+import forked
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_space.yaml"
 SETPRIV = shutil.which("setpriv")
@@ -251,11 +253,14 @@ def _files(folder: Path) -> set[Path]:
     return {p for p in folder.rglob("*") if not p.is_dir()}
 
 
+MEMORY_LIMIT = 16 * 2**30
+"""The child's address space: before the memory check, the huge export tried to take 40 GB."""
+
+
 def _limit_memory() -> None:
-    """Bounds the child to 16 GiB of address space: before the memory check, the huge export tried to take 40 GB."""
     import resource
 
-    resource.setrlimit(resource.RLIMIT_AS, (16 * 2**30, 16 * 2**30))
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
 @pytest.mark.parametrize("bad", BAD_INPUTS, ids=[b.id for b in BAD_INPUTS])
@@ -271,8 +276,11 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(bad, tmp_path):
         prefix = [SETPRIV, "--bounding-set=-dac_override,-dac_read_search"]
     before = _files(work)
     env = {**os.environ, "HARDNAS_RUNS": str(runs), "HARDNAS_DATA": str(tmp_path / "no-data")}
-    result = subprocess.run(prefix + [sys.executable, *argv], cwd=work, env=env, capture_output=True, text=True,
-                            timeout=180, preexec_fn=_limit_memory)
+    if prefix:  # setpriv must exec the interpreter
+        result = subprocess.run(prefix + [sys.executable, *argv], cwd=work, env=env, capture_output=True, text=True,
+                                timeout=180, preexec_fn=_limit_memory)
+    else:
+        result = forked.run([sys.executable, *argv], cwd=work, env=env, timeout=180, memory_limit=MEMORY_LIMIT)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr[-3000:]
     assert len(lines) == 1, result.stderr[-3000:]

@@ -16,6 +16,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+import forked
+
 MICRO = "layouts: ['.R']\nstem: {type: resnet, channels: [[8]]}\n" \
         "stages: [{block: basic, basic: {depth: [1, 2], width: [8, 16, 24, 32], downsample: conv}}]\n"
 ONE = "layouts: ['.R']\nstem: {type: resnet, channels: [[8]]}\n" \
@@ -38,10 +40,13 @@ def _env(runs: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "HARDNAS_RUNS": str(runs), "PYTHONUNBUFFERED": "1", **extra}
 
 
-def _cli(args: list[str], runs: Path, module: str = "nas.search", timeout: float = 240,
+def _cli(args: list[str], runs: Path, module: str = "nas.search", timeout: float = 240, fork: bool = False,
          **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          env=_env(runs, **env), timeout=timeout)
+    """The CLI in its own process; ``fork=True`` for a usage error (`forked`: without the start-up cost)."""
+    argv = [sys.executable, "-m", module, *args]
+    if fork:
+        return forked.run(argv, env=_env(runs, **env), timeout=timeout)
+    return subprocess.run(argv, capture_output=True, text=True, env=_env(runs, **env), timeout=timeout)
 
 
 def _popen(args: list[str], runs: Path) -> subprocess.Popen:
@@ -101,7 +106,7 @@ def _load(db: Path, study: str) -> optuna.Study:
 @pytest.mark.parametrize("name", ["/tmp/hardnas-escape", "../up", ".hidden"])
 def test_a_study_name_that_leaves_runs_is_refused(name, tmp_path):
     runs = tmp_path / "runs"
-    proc = _cli(["--budget", "5ms", "--study-name", name], runs, timeout=120)
+    proc = _cli(["--budget", "5ms", "--study-name", name], runs, timeout=120, fork=True)
     _one_line(proc, f"study-name: {name!r} is not allowed", "letters, digits")
     assert not runs.exists() and not Path("/tmp/hardnas-escape").exists()
 
@@ -109,7 +114,7 @@ def test_a_study_name_that_leaves_runs_is_refused(name, tmp_path):
 # -- 9: finite, sane budgets; strict JSON ---------------------------------------------------------
 
 def test_an_infinite_budget_is_refused_and_nothing_is_written(tmp_path):
-    proc = _cli(["--budget", "1e999ms", "--study-name", "inf"], tmp_path / "runs", timeout=120)
+    proc = _cli(["--budget", "1e999ms", "--study-name", "inf"], tmp_path / "runs", timeout=120, fork=True)
     _one_line(proc, "budget: '1e999ms' is not allowed", "at most 1 hour")
     assert not (tmp_path / "runs").exists()
 
@@ -121,7 +126,7 @@ def test_a_journal_in_a_folder_that_cannot_be_made_is_one_line_and_writes_nothin
     blocker.write_text("x")
     url = f"journal:{blocker / 'sub' / 'nas.log'}"
     proc = _cli([*_args(_space(tmp_path, ONE, "one"), "--trials", "1"), "--storage", url, "--study-name", "j"],
-                tmp_path / "runs", timeout=120)
+                tmp_path / "runs", timeout=120, fork=True)
     _one_line(proc, f"storage: {url!r} is not allowed", "could not be created")
     assert not (tmp_path / "runs" / "j").exists() and blocker.read_text() == "x"
 
@@ -158,7 +163,7 @@ def test_export_never_creates_or_changes_a_storage(kind, tmp_path):
     before = _sha(db) if db.exists() else None
     url = f"sqlite:///{db}"
     proc = _cli(["--storage", url, "--best", "-o", str(tmp_path / "x.py")], tmp_path / "runs", module="nas.export",
-                timeout=120)
+                timeout=120, fork=True)
     expected = {"empty": "is not a hardnas/Optuna storage", "missing": "does not exist",
                 "foreign": "is not a hardnas/Optuna storage"}[kind]
     _one_line(proc, f"storage: {url!r}", expected)

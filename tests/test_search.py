@@ -13,6 +13,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+
+import forked
 from helpers import FAST, RAY_ENV, RAY_PREFIX, fast, free_port, needs_ray, needs_ray_network
 
 from nas.search import evaluate as E
@@ -60,7 +62,8 @@ def _cli(args: list[str], runs: Path, **kw) -> subprocess.CompletedProcess:
     ],
 )
 def test_bad_cli_values_are_one_line_exit_2(args, message, tmp_path):
-    proc = _cli(args, tmp_path)
+    env = {**os.environ, "HARDNAS_RUNS": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    proc = forked.run([sys.executable, "-m", "nas.search", *args], env=env)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
