@@ -231,7 +231,7 @@ def test_a_front_other_work_kept_from_being_measured_exits_3_and_a_quiet_rerun_m
     real_zero_cost = ev.zero_cost
     monkeypatch.setattr(ev, "measure_settled", measure)
     monkeypatch.setattr(ev, "zero_cost", lambda *a, **k: scored.append(1) or real_zero_cost(*a, **k))
-    args = ["--space", "hardnet", "--resolution", "64", "--proxy", "zero-cost", "--budget", "30ms", "--trials", "6",
+    args = ["--space", "hardnet", "--resolution", "32", "--proxy", "zero-cost", "--budget", "30ms", "--trials", "6",
             "--device", "cpu", "--no-progress", "--study-name", "busy"]
     pareto = _isolated_runs / "busy" / "pareto.json"
     storage = f"sqlite:///{_isolated_runs / 'nas.db'}"
