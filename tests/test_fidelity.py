@@ -248,6 +248,9 @@ def test_cli_writes_the_report_and_reports_a_partial_cache(tmp_path, capsys):
     row = report["rows"][0]
     for key in ("name", "reference", "proxy", "proxy_extrapolated", "params", "macs", "proxy_curve", "reference_curve"):
         assert key in row
+    cached = json.loads(out.read_text())["proxies"]
+    px = next(iter(cached.values()))["results"][row["name"]]
+    assert row["proxy_train_loss"] == -px["loss_curve"][-1] and row["proxy_eval_loss"] == -px["eval_loss_curve"][-1]
     assert report["settings"]["reference"]["max_train_samples"] == 96
     assert main(["fidelity", *TINY, "--networks", "2", "--out", str(out), "--report-only"]) == 0
 

@@ -42,6 +42,9 @@ def test_training_learns_on_digits(digits):
     r = train_eval(cfg, digits, ProxyBudget(epochs=3, batch_size=64), device="cpu")
     assert r.ok and r.accuracy > 0.5  # chance is 0.1
     assert r.loss_curve[-1] < r.loss_curve[0]
+    # the held-out loss per epoch, unsmoothed: about ln(10) = 2.3 untrained, falling as accuracy rises
+    assert len(r.eval_loss_curve) == len(r.accuracy_curve) == 3
+    assert 0 < r.eval_loss_curve[-1] < r.eval_loss_curve[0] < 5
 
 
 def test_reproducible_with_a_seed(digits):

@@ -300,7 +300,7 @@ class _Lock:
 
 def _result_row(r: ProxyResult) -> dict[str, Any]:
     keep = ("accuracy", "status", "reason", "epochs_done", "steps_done", "wall_s", "images_per_s", "loss_curve",
-            "accuracy_curve", "extrapolated_accuracy")
+            "accuracy_curve", "eval_loss_curve", "extrapolated_accuracy")
     return {k: getattr(r, k) for k in keep} | {"params": r.proxy.get("params")}
 
 

@@ -1,7 +1,9 @@
 """The fidelity report of a study cache: Kendall tau against the reference, with bootstrap intervals.
 
 Scores, each higher = predicted better: the proxy's accuracy (``proxy``), its learning curve
-extrapolated (``proxy_extrapolated``, `curve.py`, nothing fitted), each zero-cost proxy, params, MACs,
+extrapolated (``proxy_extrapolated``, `curve.py`, nothing fitted), its last epoch's training loss and
+held-out loss, negated (``proxy_train_loss``, ``proxy_eval_loss``: continuous, so less noisy than a
+count of right answers), each zero-cost proxy, params, MACs,
 and ``proxy_fitted``: a ridge model on standardised features (proxy accuracy, extrapolated accuracy,
 late slope of the curve, log params) fitted **only on a training split** of the networks. It is
 judged by repeated k-fold: each network's score is the mean of the predictions of the models that did
@@ -27,7 +29,8 @@ __all__ = ["FEATURES", "REPORT_FORMAT", "cross_validate", "fidelity_report", "fo
 
 REPORT_FORMAT = "hardnas-fidelity-report/1"
 FEATURES: tuple[str, ...] = ("proxy", "proxy_extrapolated", "late_slope", "log_params")
-COLUMNS: tuple[str, ...] = ("proxy", "proxy_extrapolated", "proxy_fitted", *ZERO_COST_PROXIES, "params", "macs")
+COLUMNS: tuple[str, ...] = ("proxy", "proxy_extrapolated", "proxy_train_loss", "proxy_eval_loss", "proxy_fitted",
+                            *ZERO_COST_PROXIES, "params", "macs")
 MIN_FIT = 6
 
 Fit = Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]]
@@ -82,6 +85,10 @@ def _late_slope(curve: Sequence[float]) -> float:
     return (curve[-1] - curve[h - 1]) / (len(curve) - h)
 
 
+def _negated_last(curve: Sequence[float] | None) -> float | None:
+    return -float(curve[-1]) if curve else None
+
+
 def _rows(cache: FidelityCache, proxy: ProxyBudget, device: str) -> tuple[list[dict[str, Any]], list[str]]:
     rows, failed = [], []
     for name, entry, px in iter_rows(cache, proxy, device):
@@ -93,6 +100,8 @@ def _rows(cache: FidelityCache, proxy: ProxyBudget, device: str) -> tuple[list[d
         z = entry.get("zero_cost", {})
         rows.append({"name": name, "reference": ref["accuracy"], "proxy": px["accuracy"],
                      "proxy_extrapolated": extrapolate_accuracy(curve), "late_slope": _late_slope(curve),
+                     "proxy_train_loss": _negated_last(px.get("loss_curve")),
+                     "proxy_eval_loss": _negated_last(px.get("eval_loss_curve")),
                      **{k: z.get(k) for k in ZERO_COST_PROXIES}, "params": entry["params"], "macs": entry["macs"],
                      "log_params": math.log10(max(1, entry["params"])), "proxy_curve": curve,
                      "reference_curve": ref.get("accuracy_curve"), "reference_wall_s": ref.get("wall_s"),

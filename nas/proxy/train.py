@@ -93,6 +93,7 @@ class ProxyResult:
     images_per_s: float = 0.0
     loss_curve: list[float] = field(default_factory=list)  # mean train loss per epoch
     accuracy_curve: list[float] = field(default_factory=list)  # held-out accuracy per epoch
+    eval_loss_curve: list[float] = field(default_factory=list)  # held-out cross-entropy per epoch (no smoothing)
     proxy: dict = field(default_factory=dict)  # what was trained: dataset, resolution, width, params
     extrapolated_accuracy: float | None = None  # the curve extrapolated to 10x the epochs (`curve.py`)
 
@@ -139,17 +140,20 @@ def _proxy_resolution(config: ArchConfig, dataset: Dataset, requested: int | Non
 
 @torch.no_grad()
 def _evaluate(model: torch.nn.Module, ds: Dataset, test_x: torch.Tensor, test_y: torch.Tensor,
-              device: torch.device, batch: int, amp: bool, channels_last: bool) -> float:
+              device: torch.device, batch: int, amp: bool, channels_last: bool) -> tuple[float, float]:
+    """Held-out accuracy and mean cross-entropy."""
     model.eval()
-    correct = 0
+    correct, loss = 0, 0.0
     for i in range(0, len(test_y), batch):
         x = ds.normalize(test_x[i:i + batch].to(device, non_blocking=True))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(x)
-        correct += int((logits.argmax(1).cpu() == test_y[i:i + batch]).sum())
-    return correct / len(test_y)
+        y = test_y[i:i + batch]
+        correct += int((logits.argmax(1).cpu() == y).sum())
+        loss += float(F.cross_entropy(logits.float().cpu(), y, reduction="sum"))
+    return correct / len(test_y), loss / len(test_y)
 
 
 def train_eval(config: ArchConfig, data: Dataset | str | None = None, budget: ProxyBudget | None = None, *,
@@ -257,9 +261,10 @@ def _train(model: torch.nn.Module, ds: Dataset, budget: ProxyBudget, dev: torch.
         if not losses:
             break
         epoch += 1
-        acc = _evaluate(model, ds, test_x, test_y, dev, eval_batch, amp, channels_last)
+        acc, eval_loss = _evaluate(model, ds, test_x, test_y, dev, eval_batch, amp, channels_last)
         result.loss_curve.append(sum(losses) / len(losses))
         result.accuracy_curve.append(acc)
+        result.eval_loss_curve.append(eval_loss)
         result.accuracy = acc
         result.steps_done, result.epochs_done = step, step / steps_per_epoch
         result.images_per_s = images / train_time if train_time else 0.0
