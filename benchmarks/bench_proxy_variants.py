@@ -24,9 +24,10 @@ import torch
 
 from nas.data import load_dataset
 from nas.proxy import ProxyBudget
-from nas.proxy.fidelity import FidelityCache, StudySettings, iter_rows, proxy_key, run_study, study_networks
+from nas.proxy.fidelity import FidelityCache, StudySettings, run_study, study_networks
+from nas.proxy.fidelity_report import fidelity_report
 from nas.space import load_space
-from nas.stats import bootstrap_tau, kendall_tau
+from nas.stats import kendall_tau
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
@@ -50,16 +51,6 @@ def _variant_list(text: str) -> list[str]:
     if bad or not names:
         raise argparse.ArgumentTypeError(f"{text!r} is not allowed; expected names from {', '.join(VARIANTS)}")
     return names
-
-
-def accuracies(cache: FidelityCache, budget: ProxyBudget) -> dict[str, tuple[float, float, float]]:
-    """name -> (reference accuracy, proxy accuracy, proxy's last training loss) of every network both finished."""
-    out = {}
-    for name, entry, px in iter_rows(cache, budget, "cpu"):
-        ref = entry["reference"]
-        if ref.get("status") == "ok" and px.get("status") == "ok":
-            out[name] = (ref["accuracy"], px["accuracy"], px["loss_curve"][-1])
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,26 +83,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {v}: {budget}", flush=True)
             run_study(cache, networks, ds, budget, log=lambda line: print(line, flush=True))
     cache.reload()
-    default = accuracies(cache, base)
+    default = {r["name"]: r["proxy"] for r in fidelity_report(cache, base, "cpu")["rows"]}
     print(f"\n{'variant':<16} {'n':>3}  {'tau [95 % interval]':<22} {'even half':>9} {'odd half':>9}"
           f" {'tau vs default':>14} {'-train loss':>11} {'proxy s':>8}")
     for v, budget in budgets.items():
-        acc = accuracies(cache, budget)
-        names = sorted(acc, key=order.get)
-        if len(names) < 4:
-            print(f"{v:<16} {len(names):>3}  (too few networks yet)")
+        report = fidelity_report(cache, budget, "cpu")  # the networks both trained, tau with its interval
+        rows = {r["name"]: r for r in report["rows"]}
+        if len(rows) < 4:
+            print(f"{v:<16} {len(rows):>3}  (too few networks yet)")
             continue
-        ref, prx = [acc[n][0] for n in names], [acc[n][1] for n in names]
-        tau, low, high = bootstrap_tau(prx, ref, resamples=1000, seed=0)
-        half = {k: [n for n in names if order[n] % 2 == k] for k in (0, 1)}
-        halves = [kendall_tau([acc[n][1] for n in half[k]], [acc[n][0] for n in half[k]]) for k in (0, 1)]
-        shared = [n for n in names if n in default]
-        vs = kendall_tau([acc[n][1] for n in shared], [default[n][1] for n in shared]) if v != "default" else 1.0
-        results = cache.data["proxies"][proxy_key(budget, "cpu")]["results"]
-        wall = sum(results[n].get("wall_s", 0.0) for n in names)
-        loss_tau = kendall_tau([-acc[n][2] for n in names], ref)
-        print(f"{v:<16} {len(names):>3}  {tau:.3f} [{low:.2f}, {high:.2f}]     {halves[0]:>9.3f} {halves[1]:>9.3f}"
-              f" {vs:>14.3f} {loss_tau:>11.3f} {wall:>8.0f}")
+        tau, loss = report["tau"]["proxy"], report["tau"]["proxy_train_loss"]
+        half = {k: [r for n, r in rows.items() if order[n] % 2 == k] for k in (0, 1)}
+        halves = [kendall_tau([r["proxy"] for r in half[k]], [r["reference"] for r in half[k]]) for k in (0, 1)]
+        shared = [n for n in rows if n in default]
+        vs = kendall_tau([rows[n]["proxy"] for n in shared], [default[n] for n in shared]) if v != "default" else 1.0
+        wall = sum(r["proxy_wall_s"] or 0.0 for r in rows.values())
+        print(f"{v:<16} {len(rows):>3}  {tau['tau']:.3f} [{tau['low']:.2f}, {tau['high']:.2f}]     "
+              f"{halves[0]:>9.3f} {halves[1]:>9.3f} {vs:>14.3f} {loss['tau']:>11.3f} {wall:>8.0f}")
     return 0
 
 

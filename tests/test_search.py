@@ -31,8 +31,11 @@ def test_budget_units(text, ms):
     assert parse_budget(text) == pytest.approx(ms)
 
 
-def _cli(args: list[str], runs: Path, **kw) -> subprocess.CompletedProcess:
+def _cli(args: list[str], runs: Path, fork: bool = False, **kw) -> subprocess.CompletedProcess:
+    """The CLI in its own process; ``fork=True`` for a usage error (`forked`: without the start-up cost)."""
     env = {**os.environ, "HARDNAS_RUNS": str(runs), "PYTHONUNBUFFERED": "1"}
+    if fork:
+        return forked.run([sys.executable, "-m", "nas.search", *args], env=env, **kw)
     return subprocess.run([sys.executable, "-m", "nas.search", *args], capture_output=True, text=True, env=env, **kw)
 
 
@@ -62,8 +65,7 @@ def _cli(args: list[str], runs: Path, **kw) -> subprocess.CompletedProcess:
     ],
 )
 def test_bad_cli_values_are_one_line_exit_2(args, message, tmp_path):
-    env = {**os.environ, "HARDNAS_RUNS": str(tmp_path), "PYTHONUNBUFFERED": "1"}
-    proc = forked.run([sys.executable, "-m", "nas.search", *args], env=env)
+    proc = _cli(args, tmp_path, fork=True)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr

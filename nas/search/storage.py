@@ -135,8 +135,8 @@ def _journal_stamp(journal: Path) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def _rolled_back_copy(url: str, path: Path) -> tuple[Path, tempfile.TemporaryDirectory]:
-    """A private copy of ``path`` and its hot journal, rolled back to the last commit; the original is untouched.
+def _private_copy(url: str, path: Path) -> tuple[Path, tempfile.TemporaryDirectory]:
+    """A copy of ``path`` and its hot journal in a private folder (the first read-write open rolls it back).
 
     The journal is copied first: rolling it back onto a file a writer has meanwhile recovered
     restores the same pages. A journal that changed while the file was copied means a writer
@@ -159,11 +159,6 @@ def _rolled_back_copy(url: str, path: Path) -> tuple[Path, tempfile.TemporaryDir
             raise ValueError(f"storage: {url!r} could not be read ({err.strerror or first_line(err)}: "
                              f"{err.filename or path})") from None
         if _journal_stamp(journal) == before:
-            con = sqlite3.connect(copy, timeout=60)
-            try:
-                con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # SQLite rolls the copy back here
-            finally:
-                con.close()
             return copy, folder
         folder.cleanup()
     raise ValueError(f"storage: {url!r} could not be read (a writer kept changing {path} while it was "
@@ -302,8 +297,8 @@ def open_storage_readonly(url: str) -> Any:
         try:
             tables = _sqlite_tables(url, path, "ro")
         except _Interrupted:
-            source, keep = _rolled_back_copy(url, path)
-            tables = _sqlite_tables(url, source, "ro")
+            source, keep = _private_copy(url, path)
+            tables = _sqlite_tables(url, source, "rw")  # rolls the copy back to the last commit
         if not _OPTUNA_TABLES <= tables:
             raise _not_optuna(url, path, tables)
         uri = f"file:{urllib.parse.quote(str(source.resolve()))}?mode=ro"
