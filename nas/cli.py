@@ -6,12 +6,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from .config import ArchConfig
 from .registry import get_config, list_models
 
-__all__ = ["ArgumentParser", "UsageError", "resolve_config", "run"]
+__all__ = ["ArgumentParser", "UsageError", "quiet_swallowed_interrupt", "resolve_config", "run"]
 
 
 class UsageError(ValueError):
@@ -33,6 +33,19 @@ def resolve_config(spec: str) -> ArchConfig:
     if path.suffix.lower() in (".json", ".yaml", ".yml") or path.exists():
         return ArchConfig.load(path)
     return get_config(spec)  # raises with the list of known names
+
+
+def quiet_swallowed_interrupt(stopping: Callable[[], bool],
+                              default: Callable[[Any], None] | None = None) -> Callable[[Any], None]:
+    """A `sys.unraisablehook` that keeps quiet about a KeyboardInterrupt Python swallowed inside a
+    garbage-collection callback once ``stopping()`` says the stop it stands for is recorded."""
+    fallback = default or sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not (issubclass(unraisable.exc_type, KeyboardInterrupt) and stopping()):
+            fallback(unraisable)
+
+    return hook
 
 
 def run(main: Callable[[Sequence[str] | None], int], prog: str, argv: Sequence[str] | None = None) -> NoReturn:

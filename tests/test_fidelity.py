@@ -93,6 +93,43 @@ def test_killed_run_keeps_finished_networks_and_rerun_skips_them(digits):
     assert third.calls == []
 
 
+def test_a_stop_swallowed_in_a_garbage_collection_callback_still_ends_the_run(digits, monkeypatch):
+    """SIGTERM landing in a weakref callback: Python swallows its KeyboardInterrupt, so the run would go on
+    training; the handler's flag ends it before the next network, quietly, with network 1 saved."""
+    import signal
+    import weakref
+
+    import nas.proxy.__main__ as cli
+    from nas.cli import quiet_swallowed_interrupt
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", quiet_swallowed_interrupt(cli._STOP.is_set, default=reported.append))
+    cache, nets = _study(digits)
+
+    class Node:
+        pass
+
+    class SigtermInGc(Counting):
+        def __call__(self, cfg, ds, budget, device="cpu"):
+            result = super().__call__(cfg, ds, budget, device)
+            if len(self.calls) == 2:  # network 1's proxy has trained
+                node = Node()
+                ref = weakref.ref(node, lambda _: cli._interrupt(signal.SIGTERM, None))
+                del node
+                assert ref() is None and cli._STOP.is_set()  # swallowed: we are still here
+            return result
+
+    train = SigtermInGc()
+    cli._STOP.clear()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_study(cache, nets, digits, PROXY, log=lambda _: None, train=train, should_stop=cli._STOP.is_set)
+    finally:
+        cli._STOP.clear()
+    assert train.calls == [(nets[0].name, "reference"), (nets[0].name, "proxy")] and reported == []
+    assert sorted(json.loads(cache.path.read_text())["networks"]) == [nets[0].name]
+
+
 def test_a_new_proxy_reruns_only_proxies(digits):
     cache, nets = _study(digits, networks=2)
     run_study(cache, nets, digits, PROXY, log=lambda _: None)

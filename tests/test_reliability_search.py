@@ -341,11 +341,12 @@ def test_ctrl_c_inside_a_garbage_collection_callback_prints_no_traceback(monkeyp
     import weakref
 
     import nas.search.__main__ as cli
+    from nas.cli import quiet_swallowed_interrupt
     from nas.search import lifecycle
 
     reported = []
     monkeypatch.setattr(sys, "unraisablehook",
-                        lambda u: cli._quiet_swallowed_interrupt(u, default=lambda u: reported.append(u.exc_type)))
+                        quiet_swallowed_interrupt(lifecycle.stop_requested, default=lambda u: reported.append(u.exc_type)))
     old = signal.signal(signal.SIGINT, cli._interrupt)
     lifecycle._RAISE_OK.set()
     try:

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from ..cli import ArgumentParser, run
+from ..cli import ArgumentParser, quiet_swallowed_interrupt, run
 from ..data import load_dataset
 from ..export.files import write_atomic
 from ..latency.devices import resolve_device
@@ -111,7 +111,8 @@ def fidelity(args: argparse.Namespace) -> int:
     if not args.report_only:
         networks = study_networks(space, args.networks, seed=args.seed, scale=args.scale, max_macs=args.max_macs,
                                   ds=ds, width_mult=proxy.width_mult)
-        run_study(cache, networks, ds, proxy, device=args.device, log=lambda line: print(line, flush=True))
+        run_study(cache, networks, ds, proxy, device=args.device, log=lambda line: print(line, flush=True),
+                  should_stop=_STOP.is_set)
     report = fidelity_report(cache, proxy, device, resamples=args.resamples, seed=args.seed)
     out = Path(args.report) if args.report else path.with_name(path.name.removesuffix(".json") + ".report.json")
     try:
@@ -125,15 +126,31 @@ def fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+_STOP = threading.Event()
+
+
 def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends like Ctrl-C: one line, exit 130, the cache as last saved
+    """Ctrl-C and SIGTERM end the run: one line, exit 130, the cache as last saved. The flag ends it at
+    the next network even when Python swallowed this interrupt inside a garbage-collection callback."""
+    _STOP.set()
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
-    return fidelity(args)
+    if threading.current_thread() is not threading.main_thread():
+        return fidelity(args)
+    _STOP.clear()
+    saved = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.unraisablehook)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    sys.unraisablehook = quiet_swallowed_interrupt(_STOP.is_set)
+    try:
+        return fidelity(args)
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
+        sys.unraisablehook = saved[2]
 
 
 if __name__ == "__main__":

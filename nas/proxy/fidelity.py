@@ -321,11 +321,13 @@ Log = Callable[[str], None]
 
 
 def run_study(cache: FidelityCache, networks: list[ArchConfig], ds: Dataset, proxy: ProxyBudget, *,
-              device: str = "cpu", log: Log = print, train: Callable[..., ProxyResult] = train_eval) -> None:
+              device: str = "cpu", log: Log = print, train: Callable[..., ProxyResult] = train_eval,
+              should_stop: Callable[[], bool] = lambda: False) -> None:
     """Train what the cache lacks, one network at a time, saving after each; prints one line per network.
 
     Networks another runner is training are skipped and, once nothing else is left, waited for, so
-    every runner ends with the whole study in its cache.
+    every runner ends with the whole study in its cache. ``should_stop()`` true before a network
+    raises KeyboardInterrupt there (a stop whose interrupt was swallowed still ends the run).
     """
     reference = StudySettings(**cache.settings).reference_budget()
     dev = resolve_device(device).type
@@ -334,6 +336,8 @@ def run_study(cache: FidelityCache, networks: list[ArchConfig], ds: Dataset, pro
     while pending:
         busy = []
         for cfg in pending:
+            if should_stop():
+                raise KeyboardInterrupt
             with cache.claim(cfg.name, wait=False) as claim:
                 if not claim.held:
                     busy.append(cfg)
@@ -341,6 +345,8 @@ def run_study(cache: FidelityCache, networks: list[ArchConfig], ds: Dataset, pro
                 _train_network(cache, cfg, ds, proxy, reference, dev, device, train, f"[{order[cfg.name]}/"
                                f"{len(networks)}]", log)
         if busy:  # only networks in other runners' hands are left: wait for the first, then look again
+            if should_stop():
+                raise KeyboardInterrupt
             with cache.claim(busy[0].name, wait=True):
                 pass
         pending = busy

@@ -14,9 +14,9 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from ..cli import ArgumentParser, run
+from ..cli import ArgumentParser, quiet_swallowed_interrupt, run
 from ..latency.runtimes import MEASURE_RUNTIMES
 from ..paths import runs_dir
 from ..resolution import parse_resolution, resolution_arg
@@ -103,16 +103,6 @@ def _interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
 
-def _quiet_swallowed_interrupt(unraisable: Any, *, default: Callable[[Any], None] = sys.unraisablehook) -> None:
-    """Python swallows (and prints as "Exception ignored") a KeyboardInterrupt raised inside a garbage-collection
-    callback; the stop it stands for is already requested, so it is not a traceback on the user's screen."""
-    from .lifecycle import stop_requested
-
-    if issubclass(unraisable.exc_type, KeyboardInterrupt) and stop_requested():
-        return
-    default(unraisable)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_attach_values(list(sys.argv[1:] if argv is None else argv)))
     if argv is None:
@@ -120,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (SIGTERM) must still stop the search cleanly and print the front so far
         signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGTERM, _interrupt)
-        sys.unraisablehook = _quiet_swallowed_interrupt
+        from .lifecycle import stop_requested
+
+        # Python swallows an interrupt raised in a GC callback (and prints "Exception ignored"): the stop
+        # is requested all the same, so that is no traceback on the user's screen
+        sys.unraisablehook = quiet_swallowed_interrupt(stop_requested)
     settings = SearchSettings(
         budget_ms=parse_budget(args.budget), space=args.space, trials=args.trials, timeout_s=args.timeout,
         seed=args.seed, device=args.device, resolution=args.resolution, batch=args.batch, precision=args.precision,
