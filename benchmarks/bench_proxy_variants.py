@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -41,8 +42,15 @@ VARIANTS: dict[str, dict] = {
     "batch64": {"batch_size": 64},
     "batch32": {"batch_size": 32, "lr": 0.05},
     "batch64-eval10k": {"batch_size": 64, "max_eval_samples": None},
+    "img20k-1ep": {"max_train_samples": 20000, "epochs": 1.0},
+    "img10k-2ep": {"max_train_samples": 10000, "epochs": 2.0},
+    "img20k-1ep-seed1": {"max_train_samples": 20000, "epochs": 1.0, "seed": 1},
+    "img20k-1ep-seed2": {"max_train_samples": 20000, "epochs": 1.0, "seed": 2},
+    "reference-seed1": {"epochs": 10.0, "max_train_samples": None, "max_eval_samples": None, "seed": 1},
 }
-"""Changes to the default `ProxyBudget`; each costs about as much as the default (same images seen)."""
+"""Changes to the default `ProxyBudget`; each costs about as much as the default (same images seen), except
+``reference-seed1``: the reference schedule with another seed (its agreement with the reference is the
+ceiling any proxy is judged against)."""
 
 
 def _variant_list(text: str) -> list[str]:
@@ -59,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--variants", type=_variant_list, default=list(VARIANTS))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cheapest", type=int, default=None, metavar="N",
+                   help="train only the N networks with the fewest trained MACs (the report covers what is there)")
     p.add_argument("--report-only", action="store_true", help="train nothing; report what the file holds")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -77,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     networks = study_networks(space, len(cache.networks), seed=kept["seed"], scale=kept["scale"],
                               max_macs=kept["max_macs"], ds=ds, width_mult=base.width_mult)
     order = {cfg.name: i for i, cfg in enumerate(networks)}
+    if args.cheapest is not None:
+        networks = sorted(networks, key=lambda c: cache.networks[c.name]["macs"])[:max(args.cheapest, 0)]
     budgets = {v: dataclasses.replace(base, **VARIANTS[v]) for v in args.variants}
     if not args.report_only:
         for v, budget in budgets.items():
@@ -100,7 +112,53 @@ def main(argv: list[str] | None = None) -> int:
         wall = sum(r["proxy_wall_s"] or 0.0 for r in rows.values())
         print(f"{v:<16} {len(rows):>3}  {tau['tau']:.3f} [{tau['low']:.2f}, {tau['high']:.2f}]     "
               f"{halves[0]:>9.3f} {halves[1]:>9.3f} {vs:>14.3f} {loss['tau']:>11.3f} {wall:>8.0f}")
+    _print_ceilings(cache, budgets)
     return 0
+
+
+def tau_ceiling(agreement: float, reference_agreement: float = 1.0) -> float:
+    """The highest expected tau between a score whose two seeds agree at ``agreement`` and a reference whose
+    two seeds agree at ``reference_agreement`` (Gaussian noise: Greiner's r = sin(pi tau / 2) is each one's
+    reliability, and the correlation of two noisy copies of one truth is at most the root of their product)."""
+    r = math.sin(math.pi * max(agreement, 0.0) / 2) * math.sin(math.pi * max(reference_agreement, 0.0) / 2)
+    return 2 / math.pi * math.asin(math.sqrt(r))
+
+
+def _seed_twin(name: str) -> str | None:
+    """The variant ``name`` repeats with another seed (``seed1`` -> ``default``, ``X-seed1`` -> ``X``)."""
+    if name in ("seed1", "seed2"):
+        return "default"
+    if name == "reference-seed1":
+        return "reference"
+    base, _, seed = name.rpartition("-")
+    return base if seed.startswith("seed") and base in VARIANTS else None
+
+
+def _print_ceilings(cache: FidelityCache, budgets: dict[str, ProxyBudget]) -> None:
+    pairs = [(v, _seed_twin(v)) for v in budgets if _seed_twin(v)]
+    if not pairs:
+        return
+    agreements: dict[str, tuple[float, int]] = {}
+    for v, twin in pairs:
+        rows = fidelity_report(cache, budgets[v], "cpu")["rows"]
+        a = {r["name"]: r["proxy"] for r in rows}
+        if twin == "reference":
+            b = {r["name"]: r["reference"] for r in rows}
+        else:
+            b = {r["name"]: r["proxy"] for r in fidelity_report(cache, dataclasses.replace(budgets[v], seed=0), "cpu")["rows"]}
+        shared = [n for n in a if n in b]
+        if len(shared) >= 4:
+            agreements[v] = (kendall_tau([a[n] for n in shared], [b[n] for n in shared]), len(shared))
+    if not agreements:
+        return
+    ref = agreements.get("reference-seed1")
+    print("\nseed agreement (the same schedule, another seed) and the expected tau it allows at most, against a "
+          "noiseless reference" + (f" and against this one (its own agreement {ref[0]:.3f}, n={ref[1]})" if ref else "") + ":")
+    for v, (agree, n) in agreements.items():
+        line = f"  {v:<16} vs {_seed_twin(v):<12} n={n:>3}  agreement {agree:.3f}  ceiling {tau_ceiling(agree):.3f}"
+        if ref and v != "reference-seed1":
+            line += f"  against this reference {tau_ceiling(agree, ref[0]):.3f}"
+        print(line)
 
 
 if __name__ == "__main__":
