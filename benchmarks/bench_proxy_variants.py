@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -95,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {v}: {budget}", flush=True)
             run_study(cache, networks, ds, budget, log=lambda line: print(line, flush=True))
     cache.reload()
-    default = {r["name"]: r["proxy"] for r in fidelity_report(cache, base, "cpu")["rows"]}
+    report_of = functools.lru_cache(maxsize=None)(lambda budget: fidelity_report(cache, budget, "cpu"))
+    default = {r["name"]: r["proxy"] for r in report_of(base)["rows"]}
     print(f"\n{'variant':<16} {'n':>3}  {'tau [95 % interval]':<22} {'even half':>9} {'odd half':>9}"
           f" {'tau vs default':>14} {'-train loss':>11} {'proxy s':>8}")
     for v, budget in budgets.items():
-        report = fidelity_report(cache, budget, "cpu")  # the networks both trained, tau with its interval
+        report = report_of(budget)  # the networks both trained, tau with its interval
         rows = {r["name"]: r for r in report["rows"]}
         if len(rows) < 4:
             print(f"{v:<16} {len(rows):>3}  (too few networks yet)")
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = sum(r["proxy_wall_s"] or 0.0 for r in rows.values())
         print(f"{v:<16} {len(rows):>3}  {tau['tau']:.3f} [{tau['low']:.2f}, {tau['high']:.2f}]     "
               f"{halves[0]:>9.3f} {halves[1]:>9.3f} {vs:>14.3f} {loss['tau']:>11.3f} {wall:>8.0f}")
-    _print_ceilings(cache, budgets)
+    _print_ceilings(report_of, budgets)
     return 0
 
 
@@ -134,18 +137,21 @@ def _seed_twin(name: str) -> str | None:
     return base if seed.startswith("seed") and base in VARIANTS else None
 
 
-def _print_ceilings(cache: FidelityCache, budgets: dict[str, ProxyBudget]) -> None:
+Reports = Callable[[ProxyBudget], dict]
+
+
+def _print_ceilings(report_of: Reports, budgets: dict[str, ProxyBudget]) -> None:
     pairs = [(v, _seed_twin(v)) for v in budgets if _seed_twin(v)]
     if not pairs:
         return
     agreements: dict[str, tuple[float, int]] = {}
     for v, twin in pairs:
-        rows = fidelity_report(cache, budgets[v], "cpu")["rows"]
+        rows = report_of(budgets[v])["rows"]
         a = {r["name"]: r["proxy"] for r in rows}
         if twin == "reference":
             b = {r["name"]: r["reference"] for r in rows}
         else:
-            b = {r["name"]: r["proxy"] for r in fidelity_report(cache, dataclasses.replace(budgets[v], seed=0), "cpu")["rows"]}
+            b = {r["name"]: r["proxy"] for r in report_of(dataclasses.replace(budgets[v], seed=0))["rows"]}
         shared = [n for n in a if n in b]
         if len(shared) >= 4:
             agreements[v] = (kendall_tau([a[n] for n in shared], [b[n] for n in shared]), len(shared))
@@ -156,13 +162,13 @@ def _print_ceilings(cache: FidelityCache, budgets: dict[str, ProxyBudget]) -> No
     for v, (agree, n) in agreements.items():
         print(f"  {v:<16} vs {_seed_twin(v):<12} n={n:>3}  agreement {agree:.3f}  ceiling {tau_ceiling(agree):.3f}")
     if "reference-seed1" in budgets:
-        _print_against_both_references(cache, budgets)
+        _print_against_both_references(report_of, budgets)
 
 
-def _print_against_both_references(cache: FidelityCache, budgets: dict[str, ProxyBudget]) -> None:
+def _print_against_both_references(report_of: Reports, budgets: dict[str, ProxyBudget]) -> None:
     """On the networks the reference trained twice: its own agreement beside each variant's tau against either
     seed of it and against their mean (the same networks for every line, so the figures compare)."""
-    twice = {r["name"]: (r["reference"], r["proxy"]) for r in fidelity_report(cache, budgets["reference-seed1"], "cpu")["rows"]}
+    twice = {r["name"]: (r["reference"], r["proxy"]) for r in report_of(budgets["reference-seed1"])["rows"]}
     if len(twice) < 4:
         return
     names = sorted(twice)
@@ -172,7 +178,7 @@ def _print_against_both_references(cache: FidelityCache, budgets: dict[str, Prox
     for v, budget in budgets.items():
         if v == "reference-seed1":
             continue
-        score = {r["name"]: r["proxy"] for r in fidelity_report(cache, budget, "cpu")["rows"]}
+        score = {r["name"]: r["proxy"] for r in report_of(budget)["rows"]}
         if any(n not in score for n in names):
             continue
         x = [score[n] for n in names]
