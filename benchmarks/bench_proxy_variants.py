@@ -30,7 +30,7 @@ from nas.proxy import ProxyBudget
 from nas.proxy.fidelity import FidelityCache, StudySettings, run_study, study_networks
 from nas.proxy.fidelity_report import fidelity_report
 from nas.space import load_space
-from nas.stats import kendall_tau
+from nas.stats import bootstrap_tau, kendall_tau
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
@@ -119,12 +119,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def tau_ceiling(agreement: float, reference_agreement: float = 1.0) -> float:
-    """The highest expected tau between a score whose two seeds agree at ``agreement`` and a reference whose
-    two seeds agree at ``reference_agreement`` (Gaussian noise: Greiner's r = sin(pi tau / 2) is each one's
-    reliability, and the correlation of two noisy copies of one truth is at most the root of their product)."""
-    r = math.sin(math.pi * max(agreement, 0.0) / 2) * math.sin(math.pi * max(reference_agreement, 0.0) / 2)
+def tau_ceiling(agreement: float, reference_agreement: float = 1.0, seeds: int = 1) -> float:
+    """The highest expected tau between the mean of ``seeds`` seeds of a score whose two seeds agree at
+    ``agreement`` and a reference whose two seeds agree at ``reference_agreement`` (Gaussian noise: Greiner's
+    r = sin(pi tau / 2) is each one's reliability, Spearman-Brown's k r / (1 + (k - 1) r) that of a k-seed mean,
+    and the correlation of two noisy copies of one truth is at most the root of their product)."""
+    one = math.sin(math.pi * max(agreement, 0.0) / 2)
+    mean = seeds * one / (1 + (seeds - 1) * one)
+    r = mean * math.sin(math.pi * max(reference_agreement, 0.0) / 2)
     return 2 / math.pi * math.asin(math.sqrt(r))
+
+
+def reference_agreement_floor(tau: float, agreement: float, seeds: int = 1) -> float:
+    """The reference's own seed agreement implied when a ``seeds``-seed mean (single seeds agreeing at
+    ``agreement``) reaches ``tau`` against it and all of the shortfall is the reference's noise; a lower bound,
+    since a proxy's bias lowers tau too (`tau_ceiling` solved for ``reference_agreement``)."""
+    full = math.sin(math.pi * tau_ceiling(agreement, seeds=seeds) / 2) ** 2
+    r = min(math.sin(math.pi * max(tau, 0.0) / 2) ** 2 / full, 1.0) if full > 0 else 0.0
+    return 2 / math.pi * math.asin(r)
 
 
 def _seed_twin(name: str) -> str | None:
@@ -161,8 +173,37 @@ def _print_ceilings(report_of: Reports, budgets: dict[str, ProxyBudget]) -> None
           "noiseless reference:")
     for v, (agree, n) in agreements.items():
         print(f"  {v:<16} vs {_seed_twin(v):<12} n={n:>3}  agreement {agree:.3f}  ceiling {tau_ceiling(agree):.3f}")
+    _print_seed_means(report_of, budgets, agreements)
     if "reference-seed1" in budgets:
         _print_against_both_references(report_of, budgets)
+
+
+def _print_seed_means(report_of: Reports, budgets: dict[str, ProxyBudget],
+                      agreements: dict[str, tuple[float, int]]) -> None:
+    """Each schedule's seeds averaged: tau against the reference beside the ceiling averaging promises. When the
+    mean gains far less than its ceiling, the proxy's own noise is not what holds tau down."""
+    groups: dict[str, list[str]] = {}
+    for v in budgets:
+        twin = _seed_twin(v)
+        if twin and twin != "reference" and twin in budgets and v in agreements:
+            groups.setdefault(twin, [twin]).append(v)
+    lines = []
+    for base, members in groups.items():
+        scores = [{r["name"]: r["proxy"] for r in report_of(budgets[v])["rows"]} for v in members]
+        reference = {r["name"]: r["reference"] for r in report_of(budgets[base])["rows"]}
+        names = [n for n in reference if all(n in s for s in scores)]
+        if len(names) < 4:
+            continue
+        mean = [sum(s[n] for s in scores) / len(scores) for n in names]
+        tau, low, high = bootstrap_tau(mean, [reference[n] for n in names])
+        agree = sum(agreements[v][0] for v in members[1:]) / (len(members) - 1)
+        lines.append(f"  {base:<16} {len(members)} seeds n={len(names):>3}  tau {tau:.3f} [{low:.2f}, {high:.2f}]"
+                     f"  ceiling {tau_ceiling(agree):.3f} -> {tau_ceiling(agree, seeds=len(members)):.3f}"
+                     f"  reference agreement >= {reference_agreement_floor(tau, agree, len(members)):.2f}")
+    if lines:
+        print("\nseeds averaged (cost times the seeds): tau against the reference, and the ceiling of one seed -> "
+              "of the mean against a noiseless reference, and the reference's own seed agreement that tau implies at least:")
+        print("\n".join(lines))
 
 
 def _print_against_both_references(report_of: Reports, budgets: dict[str, ProxyBudget]) -> None:

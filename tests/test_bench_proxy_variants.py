@@ -46,3 +46,25 @@ def test_ceiling_matches_simulated_noisy_copies_of_one_truth(bench, proxy_noise,
 def test_seed_twins(bench):
     assert bench._seed_twin("seed1") == "default" and bench._seed_twin("img20k-1ep-seed2") == "img20k-1ep"
     assert bench._seed_twin("reference-seed1") == "reference" and bench._seed_twin("batch64") is None
+
+
+@pytest.mark.parametrize("seeds", [2, 3])
+def test_the_ceiling_of_a_seed_mean_matches_simulated_means(bench, seeds):
+    rng = np.random.default_rng(1)
+    n, trials, noise = 400, 20, 0.8
+    seen, predicted = [], []
+    for _ in range(trials):
+        truth = rng.normal(size=n)
+        copies = [truth + noise * rng.normal(size=n) for _ in range(seeds + 1)]
+        seen.append(kendall_tau(np.mean(copies[:seeds], axis=0), truth))
+        predicted.append(bench.tau_ceiling(kendall_tau(copies[0], copies[-1]), seeds=seeds))
+    assert np.mean(seen) == pytest.approx(np.mean(predicted), abs=0.02)
+    assert bench.tau_ceiling(0.6, seeds=seeds) > bench.tau_ceiling(0.6)
+
+
+@pytest.mark.parametrize("agreement, reference, seeds", [(0.6, 0.5, 3), (0.73, 0.6, 1), (0.4, 0.9, 2)])
+def test_the_reference_floor_inverts_the_ceiling(bench, agreement, reference, seeds):
+    tau = bench.tau_ceiling(agreement, reference, seeds)
+    assert bench.reference_agreement_floor(tau, agreement, seeds) == pytest.approx(reference)
+    assert bench.reference_agreement_floor(tau - 0.1, agreement, seeds) < reference  # a biased proxy: lower bound
+    assert bench.reference_agreement_floor(1.0, agreement, seeds) == 1.0
