@@ -429,6 +429,9 @@ def fidelity_view() -> None:
                     f"better in {100 * held.get('fitted_better_fraction', 0):.0f} % of folds.")
     elif held.get("skipped"):
         st.caption(f"Corrected proxy: not fitted ({held['skipped']}).")
+    noise = FI.reference_noise(rep)
+    if noise:
+        st.markdown(noise)
     scores = [s for s in taus.loc[taus["n"] >= 2, "score"]]
     if scores:
         score = _choose(st.selectbox, "score", scores, "fidelity_score", scores[0])

@@ -30,7 +30,7 @@ from nas.proxy import ProxyBudget
 from nas.proxy.fidelity import FidelityCache, StudySettings, run_study, study_networks
 from nas.proxy.fidelity_report import fidelity_report
 from nas.space import load_space
-from nas.stats import bootstrap_tau, kendall_tau
+from nas.stats import bootstrap_tau, kendall_tau, tau_ceiling
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         for v, budget in budgets.items():
             print(f"== {v}: {budget}", flush=True)
-            run_study(cache, networks, ds, budget, log=lambda line: print(line, flush=True))
+            run_study(cache, networks, ds, budget, log=lambda line: print(line, flush=True),
+                      label=f"seed {budget.seed}" if v.startswith("reference") else "proxy")
     cache.reload()
     report_of = functools.lru_cache(maxsize=None)(lambda budget: fidelity_report(cache, budget, "cpu"))
     default = {r["name"]: r["proxy"] for r in report_of(base)["rows"]}
@@ -117,17 +118,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{halves[0]:>9.3f} {halves[1]:>9.3f} {vs:>14.3f} {loss['tau']:>11.3f} {wall:>8.0f}")
     _print_ceilings(report_of, budgets)
     return 0
-
-
-def tau_ceiling(agreement: float, reference_agreement: float = 1.0, seeds: int = 1) -> float:
-    """The highest expected tau between the mean of ``seeds`` seeds of a score whose two seeds agree at
-    ``agreement`` and a reference whose two seeds agree at ``reference_agreement`` (Gaussian noise: Greiner's
-    r = sin(pi tau / 2) is each one's reliability, Spearman-Brown's k r / (1 + (k - 1) r) that of a k-seed mean,
-    and the correlation of two noisy copies of one truth is at most the root of their product)."""
-    one = math.sin(math.pi * max(agreement, 0.0) / 2)
-    mean = seeds * one / (1 + (seeds - 1) * one)
-    r = mean * math.sin(math.pi * max(reference_agreement, 0.0) / 2)
-    return 2 / math.pi * math.asin(math.sqrt(r))
 
 
 def reference_agreement_floor(tau: float, agreement: float, seeds: int = 1) -> float:

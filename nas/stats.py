@@ -2,7 +2,8 @@
 
 All take two equal-length sequences of at least 2 values (else a one-line `ValueError`) and
 return 0.0, not NaN, when either side is constant (no ranking to agree with). `bootstrap_tau` adds
-a seeded percentile interval (networks resampled with replacement).
+a seeded percentile interval (networks resampled with replacement). `tau_ceiling` is the most a
+noisy score can be expected to agree with a noisy reference, from each one's seed agreement.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["bootstrap_tau", "kendall_tau", "spearman_rho"]
+__all__ = ["bootstrap_tau", "kendall_tau", "spearman_rho", "tau_ceiling"]
 
 
 def _check(name: str, x: Sequence[float], y: Sequence[float]) -> None:
@@ -63,3 +64,16 @@ def bootstrap_tau(x: Sequence[float], y: Sequence[float], *, resamples: int = 10
     taus = np.concatenate([_tau_b_batch(xa[idx[i:i + 200]], ya[idx[i:i + 200]]) for i in range(0, resamples, 200)])
     low, high = np.quantile(taus, [(1 - level) / 2, (1 + level) / 2])
     return kendall_tau(x, y), float(low), float(high)
+
+
+def tau_ceiling(agreement: float, reference_agreement: float = 1.0, seeds: int = 1) -> float:
+    """The highest expected tau between the mean of ``seeds`` seeds of a score whose two seeds agree at
+    ``agreement`` and a reference whose two seeds agree at ``reference_agreement`` (Gaussian noise: Greiner's
+    r = sin(pi tau / 2) is each one's reliability, Spearman-Brown's k r / (1 + (k - 1) r) that of a k-seed mean,
+    and the correlation of two noisy copies of one truth is at most the root of their product)."""
+    if not (isinstance(seeds, int) and seeds >= 1):
+        raise ValueError(f"tau_ceiling: seeds {seeds!r} is not allowed; expected an integer >= 1")
+    one = math.sin(math.pi * max(agreement, 0.0) / 2)
+    mean = seeds * one / (1 + (seeds - 1) * one)
+    r = mean * math.sin(math.pi * max(reference_agreement, 0.0) / 2)
+    return 2 / math.pi * math.asin(math.sqrt(r))

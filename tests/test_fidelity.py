@@ -21,9 +21,9 @@ from nas.proxy.__main__ import main
 from nas.proxy.curve import extrapolate_accuracy
 from nas.proxy.fidelity import FidelityCache, StudySettings, default_cache_path, reference_budget, run_study, \
     study_networks
-from nas.proxy.fidelity_report import COLUMNS, REPORT_FORMAT, cross_validate, fidelity_report, ridge_fit
+from nas.proxy.fidelity_report import COLUMNS, REPORT_FORMAT, cross_validate, fidelity_report, format_report, ridge_fit
 from nas.space import load_space
-from nas.stats import _tau_b_batch, bootstrap_tau, kendall_tau
+from nas.stats import _tau_b_batch, bootstrap_tau, kendall_tau, tau_ceiling
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SPACE = str(ROOT / "tests" / "data" / "fidelity_tiny_space.yaml")
@@ -295,6 +295,8 @@ def test_cli_writes_the_report_and_reports_a_partial_cache(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--networks", "1"], "--networks"),
     (["--networks", "x"], "--networks"),
+    (["--reference-seeds", "6"], "--reference-seeds: '6' is not allowed; expected an integer in [1, 5]"),
+    (["--reference-seeds", "x"], "--reference-seeds: 'x' is not allowed; expected an integer in [1, 5]"),
     (["--reference-epochs", "0"], "--reference-epochs"),
     (["--scale", "9"], "--scale"),
     (["--space", "nope"], "space: 'nope'"),
@@ -340,6 +342,65 @@ def test_report_schema_and_held_out_fit(digits, tmp_path):
     few = fidelity_report(_synthetic_cache(digits, tmp_path / "b.json", 3, np.random.default_rng(0)), PROXY, "cpu",
                           resamples=10)
     assert few["n"] == 3 and "skipped" in few["held_out"] and few["tau"]["proxy_fitted"]["tau"] is None
+
+
+def test_reference_seeds_judge_against_their_mean_and_say_what_their_noise_allows(digits, tmp_path):
+    rng = np.random.default_rng(3)
+    cache = _synthetic_cache(digits, tmp_path / "r.json", 12, rng)
+    second, third = StudySettings(**cache.settings).reference_seed_budgets(3)[1:]
+    assert (second.seed, third.seed) == (1, 2) and second.epochs == REFERENCE.epochs
+    runs = {b: cache.proxy_results(b, "cpu") for b in (second, third)}
+    for name, entry in cache.networks.items():
+        if entry["reference"]["status"] == "ok":
+            for b in (second, third):
+                runs[b][name] = {"status": "ok", "accuracy": entry["reference"]["accuracy"] + rng.normal(0, 0.01)}
+    del runs[third]["n0"]  # a third seed not trained yet on one network: left out of the section
+    cache.save()
+    cache = FidelityCache(cache.path)
+    plain = fidelity_report(cache, PROXY, "cpu", resamples=50)
+    assert "reference_seeds" not in plain
+    report = fidelity_report(cache, PROXY, "cpu", reference_seeds=3, resamples=50)
+    assert report["tau"] == plain["tau"]  # the headline stays against the study's own reference
+    sec = report["reference_seeds"]
+    rows = {r["name"]: r for r in report["rows"]}
+    assert sec["seeds"] == 3 and sec["n"] == 11 and "reference_mean" not in rows["n0"]
+    both = [r for r in report["rows"] if "reference_mean" in r]
+    seeds = list(zip(*(r["reference_seeds"] for r in both)))
+    pairs = [kendall_tau(seeds[0], seeds[1]), kendall_tau(seeds[0], seeds[2]), kendall_tau(seeds[1], seeds[2])]
+    assert sec["agreement"]["pairs"] == pytest.approx(pairs) and sec["agreement"]["tau"] == pytest.approx(np.mean(pairs))
+    assert sec["ceiling_one_seed"] == pytest.approx(tau_ceiling(1.0, np.mean(pairs)))
+    assert sec["ceiling_one_seed"] < sec["ceiling_mean"] < 1
+    mean = [np.mean(r["reference_seeds"]) for r in both]
+    assert sec["tau"]["proxy"]["tau"] == pytest.approx(kendall_tau([r["proxy"] for r in both], mean))
+    assert sec["tau"]["proxy"]["n"] == 11
+    json.dumps(report, allow_nan=False)
+    assert "reference seeds: 3 on n=11 networks" in format_report(report)
+    from nas.explore.fidelity import reference_noise
+
+    line = reference_noise(report)
+    assert line.startswith("**Reference noise**: its 3 seeds agree at τ ") and "on 11 networks" in line
+    assert f"the proxy against their mean: τ {sec['tau']['proxy']['tau']:.3f}" in line
+    assert reference_noise(plain) is None
+    for hostile in ({"reference_seeds": "x"}, {"reference_seeds": {"agreement": {"tau": "0.6"}}},
+                    {"reference_seeds": {**sec, "seeds": None}}, {"reference_seeds": {**sec, "tau": []}}):
+        assert reference_noise(hostile) in (None, line.split("; the proxy")[0] + ".")
+    with pytest.raises(ValueError, match="reference seeds 6 is not allowed"):
+        StudySettings(**cache.settings).reference_seed_budgets(6)
+
+
+def test_cli_trains_the_other_reference_seeds_after_the_proxies_and_resumes(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert main(["fidelity", *TINY, "--networks", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["fidelity", *TINY, "--networks", "2", "--out", str(out), "--reference-seeds", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "reference seed 1 (2 seeds)" in printed and printed.count("trained seed 1") == 2
+    assert "trained reference" not in printed and "trained proxy" not in printed  # the first run's work is kept
+    report = json.loads((tmp_path / "s.report.json").read_text())
+    assert report["reference_seeds"]["seeds"] == 2 and report["reference_seeds"]["n"] == 2
+    assert "reference seeds: 2 on n=2 networks" in printed
+    assert main(["fidelity", *TINY, "--networks", "2", "--out", str(out), "--reference-seeds", "2"]) == 0
+    assert "trained" not in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -424,3 +485,12 @@ def test_the_app_shows_a_fidelity_report(digits, tmp_path, monkeypatch):
     at.selectbox(key="fidelity_score").set_value("params").run()
     scatter = [json.loads(c.proto.spec) for c in at.get("plotly_chart")][-1]
     assert scatter["layout"]["xaxis"]["title"]["text"] == "params" and len(scatter["data"][0]["text"]) == 20
+    assert not any("Reference noise" in m.value for m in at.markdown)
+    path = next((runs / "fidelity").glob("*.report.json"))
+    report = json.loads(path.read_text())
+    report["reference_seeds"] = {"seeds": 2, "n": 20, "agreement": {"tau": 0.6}, "ceiling_one_seed": 0.712,
+                                 "ceiling_mean": 0.79, "tau": {"proxy": {"tau": 0.62, "low": 0.4, "high": 0.8, "n": 20}}}
+    path.write_text(json.dumps(report))
+    at.run()
+    assert any("seeds agree at τ 0.600 on 20 networks" in m.value and "0.712 against one seed" in m.value
+               for m in at.markdown), [m.value for m in at.markdown]

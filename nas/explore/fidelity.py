@@ -16,7 +16,7 @@ import pandas as pd
 from ..paths import runs_dir
 from ..proxy.fidelity_report import REPORT_FORMAT
 
-__all__ = ["MAX_REPORT_BYTES", "find_reports", "read_report", "score_rows", "tau_frame"]
+__all__ = ["MAX_REPORT_BYTES", "find_reports", "read_report", "reference_noise", "score_rows", "tau_frame"]
 
 MAX_REPORT_BYTES = 64 * 1024 * 1024  # a 30-network report is ~100 KB; anything near this is not one
 
@@ -65,3 +65,25 @@ def score_rows(report: Mapping[str, Any], score: str) -> pd.DataFrame:
            for r in report["rows"] if isinstance(r, Mapping)]
     frame = pd.DataFrame(out, columns=["name", "reference", "score"])
     return frame[frame["reference"].notna() & frame["score"].notna()].reset_index(drop=True)
+
+
+def reference_noise(report: Mapping[str, Any]) -> str | None:
+    """One markdown line on the reference's own seed agreement and what it allows (``--reference-seeds``), or None
+    when the report has no such figures."""
+    sec = report.get("reference_seeds")
+    agreement = sec.get("agreement") if isinstance(sec, Mapping) else None
+    if not isinstance(agreement, Mapping):
+        return None
+    a, one, mean = _num(agreement.get("tau")), _num(sec.get("ceiling_one_seed")), _num(sec.get("ceiling_mean"))
+    seeds, n = _num(sec.get("seeds")), _num(sec.get("n"))
+    if any(math.isnan(v) for v in (a, one, mean, seeds, n)):
+        return None
+    px = sec.get("tau", {}).get("proxy") if isinstance(sec.get("tau"), Mapping) else None
+    px = px if isinstance(px, Mapping) else {}
+    tau, low, high = _num(px.get("tau")), _num(px.get("low")), _num(px.get("high"))
+    line = (f"**Reference noise**: its {seeds:.0f} seeds agree at τ {a:.3f} on "
+            f"{n:.0f} networks, so no score can be expected above τ {one:.3f} against one seed, "
+            f"{mean:.3f} against their mean")
+    if not math.isnan(tau):
+        line += f"; the proxy against their mean: τ {tau:.3f} [{low:.2f}, {high:.2f}]"
+    return line + "."

@@ -5,12 +5,15 @@ a reference schedule (default 10 epochs over the whole training set) and with th
 network at a time into a resumable JSON cache (``runs/fidelity/<space>-<data>-<hash>.json``; rerun the
 same command to resume), then writes the report (Kendall tau of the proxy, the corrected proxies, the
 zero-cost proxies, params and MACs against the reference, with bootstrap 95 % intervals) to
-``<cache>.report.json`` and prints it. Exit codes: 0 done, 2 usage error, 130 interrupted.
+``<cache>.report.json`` and prints it. ``--reference-seeds K`` then trains the reference again with
+K - 1 other seeds: the report adds the reference's agreement with itself, the tau that allows, and
+every score against the seeds' mean. Exit codes: 0 done, 2 usage error, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import signal
 import sys
@@ -26,7 +29,8 @@ from ..data import load_dataset
 from ..export.files import write_atomic
 from ..latency.devices import resolve_device
 from ..space import load_space
-from .fidelity import FidelityCache, StudySettings, default_cache_path, reference_budget, run_study, study_networks
+from .fidelity import (MAX_REFERENCE_SEEDS, FidelityCache, StudySettings, default_cache_path, reference_budget,
+                       run_study, study_networks)
 from .fidelity_report import fidelity_report, format_report
 from .train import ProxyBudget
 
@@ -44,6 +48,13 @@ def _number(kind: type, low: float, what: str):
 
 
 _count = _number(int, 1, "a positive integer")
+
+
+def _reference_seed_count(text: str) -> int:
+    v = _number(int, 1, f"an integer in [1, {MAX_REFERENCE_SEEDS}]")(text)
+    if v > MAX_REFERENCE_SEEDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; expected an integer in [1, {MAX_REFERENCE_SEEDS}]")
+    return int(v)
 _positive = _number(float, 1e-12, "a positive number")
 
 
@@ -61,6 +72,10 @@ def build_parser() -> ArgumentParser:
     f.add_argument("--reference-epochs", type=_positive, default=10.0, help="epochs of the reference (default 10)")
     f.add_argument("--reference-images", type=_count, default=None,
                    help="training images of the reference (default: the whole training set)")
+    f.add_argument("--reference-seeds", type=_reference_seed_count, default=1, metavar="K",
+                   help="train the reference with K seeds (after every proxy): the report adds how far the "
+                        "reference agrees with itself, the tau that allows, and every score against the seeds' mean "
+                        f"(1-{MAX_REFERENCE_SEEDS}, default 1; each seed costs what the reference does)")
     f.add_argument("--proxy-epochs", type=_positive, default=ProxyBudget.epochs, help="epochs of the proxy (default 4)")
     f.add_argument("--proxy-images", type=_count, default=ProxyBudget.max_train_samples,
                    help="training images of the proxy (default 5000)")
@@ -111,9 +126,14 @@ def fidelity(args: argparse.Namespace) -> int:
     if not args.report_only:
         networks = study_networks(space, args.networks, seed=args.seed, scale=args.scale, max_macs=args.max_macs,
                                   ds=ds, width_mult=proxy.width_mult)
-        run_study(cache, networks, ds, proxy, device=args.device, log=lambda line: print(line, flush=True),
-                  should_stop=_STOP.is_set)
-    report = fidelity_report(cache, proxy, device, resamples=args.resamples, seed=args.seed)
+        log = functools.partial(print, flush=True)
+        run_study(cache, networks, ds, proxy, device=args.device, log=log, should_stop=_STOP.is_set)
+        for again in settings.reference_seed_budgets(args.reference_seeds)[1:]:
+            print(f"reference seed {again.seed} ({args.reference_seeds} seeds)", flush=True)
+            run_study(cache, networks, ds, again, device=args.device, log=log, should_stop=_STOP.is_set,
+                      label=f"seed {again.seed}")
+    report = fidelity_report(cache, proxy, device, reference_seeds=args.reference_seeds, resamples=args.resamples,
+                             seed=args.seed)
     out = Path(args.report) if args.report else path.with_name(path.name.removesuffix(".json") + ".report.json")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

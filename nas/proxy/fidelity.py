@@ -38,10 +38,11 @@ from ..space import InvalidCandidate, SearchSpace
 from .train import ProxyBudget, ProxyResult, _proxy_resolution, proxy_config, scale_width, train_eval
 from .zero_cost import ZERO_COST_PROXIES, zero_cost
 
-__all__ = ["CACHE_FORMAT", "FidelityCache", "StudySettings", "data_fingerprint", "default_cache_path",
+__all__ = ["CACHE_FORMAT", "MAX_REFERENCE_SEEDS", "FidelityCache", "StudySettings", "data_fingerprint", "default_cache_path",
            "iter_rows", "proxy_key", "reference_budget", "run_study", "study_networks", "trained_macs"]
 
 CACHE_FORMAT = "hardnas-fidelity/1"
+MAX_REFERENCE_SEEDS = 5
 _MAX_DRAWS = 50  # random draws per wanted network before the space is called too narrow
 
 
@@ -108,6 +109,15 @@ class StudySettings:
 
     def reference_budget(self) -> ProxyBudget:
         return ProxyBudget(**self.reference)
+
+    def reference_seed_budgets(self, seeds: int) -> list[ProxyBudget]:
+        """The reference schedule with each of ``seeds`` seeds, the study's own first; the others are trained
+        and kept like proxies (a noise estimate of the reference, and a steadier reference: their mean)."""
+        if not (isinstance(seeds, int) and 1 <= seeds <= MAX_REFERENCE_SEEDS):
+            raise ValueError(f"fidelity: reference seeds {seeds!r} is not allowed; expected an integer in "
+                             f"[1, {MAX_REFERENCE_SEEDS}]")
+        first = self.reference_budget()
+        return [dataclasses.replace(first, seed=first.seed + i) for i in range(seeds)]
 
 
 def proxy_key(budget: ProxyBudget, device: str) -> str:
@@ -322,8 +332,9 @@ Log = Callable[[str], None]
 
 def run_study(cache: FidelityCache, networks: list[ArchConfig], ds: Dataset, proxy: ProxyBudget, *,
               device: str = "cpu", log: Log = print, train: Callable[..., ProxyResult] = train_eval,
-              should_stop: Callable[[], bool] = lambda: False) -> None:
-    """Train what the cache lacks, one network at a time, saving after each; prints one line per network.
+              should_stop: Callable[[], bool] = lambda: False, label: str = "proxy") -> None:
+    """Train what the cache lacks, one network at a time, saving after each; prints one line per network
+    (``label`` names ``proxy`` there: another reference seed is trained as a proxy too).
 
     Networks another runner is training are skipped and, once nothing else is left, waited for, so
     every runner ends with the whole study in its cache. ``should_stop()`` true before a network
@@ -343,7 +354,7 @@ def run_study(cache: FidelityCache, networks: list[ArchConfig], ds: Dataset, pro
                     busy.append(cfg)
                     continue
                 _train_network(cache, cfg, ds, proxy, reference, dev, device, train, f"[{order[cfg.name]}/"
-                               f"{len(networks)}]", log)
+                               f"{len(networks)}]", log, label)
         if busy:  # only networks in other runners' hands are left: wait for the first, then look again
             if should_stop():
                 raise KeyboardInterrupt
@@ -353,7 +364,8 @@ def run_study(cache: FidelityCache, networks: list[ArchConfig], ds: Dataset, pro
 
 
 def _train_network(cache: FidelityCache, cfg: ArchConfig, ds: Dataset, proxy: ProxyBudget, reference: ProxyBudget,
-                   dev: str, device: str, train: Callable[..., ProxyResult], tag: str, log: Log) -> None:
+                   dev: str, device: str, train: Callable[..., ProxyResult], tag: str, log: Log,
+                   label: str = "proxy") -> None:
     cache.reload()
     done = cache.networks.get(cfg.name)
     if done is not None and done.get("arch_id") != cfg.arch_id:
@@ -367,11 +379,11 @@ def _train_network(cache: FidelityCache, cfg: ArchConfig, ds: Dataset, proxy: Pr
         fresh.append("reference")
     if cfg.name not in cache.proxy_results(proxy, dev):
         cache.commit(cfg.name, proxy=proxy, device=dev, row=_result_row(train(cfg, ds, proxy, device=device)))
-        fresh.append("proxy")
+        fresh.append(label)
     ref, px = cache.networks[cfg.name]["reference"], cache.proxy_results(proxy, dev)[cfg.name]
     what = "trained " + "+".join(fresh) if fresh else "cached"
     log(f"{tag} {cfg.name:<18} reference {_acc(ref)} ({ref.get('wall_s', 0):6.0f} s)  "
-        f"proxy {_acc(px)} ({px.get('wall_s', 0):4.0f} s)  {what}")
+        f"{label} {_acc(px)} ({px.get('wall_s', 0):4.0f} s)  {what}")
 
 
 def _acc(row: Mapping[str, Any]) -> str:

@@ -19,9 +19,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..stats import bootstrap_tau, kendall_tau
+from ..stats import bootstrap_tau, kendall_tau, tau_ceiling
 from .curve import extrapolate_accuracy
-from .fidelity import FidelityCache, iter_rows
+from .fidelity import FidelityCache, StudySettings, iter_rows
 from .train import ProxyBudget
 from .zero_cost import ZERO_COST_PROXIES
 
@@ -109,17 +109,42 @@ def _rows(cache: FidelityCache, proxy: ProxyBudget, device: str) -> tuple[list[d
     return rows, failed
 
 
-def _tau_entry(rows: list[dict[str, Any]], col: str, resamples: int, seed: int) -> dict[str, Any]:
-    pairs = [(r[col], r["reference"]) for r in rows if r.get(col) is not None and math.isfinite(r[col])]
+def _tau_entry(rows: list[dict[str, Any]], col: str, resamples: int, seed: int,
+               target: str = "reference") -> dict[str, Any]:
+    pairs = [(r[col], r[target]) for r in rows if r.get(col) is not None and math.isfinite(r[col])]
     if len(pairs) < 2:
         return {"n": len(pairs), "tau": None, "low": None, "high": None}
     tau, low, high = bootstrap_tau([p[0] for p in pairs], [p[1] for p in pairs], resamples=resamples, seed=seed)
     return {"n": len(pairs), "tau": tau, "low": low, "high": high}
 
 
-def fidelity_report(cache: FidelityCache, proxy: ProxyBudget, device: str, *, resamples: int = 1000, seed: int = 0,
-                    folds: int = 5, repeats: int = 10, fit: Fit = ridge_fit) -> dict[str, Any]:
-    """The report of every network of ``cache`` with a reference and a ``proxy`` result (JSON-ready)."""
+def _reference_seeds(cache: FidelityCache, rows: list[dict[str, Any]], seeds: int, device: str, resamples: int,
+                     seed: int) -> dict[str, Any]:
+    """On the networks every reference seed finished: the seeds' agreement, the most any score can be expected
+    to reach against one seed and against their mean (`tau_ceiling`), and every score against the mean."""
+    extra = [cache.proxy_results(b, device) for b in StudySettings(**cache.settings).reference_seed_budgets(seeds)[1:]]
+    full = [r for r in rows if all(e.get(r["name"], {}).get("status") == "ok" for e in extra)]
+    for r in full:
+        r["reference_seeds"] = [r["reference"], *(e[r["name"]]["accuracy"] for e in extra)]
+        r["reference_mean"] = float(np.mean(r["reference_seeds"]))
+    section: dict[str, Any] = {"seeds": seeds, "n": len(full)}
+    if len(full) < 2:
+        return section | {"skipped": f"{len(full)} networks have every reference seed; the figures need >= 2"}
+    runs = list(zip(*(r["reference_seeds"] for r in full)))
+    pairs = [kendall_tau(runs[i], runs[j]) for i in range(seeds) for j in range(i + 1, seeds)]
+    agreement = float(np.mean(pairs))
+    _, low, high = bootstrap_tau(runs[0], runs[1], resamples=resamples, seed=seed)
+    return section | {
+        "agreement": {"tau": agreement, "pairs": pairs, "low_first_pair": low, "high_first_pair": high},
+        "ceiling_one_seed": tau_ceiling(1.0, agreement), "ceiling_mean": tau_ceiling(agreement, seeds=seeds),
+        "tau": {c: _tau_entry(full, c, resamples, seed, target="reference_mean") for c in COLUMNS}}
+
+
+def fidelity_report(cache: FidelityCache, proxy: ProxyBudget, device: str, *, reference_seeds: int = 1,
+                    resamples: int = 1000, seed: int = 0, folds: int = 5, repeats: int = 10,
+                    fit: Fit = ridge_fit) -> dict[str, Any]:
+    """The report of every network of ``cache`` with a reference and a ``proxy`` result (JSON-ready); with
+    ``reference_seeds`` > 1, a ``reference_seeds`` section judges against the mean of that many references."""
     rows, failed = _rows(cache, proxy, device)
     held_out: dict[str, Any] = {"features": list(FEATURES), "model": "ridge (alpha 1) on standardised features, "
                                 "target the reference accuracy's rank within the training folds"}
@@ -133,10 +158,12 @@ def fidelity_report(cache: FidelityCache, proxy: ProxyBudget, device: str, *, re
     else:
         held_out["skipped"] = f"{len(rows)} networks; the fit needs >= {MIN_FIT}"
     taus = {c: _tau_entry(rows, c, resamples, seed) for c in COLUMNS}
+    extra = {} if reference_seeds == 1 else {
+        "reference_seeds": _reference_seeds(cache, rows, reference_seeds, device, resamples, seed)}
     return {"format": REPORT_FORMAT, "cache": str(cache.path), "settings": cache.settings,
             "proxy": dataclasses.asdict(proxy), "device": device, "n": len(rows), "networks": len(cache.networks),
             "failed": failed, "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95},
-            "tau": taus, "held_out": held_out, "rows": rows}
+            "tau": taus, "held_out": held_out, **extra, "rows": rows}
 
 
 def format_report(report: Mapping[str, Any]) -> str:
@@ -155,4 +182,20 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append(f"  held-out folds ({h['repeats']} x {h['folds']}-fold): mean tau fitted "
                      f"{h['fitted_tau_mean']:.3f} vs plain proxy {h['plain_tau_mean']:.3f}; fitted better in "
                      f"{100 * h['fitted_better_fraction']:.0f} % of folds")
-    return "\n".join(lines)
+    return "\n".join(lines + _format_reference_seeds(report.get("reference_seeds")))
+
+
+def _format_reference_seeds(section: Mapping[str, Any] | None) -> list[str]:
+    if not section:
+        return []
+    if "skipped" in section:
+        return [f"reference seeds: {section['seeds']}; {section['skipped']}"]
+    a = section["agreement"]
+    lines = [f"reference seeds: {section['seeds']} on n={section['n']} networks; they agree with each other at tau "
+             f"{a['tau']:.3f} (first pair [{a['low_first_pair']:.3f}, {a['high_first_pair']:.3f}]), so no score can be "
+             f"expected above {section['ceiling_one_seed']:.3f} against one seed, {section['ceiling_mean']:.3f} "
+             "against their mean. Against their mean:"]
+    for col, t in section["tau"].items():
+        if t["tau"] is not None:
+            lines.append(f"  {col:<20} {t['tau']:6.3f}  [{t['low']:6.3f}, {t['high']:6.3f}]  n={t['n']}")
+    return lines
