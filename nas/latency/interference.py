@@ -156,6 +156,10 @@ class ForeignLoad:
         busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7]  # user nice system irq softirq steal
         return busy / os.sysconf("SC_CLK_TCK"), time.process_time(), time.perf_counter()
 
+    def age(self) -> float | None:
+        """Seconds since the last reading (or since it was made); None where ``/proc/stat`` cannot be read."""
+        return None if self._last is None else time.perf_counter() - self._last[2]
+
     def __call__(self) -> float | None:
         now, last = self._sample(), self._last
         self._last = now

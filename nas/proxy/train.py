@@ -19,6 +19,7 @@ that raises (out of memory...), ends with ``status="failed"`` and the reason; th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -34,6 +35,7 @@ from ..errors import check_int, failure_reason
 from ..latency.devices import resolve_device
 from ..model import build_model
 from .curve import extrapolate_accuracy
+from .threads import FairThreads
 
 __all__ = ["ProxyBudget", "ProxyResult", "proxy_config", "scale_width", "train_eval"]
 
@@ -182,7 +184,12 @@ def train_eval(config: ArchConfig, data: Dataset | str | None = None, budget: Pr
         amp = dev.type == "cuda"
         channels_last = dev.type == "cuda"
         model = model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        _train(model, ds, budget, dev, amp, channels_last, callback, result, start)
+        threads = FairThreads() if dev.type == "cpu" else None  # on a busy CPU: the cores others leave free
+        with threads or contextlib.nullcontext():
+            _train(model, ds, budget, dev, amp, channels_last, callback, result, start,
+                   threads.check if threads else lambda: None)
+        if threads:
+            info["threads"] = {"set": threads.base, "fewest": threads.fewest}
     except Exception as err:  # a crashing candidate is a recorded failure, never the caller's crash
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -194,7 +201,8 @@ def train_eval(config: ArchConfig, data: Dataset | str | None = None, budget: Pr
 
 
 def _train(model: torch.nn.Module, ds: Dataset, budget: ProxyBudget, dev: torch.device, amp: bool,
-           channels_last: bool, callback: EpochCallback | None, result: ProxyResult, start: float) -> None:
+           channels_last: bool, callback: EpochCallback | None, result: ProxyResult, start: float,
+           between_steps: Callable[[], None]) -> None:
     gen = torch.Generator().manual_seed(budget.seed)
     n_train = len(ds.train_y) if budget.max_train_samples is None else min(budget.max_train_samples, len(ds.train_y))
     subset = torch.randperm(len(ds.train_y), generator=gen)[:n_train]  # a seeded subset, not the first files
@@ -256,6 +264,7 @@ def _train(model: torch.nn.Module, ds: Dataset, budget: ProxyBudget, dev: torch.
             scaler.update()
             losses.append(float(loss.detach()))
             step += 1
+            between_steps()
             images += len(idx)
         train_time += time.perf_counter() - t_epoch
         if not losses:
