@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 import forked
 from helpers import FAST, RAY_ENV, RAY_PREFIX, fast, free_port, needs_ray, needs_ray_network
@@ -91,6 +92,7 @@ def test_end_to_end_writes_front_best_and_command(tmp_path, monkeypatch, capsys,
                 "zc_synflow", "zc_naswot", "zc_grad_norm", "wall_s", "accuracy_curve", "extrapolated_accuracy"):
         assert key in t.user_attrs, key
     assert t.values[1] == t.user_attrs["latency_ms"] and t.values[2] == t.user_attrs["cio"]
+    assert 1 <= t.user_attrs["proxy_threads"] <= torch.get_num_threads()  # the fewest CPU threads it trained with
 
 
 def test_seeds_are_enqueued_first_and_shown_as_baselines(_isolated_runs, capsys):

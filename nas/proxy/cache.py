@@ -21,7 +21,7 @@ __all__ = ["PROXY_FIELDS", "ProxyCache", "proxy_key"]
 log = logging.getLogger("nas.proxy")
 
 PROXY_FIELDS = ("accuracy", "accuracy_curve", "loss_curve", "eval_loss_curve", "proxy", "proxy_wall_s", "proxy_images_per_s",
-                "proxy_resolution", "extrapolated_accuracy", "zc_synflow", "zc_naswot", "zc_grad_norm", "zc_error")
+                "proxy_resolution", "proxy_threads", "extrapolated_accuracy", "zc_synflow", "zc_naswot", "zc_grad_norm", "zc_error")
 """The metrics of an evaluation that come from the proxy (what the cache keeps)."""
 
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS proxy_results (key TEXT PRIMARY KEY, arch_id TEXT NOT NULL, "

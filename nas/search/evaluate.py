@@ -195,7 +195,7 @@ def _proxy(config: ArchConfig, s: SearchSettings, on_epoch: Callable[[int, float
     m.update(proxy="train", accuracy=r.accuracy, accuracy_curve=r.accuracy_curve, loss_curve=r.loss_curve,
              eval_loss_curve=r.eval_loss_curve,
              proxy_wall_s=r.wall_s, proxy_images_per_s=r.images_per_s, proxy_resolution=r.proxy.get("resolution"),
-             extrapolated_accuracy=r.extrapolated_accuracy)
+             proxy_threads=(r.proxy.get("threads") or {}).get("fewest"), extrapolated_accuracy=r.extrapolated_accuracy)
     if r.status == "failed":
         return done("failed", f"proxy training: {r.reason}")
     if r.status == "pruned":
