@@ -50,14 +50,13 @@ class FairThreads:
     def __init__(self, every_s: float = 1.0, first_s: float = 0.05, *, load: Callable[[], float | None] | None = None,
                  cores: int | None = None, clock: Callable[[], float] = time.perf_counter,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        self.every_s, self.first_s, self._load_factory, self._cores = every_s, first_s, load, cores
+        self.every_s, self.first_s, self._given_load, self._cores = every_s, first_s, load, cores
         self._clock, self._sleep = clock, sleep
-        self.base = self.fewest = torch.get_num_threads()
 
     def __enter__(self) -> "FairThreads":
         self.base = self.fewest = torch.get_num_threads()
         self.cores = self._cores or usable_cores()
-        self._load = self._load_factory or _shared_load()
+        self._load = self._given_load or _shared_load()
         self._next = 0.0
         if self.base > 1:
             if not isinstance(self._load, ForeignLoad):
